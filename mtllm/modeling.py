@@ -1,0 +1,633 @@
+"""The stacked MT-LLM: frozen (MT) encoder -> trainable up-projection -> LLM (+LoRA) -> pooling.
+
+The same class also runs the LLM on its own tokens (``llm_input_ids``): that is the stage-1 teacher
+(with the adapters disabled), the stage-2 task teacher and the "LLM alone" baseline. A model built
+without an encoder (``MTLLMModel.llm_only``) has only that path.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+from transformers.utils import ModelOutput
+
+from .config import LoraSettings, MTLLMConfig
+from .pooling import get_pooler, span_mean_pool
+from .sources import load_encoder, load_llm, load_tokenizer
+
+logger = logging.getLogger(__name__)
+
+WEIGHTS_NAME = "model.safetensors"
+ADAPTER_DIR = "adapter"
+
+
+@dataclass
+class MTLLMOutput(ModelOutput):
+    """``last_hidden_state``: ``(N, L, D)``; ``pooled``: ``(N, D)`` (or ``(N, K, D)`` per option);
+    ``attention_mask``/``pool_mask``: ``(N, L)``; ``logits``: ``(N, C)`` or ``(N, K)`` if a head is set."""
+
+    last_hidden_state: torch.Tensor | None = None
+    pooled: torch.Tensor | None = None
+    attention_mask: torch.Tensor | None = None
+    pool_mask: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+
+
+def bidirectional_attention_mask(attention_mask_NL: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A 4D additive mask ``(N, 1, L, L)`` that lets every token attend to every non-padding token.
+
+    transformers 5.x passes a 4D mask through unchanged to the attention implementation (eager and
+    SDPA both add it to the scores), so this turns any decoder non-causal without touching its code.
+    Padding rows attend to the real tokens too, so no row is fully masked (no NaNs in SDPA).
+    """
+    keep_N11L = attention_mask_NL.bool()[:, None, None, :]
+    L = attention_mask_NL.shape[1]
+    keep_N1LL = keep_N11L.expand(-1, 1, L, L)
+    mask = torch.zeros(keep_N1LL.shape, dtype=dtype, device=attention_mask_NL.device)
+    return mask.masked_fill(~keep_N1LL, torch.finfo(dtype).min)
+
+
+def _is_peft(model: nn.Module) -> bool:
+    try:
+        from peft import PeftModel
+    except ImportError:  # pragma: no cover - peft is a dependency
+        return False
+    return isinstance(model, PeftModel)
+
+
+def _detect_lang_style(encoder_tokenizer: Any, encoder_source: str | None) -> tuple[str, str]:
+    """(style, prefix): NLLB-style tokenizers take ``src_lang``; e5 models want ``"query: "``."""
+    if encoder_tokenizer is not None and hasattr(encoder_tokenizer, "src_lang"):
+        return "nllb", ""
+    name = (encoder_source or "").lower()
+    if "e5" in name:
+        return "prefix", "query: "
+    return "none", ""
+
+
+class MTLLMModel(PreTrainedModel):
+    """Frozen encoder -> ``Linear(d_enc, d_llm)`` -> LLM via ``inputs_embeds`` -> pooled vector.
+
+    Build one with :meth:`from_encoder_and_llm` (or :meth:`llm_only`), reload one with
+    :meth:`from_pretrained`. Components are passed in; the class never builds them itself.
+    """
+
+    config_class = MTLLMConfig
+    base_model_prefix = "mtllm"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+
+    def __init__(self, config: MTLLMConfig, *, llm: nn.Module, encoder: nn.Module | None = None,
+                 llm_tokenizer: Any = None, encoder_tokenizer: Any = None):
+        super().__init__(config)
+        self.encoder = encoder
+        self.llm = llm
+        self.encoder_tokenizer = encoder_tokenizer
+        self.llm_tokenizer = llm_tokenizer
+        if encoder is not None:
+            self.projection = nn.Linear(config.encoder_hidden_size, config.llm_hidden_size)
+        else:
+            self.projection = None
+        self.head: nn.Linear | None = None
+        if config.head_kind is not None:
+            self._make_head(config.head_kind, config.label_names)
+        self._pooler = get_pooler(config.pooling)
+        self._llm_adds_bos: bool | None = None
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_encoder_and_llm(
+        cls,
+        encoder: str | Path | nn.Module,
+        llm: str | Path | nn.Module,
+        *,
+        encoder_tokenizer: Any = None,
+        llm_tokenizer: Any = None,
+        bidirectional: bool = False,
+        lora: LoraSettings | dict | None = LoraSettings(),
+        pooling: str = "mean",
+        load_in_4bit: bool = False,
+        dtype: torch.dtype | None = None,
+        llm_adapters_to_merge: Sequence[str] = (),
+        encoder_lang_style: str | None = None,
+        encoder_text_prefix: str | None = None,
+        encoder_languages: Sequence[str] | None = None,
+        max_seq_length: int = 512,
+        prepend_llm_bos: bool = True,
+        attn_implementation: str | None = None,
+    ) -> "MTLLMModel":
+        """Stack ``encoder`` into ``llm``. Each may be a hub id, a local directory, ``pocket:NAME``,
+        ``tiny:NAME`` or a model instance (then pass its tokenizer too). The encoder is frozen, the
+        up-projection freshly initialised, and a fresh LoRA (``lora``; ``None`` for none) added."""
+        encoder_source = _source_name(encoder)
+        enc = load_encoder(encoder, dtype=dtype)
+        if encoder_tokenizer is None:
+            encoder_tokenizer = load_tokenizer(_require_source(encoder, "encoder_tokenizer"))
+        style, prefix = _detect_lang_style(encoder_tokenizer, encoder_source)
+        return cls._build(
+            encoder=enc, encoder_source=encoder_source, encoder_tokenizer=encoder_tokenizer, llm=llm,
+            llm_tokenizer=llm_tokenizer, bidirectional=bidirectional, lora=lora, pooling=pooling,
+            load_in_4bit=load_in_4bit, dtype=dtype, llm_adapters_to_merge=llm_adapters_to_merge,
+            encoder_lang_style=encoder_lang_style or style,
+            encoder_text_prefix=prefix if encoder_text_prefix is None else encoder_text_prefix,
+            encoder_languages=encoder_languages, max_seq_length=max_seq_length,
+            prepend_llm_bos=prepend_llm_bos, attn_implementation=attn_implementation)
+
+    @classmethod
+    def llm_only(cls, llm: str | Path | nn.Module, *, llm_tokenizer: Any = None, bidirectional: bool = False,
+                 lora: LoraSettings | dict | None = LoraSettings(), pooling: str = "mean",
+                 load_in_4bit: bool = False, dtype: torch.dtype | None = None,
+                 llm_adapters_to_merge: Sequence[str] = (), max_seq_length: int = 512,
+                 attn_implementation: str | None = None) -> "MTLLMModel":
+        """The LLM on its own tokens, pooled: a stage-2 teacher or the "LLM alone" baseline."""
+        return cls._build(
+            encoder=None, encoder_source=None, encoder_tokenizer=None, llm=llm, llm_tokenizer=llm_tokenizer,
+            bidirectional=bidirectional, lora=lora, pooling=pooling, load_in_4bit=load_in_4bit, dtype=dtype,
+            llm_adapters_to_merge=llm_adapters_to_merge, encoder_lang_style="none", encoder_text_prefix="",
+            encoder_languages=None, max_seq_length=max_seq_length, prepend_llm_bos=True,
+            attn_implementation=attn_implementation)
+
+    @classmethod
+    def _build(cls, *, encoder, encoder_source, encoder_tokenizer, llm, llm_tokenizer, bidirectional, lora,
+               pooling, load_in_4bit, dtype, llm_adapters_to_merge, encoder_lang_style, encoder_text_prefix,
+               encoder_languages, max_seq_length, prepend_llm_bos, attn_implementation) -> "MTLLMModel":
+        llm_source = _source_name(llm)
+        base_llm = load_llm(llm, dtype=dtype, load_in_4bit=load_in_4bit, adapters_to_merge=llm_adapters_to_merge,
+                            attn_implementation=attn_implementation)
+        if llm_tokenizer is None:
+            llm_tokenizer = load_tokenizer(_require_source(llm, "llm_tokenizer"))
+        if isinstance(lora, LoraSettings):
+            lora = lora.to_dict()
+        config = MTLLMConfig(
+            encoder_name_or_path=encoder_source if encoder is not None else None,
+            llm_name_or_path=llm_source, llm_adapters_to_merge=list(llm_adapters_to_merge),
+            encoder_hidden_size=_hidden_size(encoder) if encoder is not None else None,
+            llm_hidden_size=_hidden_size(base_llm), bidirectional=bidirectional, pooling=pooling,
+            prepend_llm_bos=prepend_llm_bos, llm_bos_token_id=llm_tokenizer.bos_token_id,
+            encoder_lang_style=encoder_lang_style, encoder_text_prefix=encoder_text_prefix,
+            encoder_languages=list(encoder_languages) if encoder_languages else None,
+            max_seq_length=max_seq_length, lora=lora,
+            encoder_vocab_size=len(encoder_tokenizer) if encoder_tokenizer is not None else None,
+            llm_vocab_size=base_llm.get_input_embeddings().num_embeddings)
+        if lora is not None:
+            base_llm = _add_lora(base_llm, lora)
+        model = cls(config, llm=base_llm, encoder=encoder, llm_tokenizer=llm_tokenizer,
+                    encoder_tokenizer=encoder_tokenizer)
+        if model.projection is not None:
+            model.projection.to(device=_device_of(base_llm), dtype=_float_dtype(base_llm))
+        return model
+
+    # ------------------------------------------------------------------ parts
+    def _make_head(self, kind: str, label_names: Sequence[str]) -> None:
+        if kind == "classification":
+            out = len(label_names)
+            if out < 2:
+                raise ValueError(f"a classification head needs at least 2 labels, got {list(label_names)}")
+        elif kind == "multiple_choice":
+            out = 1
+        else:
+            raise ValueError(f"unknown head kind {kind!r}: use 'classification' or 'multiple_choice'")
+        self.head = nn.Linear(self.config.llm_hidden_size, out)
+        self.config.head_kind = kind
+        self.config.label_names = list(label_names)
+
+    def set_head(self, kind: str, label_names: Sequence[str] = (), *, init_from: nn.Linear | None = None) -> nn.Linear:
+        """Add a fresh task head (``classification`` over ``label_names`` or ``multiple_choice``), or a
+        copy of ``init_from`` (stage 2 copies the teacher's head into the MT-LLM)."""
+        self._make_head(kind, label_names)
+        if init_from is not None:
+            self.head.load_state_dict(init_from.state_dict())
+        self.head.to(device=_device_of(self.llm), dtype=_float_dtype(self.llm))
+        return self.head
+
+    @property
+    def base_llm(self) -> nn.Module:
+        """The LLM without PEFT wrapping."""
+        return self.llm.get_base_model() if _is_peft(self.llm) else self.llm
+
+    @contextlib.contextmanager
+    def adapters_disabled(self) -> Iterator[None]:
+        """Run the LLM as it was before LoRA: the stage-1 teacher."""
+        if _is_peft(self.llm):
+            with self.llm.disable_adapter():
+                yield
+        else:
+            yield
+
+    def train(self, mode: bool = True) -> "MTLLMModel":
+        super().train(mode)
+        if self.encoder is not None:
+            self.encoder.eval()  # frozen: no dropout
+        return self
+
+    def trainable_parameters(self) -> dict[str, nn.Parameter]:
+        return {n: p for n, p in self.named_parameters() if p.requires_grad}
+
+    # ------------------------------------------------------------------ tokenisation
+    def _encoder_texts(self, texts: Sequence[str], lang: str | None) -> list[str]:
+        style = self.config.encoder_lang_style
+        tok = self.encoder_tokenizer
+        if lang is not None:
+            from .languages import validate_lang
+
+            lang = validate_lang(lang)
+            allowed = self.config.encoder_languages
+            if allowed and lang not in allowed:
+                raise ValueError(
+                    f"the encoder {self.config.encoder_name_or_path!r} was not trained on {lang!r}. Use one of its "
+                    f"{len(allowed)} languages, or map {lang!r} to a related language it covers explicitly.")
+        if style == "nllb":
+            if lang is None:
+                raise ValueError("this encoder (NLLB-style) needs the input language: pass lang='xxx_Xxxx' "
+                                 "(a FLORES-200 code such as 'eng_Latn').")
+            if tok.convert_tokens_to_ids(lang) in (None, tok.unk_token_id):
+                raise ValueError(f"the encoder's tokenizer has no language token {lang!r}; map it to a covered "
+                                 f"language explicitly (see mtllm.languages.resolve_encoder_lang).")
+            tok.src_lang = lang
+            if hasattr(tok, "set_src_lang_special_tokens"):
+                tok.set_src_lang_special_tokens(lang)
+        prefix = self.config.encoder_text_prefix if style == "prefix" else ""
+        return [prefix + t for t in texts]
+
+    def tokenize(self, texts: Sequence[str], *, lang: str | None = None, pairs: Sequence[str] | None = None,
+                 path: str = "encoder", max_length: int | None = None, return_offsets: bool = False):
+        """Tokenise ``texts`` for ``path="encoder"`` (the MT-LLM input) or ``path="llm"`` (the LLM's own
+        tokens, with its ``<bos>`` guaranteed). ``pairs`` are joined to ``texts`` with
+        ``config.pair_separator``. Returns a ``BatchEncoding`` with ``input_ids``/``attention_mask``
+        ``(N, L)``, right-padded, and ``n_truncated`` (how many texts were cut at ``max_length``)."""
+        texts = list(texts)
+        if pairs is not None:
+            texts = [a + self.config.pair_separator + b for a, b in zip(texts, pairs, strict=True)]
+        max_length = max_length or self.config.max_seq_length
+        if path == "encoder":
+            if self.encoder is None:
+                raise ValueError("this model has no encoder (LLM only): tokenize with path='llm'")
+            tok, texts = self.encoder_tokenizer, self._encoder_texts(texts, lang)
+        elif path == "llm":
+            tok = self.llm_tokenizer
+        else:
+            raise ValueError(f"path must be 'encoder' or 'llm', not {path!r}")
+        prev_side = tok.padding_side
+        tok.padding_side = "right"
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+        try:
+            full = tok(texts, add_special_tokens=True, truncation=False, return_offsets_mapping=return_offsets)
+        finally:
+            tok.padding_side = prev_side
+        prepend_bos = path == "llm" and self._needs_bos(tok)
+        limit = max_length - (1 if prepend_bos else 0)
+        ids, offsets, n_truncated = [], [], 0
+        for i, seq in enumerate(full["input_ids"]):
+            if len(seq) > limit:
+                n_truncated += 1
+                seq = seq[:limit - 1] + seq[-1:] if path == "encoder" else seq[:limit]
+            ids.append(([tok.bos_token_id] if prepend_bos else []) + list(seq))
+            if return_offsets:
+                off = list(full["offset_mapping"][i])[:len(seq)]
+                offsets.append(([(0, 0)] if prepend_bos else []) + off)
+        L = max(len(s) for s in ids) if ids else 0
+        pad = tok.pad_token_id
+        input_ids = torch.full((len(ids), L), pad, dtype=torch.long)
+        attention_mask = torch.zeros((len(ids), L), dtype=torch.long)
+        for i, seq in enumerate(ids):
+            input_ids[i, :len(seq)] = torch.tensor(seq, dtype=torch.long)
+            attention_mask[i, :len(seq)] = 1
+        from transformers import BatchEncoding
+
+        out = BatchEncoding({"input_ids": input_ids, "attention_mask": attention_mask})
+        out["n_truncated"] = n_truncated
+        if return_offsets:
+            out["offset_mapping"] = offsets
+        return out
+
+    def _needs_bos(self, tok: Any) -> bool:
+        """Whether ``<bos>`` must be prepended by hand (some tokenizers, e.g. Gemma's from GGUF, omit it)."""
+        if tok.bos_token_id is None:
+            return False
+        if self._llm_adds_bos is None:
+            self._llm_adds_bos = tok("a", add_special_tokens=True)["input_ids"][:1] == [tok.bos_token_id]
+        return not self._llm_adds_bos
+
+    # ------------------------------------------------------------------ forward
+    def project(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encoder tokens ``(N, Le)`` -> the LLM's ``inputs_embeds`` ``(N, L, D)`` and mask ``(N, L)``;
+        ``L = Le + 1`` when the LLM's ``<bos>`` is prepended."""
+        if self.encoder is None:
+            raise ValueError("this model has no encoder (LLM only): call it with llm_input_ids")
+        with torch.no_grad():
+            enc_NLE = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        proj = self.projection
+        embeds_NLD = proj(enc_NLE.detach().to(proj.weight.dtype))
+        if self.config.prepend_llm_bos and self.config.llm_bos_token_id is not None:
+            bos = torch.full((input_ids.shape[0], 1), self.config.llm_bos_token_id, device=input_ids.device)
+            bos_N1D = self.base_llm.get_input_embeddings()(bos).to(embeds_NLD.dtype)
+            embeds_NLD = torch.cat([bos_N1D, embeds_NLD], dim=1)
+            attention_mask = torch.cat([attention_mask.new_ones(attention_mask.shape[0], 1), attention_mask], dim=1)
+        return embeds_NLD, attention_mask
+
+    def _run_llm(self, *, inputs_embeds=None, input_ids=None, attention_mask: torch.Tensor) -> torch.Tensor:
+        if self.config.bidirectional:
+            dtype = inputs_embeds.dtype if inputs_embeds is not None else _float_dtype(self.base_llm)
+            llm_mask = bidirectional_attention_mask(attention_mask, dtype)
+        else:
+            llm_mask = attention_mask
+        out = self.llm(input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=llm_mask, use_cache=False)
+        return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+
+    def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None, *,
+                llm_input_ids: torch.Tensor | None = None, llm_attention_mask: torch.Tensor | None = None,
+                option_spans: torch.Tensor | None = None, **_: Any) -> MTLLMOutput:
+        """Encoder path (``input_ids``, ``attention_mask``: ``(N, Le)``, encoder tokens) or LLM path
+        (``llm_input_ids``, ``llm_attention_mask``: ``(N, L)``, the LLM's own tokens).
+
+        ``option_spans`` ``(N, K, 2)``: token spans ``[start, end)`` of K answer options in the input
+        tokens, for multiple choice; then ``pooled`` is ``(N, K, D)`` and ``logits`` ``(N, K)``.
+        """
+        if llm_input_ids is not None:
+            mask_NL = llm_attention_mask if llm_attention_mask is not None else torch.ones_like(llm_input_ids)
+            hidden_NLD = self._run_llm(input_ids=llm_input_ids, attention_mask=mask_NL)
+            pool_mask_NL = mask_NL.clone()
+            bos = self.config.llm_bos_token_id
+            if bos is not None:
+                pool_mask_NL[:, 0] = pool_mask_NL[:, 0] * (llm_input_ids[:, 0] != bos)
+            offset = 0
+        else:
+            if input_ids is None:
+                raise ValueError("pass input_ids (encoder tokens) or llm_input_ids (the LLM's own tokens)")
+            mask_in = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
+            embeds_NLD, mask_NL = self.project(input_ids, mask_in)
+            hidden_NLD = self._run_llm(inputs_embeds=embeds_NLD, attention_mask=mask_NL)
+            pool_mask_NL = mask_NL.clone()
+            offset = mask_NL.shape[1] - mask_in.shape[1]
+            pool_mask_NL[:, :offset] = 0
+        if option_spans is not None:
+            pooled = span_mean_pool(hidden_NLD, option_spans + offset)
+        else:
+            pooled = self._pooler(hidden_NLD, pool_mask_NL)
+        logits = None
+        if self.head is not None:
+            logits = self.head(pooled.to(self.head.weight.dtype))
+            if option_spans is not None:
+                logits = logits.squeeze(-1)
+        return MTLLMOutput(last_hidden_state=hidden_NLD, pooled=pooled, attention_mask=mask_NL,
+                           pool_mask=pool_mask_NL, logits=logits)
+
+    @torch.no_grad()
+    def encode(self, texts: Sequence[str] | str, *, lang: str | None = None, batch_size: int = 32,
+               path: str | None = None, normalize: bool = False, show_progress: bool = False) -> torch.Tensor:
+        """Pooled embeddings ``(N, D)`` of ``texts`` (in language ``lang``, a FLORES-200 code).
+
+        ``path`` defaults to ``encoder`` (the MT-LLM) when the model has an encoder, else ``llm``.
+        Batches are formed from length-sorted texts and returned in the input order.
+        """
+        single = isinstance(texts, str)
+        texts = [texts] if single else list(texts)
+        path = path or ("encoder" if self.encoder is not None else "llm")
+        was_training = self.training
+        self.eval()
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        out: list[torch.Tensor | None] = [None] * len(texts)
+        device = _device_of(self.llm)
+        starts = range(0, len(order), batch_size)
+        if show_progress:
+            from tqdm.auto import tqdm
+
+            starts = tqdm(starts, desc="encode", unit="batch")
+        for start in starts:
+            idx = order[start:start + batch_size]
+            batch = self.tokenize([texts[i] for i in idx], lang=lang if path == "encoder" else None, path=path)
+            if path == "encoder":
+                res = self(batch["input_ids"].to(device), batch["attention_mask"].to(device))
+            else:
+                res = self(llm_input_ids=batch["input_ids"].to(device),
+                           llm_attention_mask=batch["attention_mask"].to(device))
+            pooled = res.pooled.float()
+            if normalize:
+                pooled = nn.functional.normalize(pooled, dim=-1)
+            for j, i in enumerate(idx):
+                out[i] = pooled[j].cpu()
+        self.train(was_training)
+        result = torch.stack(out) if out else torch.empty(0, self.config.llm_hidden_size)
+        return result[0] if single else result
+
+    # ------------------------------------------------------------------ save / load
+    def save_pretrained(self, save_directory: str | os.PathLike, *, full: bool = False, **kwargs: Any) -> None:
+        """Save config + up-projection (+ head) as safetensors and the LoRA adapter in PEFT's format;
+        the base models are referenced by their source. ``full=True`` (or base models built from
+        instances with no source) also saves the encoder and LLM (adapters not merged) and their
+        tokenizers, so the directory loads with no other files. ``push_to_hub`` uses this too."""
+        from safetensors.torch import save_file
+
+        out = Path(save_directory)
+        out.mkdir(parents=True, exist_ok=True)
+        config = MTLLMConfig.from_dict(self.config.to_dict())
+        needs_full = full or not _is_loadable_ref(config.llm_name_or_path) or (
+            self.encoder is not None and not _is_loadable_ref(config.encoder_name_or_path))
+        if needs_full:
+            self.base_llm_unwrapped_save(out / "llm")
+            self.llm_tokenizer.save_pretrained(out / "llm")
+            config.llm_name_or_path = "./llm"
+            config.llm_adapters_to_merge = []
+            if self.encoder is not None:
+                self.encoder.save_pretrained(out / "encoder")
+                self.encoder_tokenizer.save_pretrained(out / "encoder")
+                config.encoder_name_or_path = "./encoder"
+        config.save_pretrained(out)
+        tensors = {}
+        if self.projection is not None:
+            tensors.update({f"projection.{k}": v for k, v in self.projection.state_dict().items()})
+        if self.head is not None:
+            tensors.update({f"head.{k}": v for k, v in self.head.state_dict().items()})
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(out / WEIGHTS_NAME),
+                  metadata={"format": "pt"})
+        if _is_peft(self.llm):
+            self.llm.save_pretrained(str(out / ADAPTER_DIR))
+
+    def base_llm_unwrapped_save(self, path: Path) -> None:
+        """Save the LLM's base weights (without the trainable LoRA) to ``path``."""
+        if _is_peft(self.llm):
+            with self.llm.disable_adapter():
+                state = {k: v for k, v in self.base_llm.state_dict().items() if "lora_" not in k}
+            state = {k.replace(".base_layer.", "."): v for k, v in state.items()}
+            fresh_cfg = self.base_llm.config
+            from transformers import AutoModel
+
+            clean = AutoModel.from_config(fresh_cfg)
+            clean.load_state_dict(state, strict=True)
+            clean.save_pretrained(path)
+        else:
+            self.base_llm.save_pretrained(path)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *, is_trainable: bool = False,
+                        dtype: torch.dtype | None = None, load_in_4bit: bool = False,
+                        encoder: nn.Module | None = None, llm: nn.Module | None = None,
+                        encoder_tokenizer: Any = None, llm_tokenizer: Any = None,
+                        attn_implementation: str | None = None, **_: Any) -> "MTLLMModel":
+        """Load a model saved by :meth:`save_pretrained` (a local directory or a hub id). The saved base
+        model references are used unless ``encoder``/``llm`` instances are passed; a mismatch between
+        them and the saved sizes is a clear error."""
+        from safetensors.torch import load_file
+
+        root = Path(pretrained_model_name_or_path)
+        if not root.exists():
+            from huggingface_hub import snapshot_download
+
+            root = Path(snapshot_download(str(pretrained_model_name_or_path)))
+        _refuse_pickles(root)
+        config = MTLLMConfig.from_pretrained(root)
+
+        def ref(name: str | None) -> str | None:
+            if name is not None and name.startswith("./"):
+                return str(root / name[2:])
+            return name
+
+        enc = None
+        if config.has_encoder:
+            enc = load_encoder(encoder if encoder is not None else ref(config.encoder_name_or_path), dtype=dtype)
+            encoder_tokenizer = encoder_tokenizer or load_tokenizer(ref(config.encoder_name_or_path))
+            _check_size("encoder hidden size", config.encoder_hidden_size, _hidden_size(enc), config.encoder_name_or_path)
+            if config.to_dict().get("encoder_vocab_size") is not None:
+                _check_size("encoder tokenizer vocabulary", config.encoder_vocab_size, len(encoder_tokenizer),
+                            config.encoder_name_or_path)
+        base = load_llm(llm if llm is not None else ref(config.llm_name_or_path), dtype=dtype,
+                        load_in_4bit=load_in_4bit, adapters_to_merge=config.llm_adapters_to_merge,
+                        attn_implementation=attn_implementation)
+        llm_tokenizer = llm_tokenizer or load_tokenizer(ref(config.llm_name_or_path))
+        _check_size("LLM hidden size", config.llm_hidden_size, _hidden_size(base), config.llm_name_or_path)
+        if config.to_dict().get("llm_vocab_size") is not None:
+            _check_size("LLM vocabulary", config.llm_vocab_size, base.get_input_embeddings().num_embeddings,
+                        config.llm_name_or_path)
+        if (root / ADAPTER_DIR).exists():
+            from peft import PeftModel
+
+            base = PeftModel.from_pretrained(base, str(root / ADAPTER_DIR), is_trainable=is_trainable)
+        model = cls(config, llm=base, encoder=enc, llm_tokenizer=llm_tokenizer, encoder_tokenizer=encoder_tokenizer)
+        weights = root / WEIGHTS_NAME
+        if not weights.exists():
+            raise FileNotFoundError(f"{weights} is missing: {root} is not a complete mtllm model directory "
+                                    f"(save it with MTLLMModel.save_pretrained)")
+        state = load_file(str(weights))
+        model.to(device=_device_of(base))
+        if model.projection is not None:
+            model.projection.load_state_dict({k[len("projection."):]: v for k, v in state.items()
+                                              if k.startswith("projection.")})
+            model.projection.to(dtype=_float_dtype(base))
+        if model.head is not None:
+            model.head.load_state_dict({k[len("head."):]: v for k, v in state.items() if k.startswith("head.")})
+            model.head.to(dtype=_float_dtype(base))
+        if not is_trainable:
+            model.requires_grad_(False)
+            model.eval()
+        return model
+
+    # ------------------------------------------------------------------ projection calibration
+    @torch.no_grad()
+    def calibrate_projection(self, texts: Sequence[str], *, lang: str | None = None, batch_size: int = 16) -> dict:
+        """Rescale the up-projection so its outputs have the RMS of the LLM's own input embeddings.
+
+        ``inputs_embeds`` bypasses whatever the LLM's embedding layer does (Gemma multiplies by
+        sqrt(d)); a default-initialised projection then feeds the LLM vectors of the wrong scale,
+        and nothing trains. Returns the RMS before and after and the target.
+        """
+        if self.projection is None:
+            raise ValueError("this model has no encoder/projection to calibrate")
+        emb = self.base_llm.get_input_embeddings()
+        device = _device_of(self.llm)
+        ids = self.tokenize(list(texts)[:256], path="llm")
+        real = ids["attention_mask"].bool()
+        target = emb(ids["input_ids"].to(device))[real.to(device)].float().pow(2).mean().sqrt().item()
+        sq, count = 0.0, 0
+        for start in range(0, min(len(texts), 256), batch_size):
+            batch = self.tokenize(list(texts)[start:start + batch_size], lang=lang, path="encoder")
+            with torch.no_grad():
+                enc = self.encoder(input_ids=batch["input_ids"].to(device),
+                                   attention_mask=batch["attention_mask"].to(device)).last_hidden_state
+            out = self.projection(enc.to(self.projection.weight.dtype))[batch["attention_mask"].bool().to(device)]
+            sq += out.float().pow(2).sum().item()
+            count += out.numel()
+        before = (sq / max(count, 1)) ** 0.5
+        scale = target / max(before, 1e-12)
+        self.projection.weight.mul_(scale)
+        self.projection.bias.mul_(scale)
+        return {"rms_before": before, "rms_after": before * scale, "target_rms": target}
+
+
+# ---------------------------------------------------------------------- helpers
+def _add_lora(llm: nn.Module, lora: dict) -> nn.Module:
+    from peft import get_peft_model
+
+    settings = LoraSettings(**lora)
+    return get_peft_model(llm, settings.to_peft())
+
+
+def _hidden_size(model: nn.Module) -> int:
+    cfg = model.config
+    for name in ("hidden_size", "d_model", "dim"):
+        value = getattr(cfg, name, None)
+        if isinstance(value, int):
+            return value
+    text = getattr(cfg, "get_text_config", lambda: None)()
+    if text is not None and isinstance(getattr(text, "hidden_size", None), int):
+        return text.hidden_size
+    raise ValueError(f"cannot tell the hidden size of {type(model).__name__}")
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _float_dtype(model: nn.Module) -> torch.dtype:
+    for p in model.parameters():
+        if p.dtype.is_floating_point:
+            return p.dtype
+    return torch.float32
+
+
+def _source_name(source: Any) -> str | None:
+    if isinstance(source, (str, os.PathLike)):
+        return str(source)
+    return getattr(source, "name_or_path", None) or None
+
+
+def _require_source(source: Any, what: str) -> str:
+    if isinstance(source, (str, os.PathLike)):
+        return str(source)
+    name = getattr(source, "name_or_path", None)
+    if name:
+        return name
+    raise ValueError(f"a model instance was passed without a source path: pass {what}= as well")
+
+
+def _is_loadable_ref(ref: str | None) -> bool:
+    if not ref:
+        return False
+    if ref.startswith(("pocket:", "tiny:")):
+        return True
+    if Path(ref).exists():
+        return True
+    return "/" in ref and not ref.startswith((".", "/")) and not Path(ref).is_absolute()
+
+
+def _check_size(what: str, saved: int | None, found: int, source: str | None) -> None:
+    if saved is not None and saved != found:
+        raise ValueError(f"model mismatch: the saved MT-LLM was built with {what} {saved}, but the loaded "
+                         f"model ({source}) has {found}. Load it with the base models it was trained with.")
+
+
+def _refuse_pickles(root: Path) -> None:
+    """Checkpoints must not be able to run code: refuse pickled weights."""
+    for bad in ("pytorch_model.bin", "adapter/adapter_model.bin", "model.bin", "training_args.bin"):
+        if (root / bad).exists():
+            raise ValueError(f"{root / bad} is a pickle file, which can run arbitrary code when loaded; mtllm "
+                             f"only loads safetensors. Convert it with safetensors.torch.save_file from a "
+                             f"trusted environment.")
