@@ -1,1 +1,15 @@
-"""mtllm: stack a multilingual (MT) encoder into an English-centric LLM, trained by self-distillation."""
+"""mtllm: stack a multilingual (machine-translation) encoder into an English-centric LLM and train the
+pair by self-distillation (Schmidt et al., arXiv 2406.12739).
+
+>>> from mtllm import MTLLMModel
+>>> model = MTLLMModel.from_pretrained("runs/pocket/stage1/final")      # doctest: +SKIP
+>>> model.encode(["Habari ya asubuhi"], lang="swh_Latn").shape          # doctest: +SKIP
+"""
+from .config import LoraSettings, MTLLMConfig
+from .modeling import MTLLMModel, MTLLMOutput
+from .pooling import cls_pool, eos_pool, mean_pool, span_mean_pool
+
+__version__ = "0.1.0"
+
+__all__ = ["MTLLMModel", "MTLLMConfig", "MTLLMOutput", "LoraSettings", "mean_pool", "eos_pool", "cls_pool",
+           "span_mean_pool", "__version__"]

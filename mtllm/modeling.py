@@ -176,7 +176,9 @@ class MTLLMModel(PreTrainedModel):
             encoder_languages=list(encoder_languages) if encoder_languages else None,
             max_seq_length=max_seq_length, lora=lora,
             encoder_vocab_size=len(encoder_tokenizer) if encoder_tokenizer is not None else None,
-            llm_vocab_size=base_llm.get_input_embeddings().num_embeddings)
+            llm_vocab_size=base_llm.get_input_embeddings().num_embeddings,
+            encoder_model_type=getattr(encoder.config, "model_type", None) if encoder is not None else None,
+            llm_model_type=getattr(base_llm.config, "model_type", None))
         if lora is not None:
             base_llm = _add_lora(base_llm, lora)
         model = cls(config, llm=base_llm, encoder=encoder, llm_tokenizer=llm_tokenizer,
@@ -496,6 +498,8 @@ class MTLLMModel(PreTrainedModel):
             enc = load_encoder(encoder if encoder is not None else ref(config.encoder_name_or_path), dtype=dtype)
             encoder_tokenizer = encoder_tokenizer or load_tokenizer(ref(config.encoder_name_or_path))
             _check_size("encoder hidden size", config.encoder_hidden_size, _hidden_size(enc), config.encoder_name_or_path)
+            _check_type("encoder", config.to_dict().get("encoder_model_type"), getattr(enc.config, "model_type", None),
+                        config.encoder_name_or_path)
             if config.to_dict().get("encoder_vocab_size") is not None:
                 _check_size("encoder tokenizer vocabulary", config.encoder_vocab_size, len(encoder_tokenizer),
                             config.encoder_name_or_path)
@@ -504,6 +508,8 @@ class MTLLMModel(PreTrainedModel):
                         attn_implementation=attn_implementation)
         llm_tokenizer = llm_tokenizer or load_tokenizer(ref(config.llm_name_or_path))
         _check_size("LLM hidden size", config.llm_hidden_size, _hidden_size(base), config.llm_name_or_path)
+        _check_type("LLM", config.to_dict().get("llm_model_type"), getattr(base.config, "model_type", None),
+                    config.llm_name_or_path)
         if config.to_dict().get("llm_vocab_size") is not None:
             _check_size("LLM vocabulary", config.llm_vocab_size, base.get_input_embeddings().num_embeddings,
                         config.llm_name_or_path)
@@ -622,6 +628,12 @@ def _check_size(what: str, saved: int | None, found: int, source: str | None) ->
     if saved is not None and saved != found:
         raise ValueError(f"model mismatch: the saved MT-LLM was built with {what} {saved}, but the loaded "
                          f"model ({source}) has {found}. Load it with the base models it was trained with.")
+
+
+def _check_type(what: str, saved: str | None, found: str | None, source: str | None) -> None:
+    if saved and found and saved != found:
+        raise ValueError(f"model mismatch: the saved MT-LLM was trained on a {saved!r} {what}, but the loaded {what} "
+                         f"({source}) is a {found!r}. Load it with the base models it was trained with.")
 
 
 def _refuse_pickles(root: Path) -> None:

@@ -39,9 +39,16 @@ def tiny_path(name: str) -> Path:
         raise ValueError(f"unknown tiny model {name!r}: choose one of {sorted(TINY_BUILDERS)}")
     out = cache_dir() / "tiny" / name
     if not (out / "config.json").exists():
-        tmp = out.with_name(out.name + ".tmp")
+        import os
+        import shutil
+
+        tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
         TINY_BUILDERS[name](tmp)
-        tmp.replace(out)
+        try:
+            os.replace(tmp, out)
+        except OSError:  # another process finished first: keep its copy
+            shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

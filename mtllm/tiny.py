@@ -61,13 +61,19 @@ def tiny_llm_tokenizer() -> PreTrainedTokenizerFast:
         model_max_length=256)
 
 
-def tiny_seq2seq_tokenizer() -> PreTrainedTokenizerFast:
-    """An NLLB-style tokenizer: language codes are special tokens (``eng_Latn`` ... ) placed first."""
-    specials = ["<s>", "<pad>", "</s>", "<unk>", *TINY_LANG_CODES]
-    tok = _unigram_tokenizer(400, specials, "$A </s>", "$A $B </s>", "<s>", "</s>")
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
-        additional_special_tokens=list(TINY_LANG_CODES), model_max_length=128)
+def tiny_seq2seq_tokenizer():
+    """An NLLB tokenizer (``NllbTokenizer``: ``src_lang`` code first, ``</s>`` last) whose BPE vocabulary
+    is trained on :data:`TINY_CORPUS`; its language codes are :data:`TINY_LANG_CODES`."""
+    from transformers import NllbTokenizer
+
+    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
+    bpe.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<s>", "<pad>", "</s>", "<unk>"])
+    bpe.train_from_iterator(TINY_CORPUS, trainer=trainer)
+    state = __import__("json").loads(bpe.to_str())["model"]
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in state["merges"]]
+    return NllbTokenizer(vocab=state["vocab"], merges=merges, additional_special_tokens=list(TINY_LANG_CODES),
+                         src_lang="eng_Latn", model_max_length=128)
 
 
 def build_tiny_encoder(out_dir: str | Path, *, hidden_size: int = 32, seed: int = 0) -> Path:

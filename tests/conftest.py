@@ -1,0 +1,35 @@
+"""Shared fixtures: every test session gets its own cache (tiny models are built there once)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_cache(tmp_path_factory):
+    """Isolate the mtllm cache (tiny models, teacher targets) from the user's; keep real pocket models."""
+    if not os.environ.get("MTLLM_CACHE"):
+        os.environ["MTLLM_CACHE"] = str(tmp_path_factory.mktemp("mtllm-cache"))
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    yield
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    """A tiny MT-LLM (random XLM-R encoder + random Gemma 3 LLM), LoRA r 4."""
+    from mtllm import MTLLMModel, LoraSettings
+
+    torch.manual_seed(0)
+    return MTLLMModel.from_encoder_and_llm("tiny:xlmr", "tiny:gemma3", lora=LoraSettings(r=4, alpha=8, dropout=0.0),
+                                           max_seq_length=64)
+
+
+@pytest.fixture
+def english_texts():
+    return [line for line in (ROOT / "tests" / "fixtures" / "english.txt").read_text().splitlines() if line.strip()]
