@@ -71,12 +71,17 @@ def _iter_file(path: Path, text_field: str) -> Iterator[str]:
         raise DataError(f"{path}: unsupported file type {suffix!r}; use one of {', '.join(LOCAL_SUFFIXES)}")
 
 
-def iter_texts(sources: str | Sequence[str], *, text_field: str = "text") -> Iterator[str]:
-    """Texts from ``sources``: files, folders (every supported file inside, sorted) or ``"fineweb"``
-    (streamed from the hub, ``HuggingFaceFW/fineweb`` ``sample-10BT``). Empty texts are skipped."""
+def iter_texts(sources: str | Sequence[str], *, text_field: str = "text", data_dir: str | None = None) -> Iterator[str]:
+    """Texts from ``sources``: files, folders (every supported file inside, sorted), ``"fineweb"``
+    (streamed from the hub, ``HuggingFaceFW/fineweb`` ``sample-10BT``), or ``"task:NAME/LANG/SPLIT"``
+    (every text field of a task's examples, e.g. ``task:sib200/eng_Latn/train``, from the local data
+    dir or the hub, see :mod:`mtllm.tasks`). Empty texts are skipped."""
     if isinstance(sources, str):
         sources = [sources]
     for source in sources:
+        if source.startswith(TASK_PREFIX):
+            yield from _iter_task(source, data_dir)
+            continue
         if source == FINEWEB or source.startswith(FINEWEB_HUB_ID):
             yield from _iter_fineweb(text_field)
             continue
@@ -94,6 +99,21 @@ def iter_texts(sources: str | Sequence[str], *, text_field: str = "text") -> Ite
             for text in _iter_file(file, text_field):
                 if text and text.strip():
                     yield text.strip()
+
+
+TASK_PREFIX = "task:"
+
+
+def _iter_task(source: str, data_dir: str | None) -> Iterator[str]:
+    from .tasks import load_examples
+
+    parts = source[len(TASK_PREFIX):].split("/")
+    if len(parts) != 3:
+        raise DataError(f"{source!r}: task sources look like task:NAME/LANG/SPLIT, e.g. task:sib200/eng_Latn/train")
+    for example in load_examples(parts[0], parts[1], parts[2], data_dir=data_dir):
+        for text in (*example.texts, *example.options):
+            if text and text.strip():
+                yield text.strip()
 
 
 def _iter_fineweb(text_field: str) -> Iterator[str]:
@@ -144,11 +164,12 @@ def chunk_text(text: str, fits: Callable[[str], bool]) -> list[str]:
 
 
 def load_stage1_texts(sources: str | Sequence[str], *, fits: Callable[[str], bool] | None = None,
-                      max_texts: int | None = None, text_field: str = "text", dedupe: bool = True) -> list[str]:
+                      max_texts: int | None = None, text_field: str = "text", dedupe: bool = True,
+                      data_dir: str | None = None) -> list[str]:
     """Read, chunk and (optionally) de-duplicate texts for a finite stage-1 run."""
     out: list[str] = []
     seen: set[str] = set()
-    for text in iter_texts(sources, text_field=text_field):
+    for text in iter_texts(sources, text_field=text_field, data_dir=data_dir):
         for chunk in (chunk_text(text, fits) if fits else [text]):
             if dedupe:
                 if chunk in seen:

@@ -102,7 +102,7 @@ def build_settings(classes: Sequence[type], values: dict[str, Any], *, extra_key
     for cls in classes:
         for f in dataclasses.fields(cls):
             known.setdefault(f.name, cls)
-    unknown = [k for k in values if k not in known and k not in extra_keys]
+    unknown = [] if "*" in extra_keys else [k for k in values if k not in known and k not in extra_keys]
     if unknown:
         hints = []
         for key in unknown:
@@ -113,7 +113,7 @@ def build_settings(classes: Sequence[type], values: dict[str, Any], *, extra_key
     for cls in classes:
         hints = typing.get_type_hints(cls)
         kwargs = {f.name: _coerce(values[f.name], hints[f.name], f.name)
-                  for f in dataclasses.fields(cls) if f.name in values}
+                  for f in dataclasses.fields(cls) if f.name in values and f.init}
         out.append(cls(**kwargs))
     return out
 

@@ -230,12 +230,15 @@ def train(
     save_final: Callable[[nn.Module, Path], None] | None = None,
     config_to_save: dict[str, Any] | None = None,
     accelerator=None,
+    on_epoch_end: Callable[[nn.Module, int, int], dict[str, float]] | None = None,
 ) -> StageResult:
     """Train ``param_groups`` of ``model`` on ``n_examples`` examples.
 
     ``collate(indices)`` builds a micro-batch (tensors on CPU); ``loss_fn(model, batch)`` returns the
     mean loss over the micro-batch and metrics to log (averaged over the step). Checkpoints hold only
-    the trainable tensors (``requires_grad``), so they stay small for LoRA.
+    the trainable tensors (``requires_grad``), so they stay small for LoRA. ``on_epoch_end(model,
+    epoch, step)`` runs on the main process after every epoch (and the last step), e.g. to evaluate
+    and keep the best model; what it returns is logged with that step.
     """
     from accelerate import Accelerator
     from transformers import get_linear_schedule_with_warmup
@@ -335,6 +338,11 @@ def train(
             sums = dict(zip(sums, reduced.tolist()))
         record = {"step": step, "epoch": epoch, "lr": scheduler.get_last_lr()[0], **sums,
                   "elapsed_s": round(time.perf_counter() - t0, 3)}
+        if on_epoch_end is not None and (step % steps_per_epoch == 0 or step == max_steps):
+            if accelerator.is_main_process:
+                record.update(on_epoch_end(accelerator.unwrap_model(model), math.ceil(step / steps_per_epoch), step))
+                model.train()
+            accelerator.wait_for_everyone()
         history.append(record)
         if accelerator.is_main_process:
             with open(metrics_path, "a") as fh:

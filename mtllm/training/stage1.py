@@ -63,12 +63,14 @@ class ModelSettings:
 class Stage1Settings:
     """Stage-1 data and loss."""
 
-    data: list[str] = field(default_factory=lambda: ["fineweb"], metadata={"help": "Text files/folders, or 'fineweb' (hub, streamed)."})
+    data: list[str] = field(default_factory=lambda: ["fineweb"], metadata={"help": "Text files/folders, 'fineweb' (hub, streamed), or task:NAME/LANG/SPLIT."})
+    data_dir: str | None = field(default=None, metadata={"help": "Local data root for task:NAME/LANG/SPLIT sources (else $MTLLM_DATA_DIR, else the hub)."})
     text_field: str = field(default="text", metadata={"help": "Column/field with the text in csv/tsv/jsonl/parquet."})
     max_texts: int | None = field(default=None, metadata={"help": "Use at most this many text chunks."})
     target_norm: str = field(default="standardize", metadata={"help": "'standardize' (per-dimension z-score of teacher targets, so a few outlier dimensions do not dominate the MSE) or 'none' (the paper's raw MSE)."})
     projection_init: str = field(default="rms_match", metadata={"help": "'rms_match' (scale the up-projection so its outputs have the RMS of the LLM's own input embeddings) or 'default'."})
     teacher_batch_size: int = field(default=32, metadata={"help": "Batch size for computing teacher targets."})
+    save_initial: bool = field(default=False, metadata={"help": "Also save the model before training (after projection init) to output_dir/initial, e.g. for a before/after retrieval probe."})
 
 
 def _fits(model: MTLLMModel, max_length: int):
@@ -135,7 +137,8 @@ def run_stage1(model_settings: ModelSettings, stage1: Stage1Settings, args: Trai
     model.to(accelerator.device)
     fits = _fits(model, model.config.max_seq_length)
     if texts is None:
-        texts = load_stage1_texts(stage1.data, fits=fits, max_texts=stage1.max_texts, text_field=stage1.text_field)
+        texts = load_stage1_texts(stage1.data, fits=fits, max_texts=stage1.max_texts, text_field=stage1.text_field,
+                                  data_dir=stage1.data_dir)
     texts = list(texts)
     out = Path(args.output_dir)
     if accelerator.is_main_process:
@@ -158,7 +161,8 @@ def run_stage1(model_settings: ModelSettings, stage1: Stage1Settings, args: Trai
     elif stage1.projection_init not in ("rms_match", "default"):
         raise ValueError(f"projection_init must be 'rms_match' or 'default', not {stage1.projection_init!r}")
 
-    enc_tok = model.encoder_tokenizer
+    if stage1.save_initial and accelerator.is_main_process and not (out / "initial").exists():
+        model.save_pretrained(out / "initial")
     lengths = [len(t) for t in texts]
     n_truncated = {"n": 0}
 

@@ -1,0 +1,110 @@
+"""Baselines users compare the MT-LLM against (the LLM alone and translate-test use the fine-tuned
+teacher directly; see :mod:`mtllm.evaluation`). Here: the encoder alone with a linear head.
+
+:class:`EncoderClassifier` mean-pools the frozen encoder's last hidden states (the same encoder, the
+same tokenisation and language handling as the MT-LLM, so encoder outputs are shared) and trains a
+logistic-regression head on English training data; multiple choice scores each option's token span.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .collate import collate_examples, example_lengths
+from .pooling import mean_pool, span_mean_pool
+
+__all__ = ["EncoderClassifier"]
+
+
+class EncoderClassifier:
+    """Frozen encoder of ``model`` (an :class:`~mtllm.MTLLMModel` with an encoder) + a linear head."""
+
+    def __init__(self, model: Any, *, weight_decay: float = 1e-3, max_iter: int = 200):
+        if model.encoder is None:
+            raise ValueError("the encoder baseline needs a model with an encoder")
+        self.model = model
+        self.weight_decay = weight_decay
+        self.max_iter = max_iter
+        self.head: nn.Linear | None = None
+        self.mean_D: torch.Tensor | None = None
+        self.std_D: torch.Tensor | None = None
+        self.label_names: list[str] = []
+
+    @torch.inference_mode()
+    def features(self, examples: Sequence[Any], *, lang: str | None, batch_size: int = 64) -> torch.Tensor:
+        """Mean-pooled encoder states ``(N, D_enc)`` (multiple choice: per option, ``(N, K, D_enc)``)."""
+        order = np.argsort(example_lengths(examples), kind="stable")
+        out: list[torch.Tensor | None] = [None] * len(examples)
+        device = next(self.model.encoder.parameters()).device
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            batch = collate_examples(self.model, [examples[i] for i in idx], path="encoder", lang=lang)
+            hidden_NLD = self.model.encoder(input_ids=batch["input_ids"].to(device),
+                                            attention_mask=batch["attention_mask"].to(device)).last_hidden_state
+            if "option_spans" in batch:
+                pooled = span_mean_pool(hidden_NLD, batch["option_spans"].to(device))
+            else:
+                pooled = mean_pool(hidden_NLD, batch["attention_mask"].to(device))
+            for j, i in enumerate(idx):
+                out[int(i)] = pooled[j].float().cpu()
+        return torch.stack(out)
+
+    def fit(self, examples: Sequence[Any], label_names: Sequence[str], *, lang: str | None) -> dict[str, float]:
+        """Train the head (full-batch L-BFGS on standardised features). Returns the training accuracy."""
+        X = self.features(examples, lang=lang)
+        y = torch.tensor([e.label for e in examples])
+        flat = X.reshape(-1, X.shape[-1])
+        self.mean_D, self.std_D = flat.mean(0), flat.std(0).clamp_min(1e-6)
+        Z = (X - self.mean_D) / self.std_D
+        is_mc = Z.dim() == 3
+        self.label_names = list(label_names)
+        torch.manual_seed(0)
+        self.head = nn.Linear(Z.shape[-1], 1 if is_mc else len(label_names))
+        opt = torch.optim.LBFGS(self.head.parameters(), max_iter=self.max_iter, line_search_fn="strong_wolfe")
+
+        def closure():
+            opt.zero_grad()
+            logits = self._logits(Z)
+            loss = nn.functional.cross_entropy(logits, y) + self.weight_decay * self.head.weight.pow(2).sum()
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+        with torch.no_grad():
+            acc = (self._logits(Z).argmax(-1) == y).float().mean().item()
+        return {"train_accuracy": acc}
+
+    def _logits(self, Z: torch.Tensor) -> torch.Tensor:
+        logits = self.head(Z)
+        return logits.squeeze(-1) if Z.dim() == 3 else logits
+
+    @torch.no_grad()
+    def predict(self, examples: Sequence[Any], *, lang: str | None) -> np.ndarray:
+        if self.head is None:
+            raise ValueError("call fit() (or load()) before predict()")
+        Z = (self.features(examples, lang=lang) - self.mean_D) / self.std_D
+        return self._logits(Z).argmax(-1).numpy()
+
+    def save(self, directory: str | Path) -> None:
+        from safetensors.torch import save_file
+
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        save_file({"weight": self.head.weight.detach().contiguous(), "bias": self.head.bias.detach().contiguous(),
+                   "mean": self.mean_D.contiguous(), "std": self.std_D.contiguous()}, str(out / "encoder_head.safetensors"))
+        (out / "encoder_head.json").write_text(json.dumps({"label_names": self.label_names}))
+
+    def load(self, directory: str | Path) -> "EncoderClassifier":
+        from safetensors.torch import load_file
+
+        state = load_file(str(Path(directory) / "encoder_head.safetensors"))
+        self.label_names = json.loads((Path(directory) / "encoder_head.json").read_text())["label_names"]
+        self.head = nn.Linear(state["weight"].shape[1], state["weight"].shape[0])
+        self.head.load_state_dict({"weight": state["weight"], "bias": state["bias"]})
+        self.mean_D, self.std_D = state["mean"], state["std"]
+        return self

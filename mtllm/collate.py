@@ -1,0 +1,74 @@
+"""Task examples -> model inputs, for either path of an :class:`~mtllm.MTLLMModel`.
+
+``path="encoder"`` feeds the MT-LLM (text in language ``lang`` through the encoder), ``path="llm"``
+feeds the LLM its own tokens (the teacher, and the "LLM alone" baseline). Single texts, text pairs
+(joined with ``config.pair_separator``) and multiple choice (one sequence per example, one token span
+per option, see :mod:`mtllm.multiple_choice`) all come out as one dict the model's ``forward`` takes.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+
+from .multiple_choice import format_multiple_choice, option_token_spans
+
+__all__ = ["collate_examples", "example_lengths", "model_inputs"]
+
+
+def _text_of(example: Any) -> str:
+    if example.options:
+        text, _ = format_multiple_choice(example.texts[0], example.texts[1] if len(example.texts) > 1 else "",
+                                         example.options)
+        return text
+    return " ".join(example.texts)
+
+
+def example_lengths(examples: Sequence[Any]) -> list[int]:
+    """A cheap length proxy (characters) per example, for length-grouped batching."""
+    return [len(_text_of(e)) for e in examples]
+
+
+def collate_examples(model: Any, examples: Sequence[Any], *, path: str, lang: str | None = None,
+                     max_length: int | None = None) -> dict[str, Any]:
+    """Tokenise ``examples`` (objects with ``texts``, ``label``, ``options``) for ``path``.
+
+    Returns ``input_ids``/``attention_mask`` (encoder path) or ``llm_input_ids``/``llm_attention_mask``
+    (LLM path), ``(N, L)``; ``labels`` ``(N,)``; ``option_spans`` ``(N, K, 2)`` for multiple choice; and
+    ``n_truncated``.
+    """
+    if not examples:
+        raise ValueError("collate_examples got no examples")
+    lang = lang if path == "encoder" else None
+    is_mc = bool(examples[0].options)
+    labels = torch.tensor([int(e.label) for e in examples], dtype=torch.long)
+    if is_mc:
+        texts, spans = [], []
+        for e in examples:
+            text, char_spans = format_multiple_choice(e.texts[0], e.texts[1] if len(e.texts) > 1 else "", e.options)
+            texts.append(text)
+            spans.append(char_spans)
+        batch = model.tokenize(texts, lang=lang, path=path, max_length=max_length, return_offsets=True)
+        prefix = 0
+        if path == "encoder" and model.config.encoder_lang_style == "prefix":
+            prefix = len(model.config.encoder_text_prefix)
+        option_spans = option_token_spans(batch["offset_mapping"], spans, attention_mask=batch["attention_mask"],
+                                          char_offset=prefix, allow_truncated=False)
+    else:
+        firsts = [e.texts[0] for e in examples]
+        seconds = [e.texts[1] for e in examples] if len(examples[0].texts) > 1 else None
+        batch = model.tokenize(firsts, pairs=seconds, lang=lang, path=path, max_length=max_length)
+        option_spans = None
+    out = model_inputs(batch, path)
+    out["labels"] = labels
+    out["n_truncated"] = batch["n_truncated"]
+    if option_spans is not None:
+        out["option_spans"] = option_spans
+    return out
+
+
+def model_inputs(batch: Any, path: str) -> dict[str, Any]:
+    """Name a tokenised batch's tensors for ``MTLLMModel.forward`` on ``path``."""
+    if path == "encoder":
+        return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    return {"llm_input_ids": batch["input_ids"], "llm_attention_mask": batch["attention_mask"]}

@@ -1,0 +1,310 @@
+"""Zero-shot cross-lingual evaluation: every system on every language, models loaded once.
+
+Systems (``systems`` setting):
+
+* ``mtllm`` -- the distilled MT-LLM (``model``): target-language text through the encoder.
+* ``llm`` -- the fine-tuned teacher (``teacher``): the LLM alone on the raw target-language text.
+* ``encoder`` -- the MT-LLM's frozen encoder alone, mean-pooled, with a logistic-regression head
+  fitted on the English training set (:class:`mtllm.baselines.EncoderClassifier`).
+* ``translate_test`` -- every text translated to English with ``translate_model`` (cached), then
+  classified by the teacher.
+
+``task: retrieval`` is the stage-1 alignment probe: English<->X parallel-sentence retrieval on the
+SIB-200 sentences (same ``index_id`` = translations), top-1 accuracy averaged over both directions,
+for the MT-LLM (``model``, plus any ``compare`` models such as the one before stage 1), the LLM alone
+and the encoder alone.
+"""
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+__all__ = ["EvaluateSettings", "run_evaluate", "retrieval_accuracy", "encoder_lang"]
+
+Predictor = Callable[[Sequence[Any], str], np.ndarray]
+
+
+@dataclass
+class EvaluateSettings:
+    """What to evaluate, on which languages, with which systems."""
+
+    model: str | None = field(default=None, metadata={"help": "MT-LLM dir (distill's DIR/final; for retrieval: any MT-LLM dir)."})
+    teacher: str | None = field(default=None, metadata={"help": "Fine-tuned teacher dir (finetune's DIR/best), for the llm and translate_test systems."})
+    task: str = field(default="sib200", metadata={"help": "Task name, or 'retrieval' (parallel-sentence retrieval on SIB-200)."})
+    langs: list[str] = field(default_factory=lambda: ["all"], metadata={"help": "'all' or FLORES-200 codes."})
+    systems: list[str] = field(default_factory=lambda: ["mtllm", "llm", "encoder"], metadata={"help": "Among mtllm, llm, encoder, translate_test."})
+    split: str = field(default="test", metadata={"help": "Split to evaluate."})
+    data_dir: str | None = field(default=None, metadata={"help": "Local data root (else $MTLLM_DATA_DIR, else the hub)."})
+    output_dir: str = field(default="runs/eval", metadata={"help": "Where results.json, results.md and the plot go."})
+    batch_size: int = field(default=32, metadata={"help": "Examples per forward pass."})
+    max_examples: int | None = field(default=None, metadata={"help": "At most this many examples per language."})
+    train_lang: str = field(default="eng_Latn", metadata={"help": "Language the systems were trained on (the encoder head is fitted on its train split)."})
+    translate_model: str = field(default="facebook/nllb-200-distilled-600M", metadata={"help": "Seq2seq MT model for translate_test."})
+    compare: list[str] = field(default_factory=list, metadata={"help": "Extra MT-LLMs as NAME=DIR (e.g. mtllm_before_stage1=runs/x/stage1/initial)."})
+    fallbacks: dict = field(default_factory=dict, metadata={"help": "Explicit encoder-language fallbacks {code: code}."})
+    dtype: str = field(default="float32", metadata={"help": "Weights dtype."})
+    notes: list[str] = field(default_factory=list, metadata={"help": "Free-text notes written into results.md."})
+
+
+def retrieval_accuracy(src_ND: torch.Tensor, tgt_ND: torch.Tensor) -> tuple[float, float]:
+    """Top-1 accuracy of cosine nearest-neighbour retrieval, ``src->tgt`` and ``tgt->src``; row ``i``
+    of each is the translation of row ``i`` of the other."""
+    a = torch.nn.functional.normalize(src_ND.float(), dim=-1)
+    b = torch.nn.functional.normalize(tgt_ND.float(), dim=-1)
+    sim = a @ b.T
+    gold = torch.arange(len(a))
+    return float((sim.argmax(1) == gold).float().mean()), float((sim.argmax(0) == gold).float().mean())
+
+
+def encoder_lang(model: Any, lang: str, fallbacks: dict | None = None) -> str:
+    """The language code to give ``model``'s encoder for text in ``lang``: unchanged when the encoder
+    covers it, else an explicit, warned fallback (:func:`mtllm.languages.resolve_encoder_lang`)."""
+    from ..languages import resolve_encoder_lang
+
+    supported = model.config.encoder_languages
+    if supported is None and model.config.encoder_lang_style == "nllb":
+        tok = model.encoder_tokenizer
+        supported = [t for t in getattr(tok, "extra_special_tokens", None) or tok.additional_special_tokens
+                     if isinstance(t, str) and len(t) == 8 and t[3] == "_"]
+    return resolve_encoder_lang(lang, supported, fallbacks=fallbacks)
+
+
+def _languages(task: str, requested: Sequence[str], data_dir: str | None) -> list[str]:
+    from ..languages import validate_lang
+    from ..tasks import available_languages
+
+    langs = available_languages(task, data_dir)
+    if list(requested) in (["all"], []):
+        return langs
+    out = []
+    for code in requested:
+        code = validate_lang(code)
+        if code not in langs:
+            raise ValueError(f"{task} has no {code!r} data here; available: {', '.join(langs[:20])}"
+                             + (" ..." if len(langs) > 20 else ""))
+        out.append(code)
+    return out
+
+
+def _dtype(name: str) -> torch.dtype:
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def run_evaluate(settings: EvaluateSettings, *, models: dict[str, Any] | None = None, progress: bool = True,
+                 translate_settings: Any = None):
+    """Evaluate and write ``results.json``, ``results.md`` and ``results.png`` into ``output_dir``.
+
+    ``models`` may pass already-loaded models by role (``mtllm``, ``teacher``) to skip loading."""
+    from ..evaluation.report import EvalResults, format_summary_lines, write_results
+
+    models = dict(models or {})
+    if settings.task == "retrieval":
+        results = _run_retrieval(settings, models, progress)
+    else:
+        results = _run_task(settings, models, progress, translate_settings)
+    results.notes.extend(settings.notes)
+    paths = write_results(results, settings.output_dir)
+    for line in format_summary_lines(results):
+        print(line, flush=True)
+    for kind, path in paths.items():
+        print(f"[evaluate] {kind}: {path}", flush=True)
+    return results
+
+
+def _load_mtllm(path: str, dtype: torch.dtype):
+    from ..modeling import MTLLMModel
+
+    return MTLLMModel.from_pretrained(path, dtype=dtype)
+
+
+def _run_task(s: EvaluateSettings, models: dict[str, Any], progress: bool, translate_settings: Any = None):
+    from ..baselines import EncoderClassifier
+    from ..evaluation.report import EvalResults
+    from ..tasks import get_task, load_examples
+    from ..training.stage2 import predict
+
+    spec = get_task(s.task)
+    unknown = set(s.systems) - {"mtllm", "llm", "encoder", "translate_test"}
+    if unknown:
+        raise ValueError(f"unknown system(s) {sorted(unknown)}: choose among mtllm, llm, encoder, translate_test")
+    langs = _languages(spec.name, s.langs, s.data_dir)
+    dtype = _dtype(s.dtype)
+    mtllm = models.get("mtllm")
+    if mtllm is None and {"mtllm", "encoder"} & set(s.systems):
+        if not s.model:
+            raise ValueError("systems mtllm/encoder need model: the MT-LLM directory (distill's DIR/final)")
+        mtllm = _load_mtllm(s.model, dtype)
+    teacher = models.get("teacher")
+    if teacher is None and {"llm", "translate_test"} & set(s.systems):
+        if not s.teacher:
+            raise ValueError("systems llm/translate_test need teacher: the fine-tuned LLM (finetune's DIR/best)")
+        teacher = _load_mtllm(s.teacher, dtype)
+    n_labels = len(spec.label_names)
+    head_labels = (mtllm or teacher).config.label_names
+    if spec.kind != "multiple_choice" and list(head_labels) != list(spec.label_names):
+        raise ValueError(f"the model's head was trained on labels {head_labels}, but {spec.name} has "
+                         f"{list(spec.label_names)}: evaluate it on the task it was trained for")
+
+    predictors: dict[str, Predictor] = {}
+    seconds: dict[str, float] = {}
+    notes: list[str] = []
+    if "mtllm" in s.systems:
+        predictors["mtllm"] = lambda ex, lang: predict(mtllm, ex, path="encoder", lang=encoder_lang(mtllm, lang, s.fallbacks),
+                                                       batch_size=s.batch_size)
+    if "llm" in s.systems:
+        predictors["llm"] = lambda ex, lang: predict(teacher, ex, path="llm", batch_size=s.batch_size)
+    if "encoder" in s.systems:
+        t0 = time.perf_counter()
+        probe = EncoderClassifier(mtllm)
+        train_ex = load_examples(spec, s.train_lang, "train", data_dir=s.data_dir)
+        fit = probe.fit(train_ex, spec.label_names, lang=encoder_lang(mtllm, s.train_lang, s.fallbacks))
+        seconds["encoder_fit"] = time.perf_counter() - t0
+        notes.append(f"encoder: frozen encoder, mean pooling, logistic-regression head fitted on {len(train_ex)} "
+                     f"{s.train_lang} training examples (train accuracy {fit['train_accuracy']:.3f})")
+        predictors["encoder"] = lambda ex, lang: probe.predict(ex, lang=encoder_lang(mtllm, lang, s.fallbacks))
+    if "translate_test" in s.systems:
+        from ..translate import TranslateSettings, Translator, translate_examples
+
+        translator = Translator.from_pretrained(s.translate_model,
+                                                translate_settings or TranslateSettings(mt_model=s.translate_model))
+
+        def translate_test(ex, lang):
+            if lang == s.train_lang:
+                return predict(teacher, ex, path="llm", batch_size=s.batch_size)
+            return predict(teacher, translate_examples(translator, ex, lang), path="llm", batch_size=s.batch_size)
+
+        predictors["translate_test"] = translate_test
+        notes.append(f"translate_test: {s.translate_model} to {s.train_lang}, then the teacher")
+
+    accs: dict[str, dict[str, float]] = {k: {} for k in predictors}
+    n_examples: dict[str, int] = {}
+    bar = langs
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(langs, desc=f"evaluate {spec.name}", unit="lang")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for lang in bar:
+            examples = load_examples(spec, lang, s.split, data_dir=s.data_dir, limit=s.max_examples)
+            labels = np.array([e.label for e in examples])
+            n_examples[lang] = len(examples)
+            for name, fn in predictors.items():
+                t0 = time.perf_counter()
+                accs[name][lang] = float((fn(examples, lang) == labels).mean())
+                seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - t0
+            if progress:
+                bar.set_postfix({k: f"{v[lang]:.2f}" for k, v in accs.items()})
+    for w in caught:
+        if "fed to the encoder as" in str(w.message):
+            notes.append(f"fallback: {w.message}")
+    notes.extend(_coverage_notes(mtllm, langs))
+    ref_labels = [e.label for e in load_examples(spec, s.train_lang if s.train_lang in langs else langs[0], s.split,
+                                                 data_dir=s.data_dir, limit=s.max_examples)]
+    majority = float(np.bincount(ref_labels).max() / len(ref_labels)) if spec.kind != "multiple_choice" else None
+    return EvalResults(task=spec.name, metric="accuracy", systems=accs, n_examples=n_examples, train_lang=s.train_lang,
+                       notes=sorted(set(notes), key=notes.index),
+                       meta={"seconds": {k: round(v, 2) for k, v in seconds.items()}, "split": s.split,
+                             "model": s.model, "teacher": s.teacher, "n_labels": n_labels,
+                             "majority_baseline": majority})
+
+
+def _coverage_notes(model: Any, langs: Sequence[str]) -> list[str]:
+    if model is None or model.encoder is None:
+        return []
+    if getattr(model.encoder.config, "model_type", "") != "xlm-roberta":
+        return []
+    from ..languages import XLMR_LANGUAGES
+
+    outside = [c for c in langs if c not in XLMR_LANGUAGES]
+    return [f"the encoder ({model.config.encoder_name_or_path}) is an XLM-R-family model, not an MT encoder; "
+            f"{len(outside)} of these {len(langs)} languages are outside its ~100 pretraining languages: "
+            f"{', '.join(outside)}"] if outside else []
+
+
+def _run_retrieval(s: EvaluateSettings, models: dict[str, Any], progress: bool):
+    from ..evaluation.report import EvalResults
+    from ..modeling import MTLLMModel
+    from ..pooling import mean_pool
+    from ..tasks import load_examples
+
+    dtype = _dtype(s.dtype)
+    langs = [c for c in _languages("sib200", s.langs, s.data_dir) if c != s.train_lang]
+    mtllms: dict[str, Any] = {}
+    if "mtllm" in s.systems:
+        mtllms["mtllm"] = models.get("mtllm") or _load_mtllm(s.model, dtype)
+    for item in s.compare:
+        name, _, path = item.partition("=")
+        if not path:
+            raise ValueError(f"compare entries look like NAME=DIR, got {item!r}")
+        mtllms[name] = models.get(name) or _load_mtllm(path, dtype)
+    any_model = next(iter(mtllms.values()), None)
+    if any_model is None and s.model:
+        any_model = _load_mtllm(s.model, dtype)
+    embedders: dict[str, Callable[[list[str], str], torch.Tensor]] = {}
+    for name, m in mtllms.items():
+        embedders[name] = (lambda m: lambda texts, lang: m.encode(texts, lang=encoder_lang(m, lang, s.fallbacks),
+                                                                    batch_size=s.batch_size))(m)
+    if "llm" in s.systems:
+        if any_model is None:
+            raise ValueError("the llm system needs model (its LLM is used without adapters)")
+        llm = models.get("llm") or MTLLMModel.llm_only(any_model.config.llm_name_or_path if not str(
+            any_model.config.llm_name_or_path).startswith("./") else str(Path(s.model) / any_model.config.llm_name_or_path[2:]),
+            lora=None, pooling=any_model.config.pooling, bidirectional=any_model.config.bidirectional,
+            llm_adapters_to_merge=any_model.config.llm_adapters_to_merge, dtype=dtype)
+        embedders["llm"] = lambda texts, lang: llm.encode(texts, path="llm", batch_size=s.batch_size)
+    if "encoder" in s.systems:
+        if any_model is None:
+            raise ValueError("the encoder system needs model (its encoder is used)")
+
+        @torch.inference_mode()
+        def enc(texts, lang, m=any_model):
+            out = []
+            for start in range(0, len(texts), s.batch_size):
+                batch = m.tokenize(texts[start:start + s.batch_size], lang=encoder_lang(m, lang, s.fallbacks))
+                hidden = m.encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+                out.append(mean_pool(hidden, batch["attention_mask"]).float())
+            return torch.cat(out)
+
+        embedders["encoder"] = enc
+    english = {e.id: e.texts[0] for e in load_examples("sib200", s.train_lang, s.split, data_dir=s.data_dir, limit=s.max_examples)}
+    eng_cache: dict[str, torch.Tensor] = {}
+    accs: dict[str, dict[str, float]] = {k: {} for k in embedders}
+    n_examples: dict[str, int] = {}
+    seconds: dict[str, float] = {}
+    bar = langs
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(langs, desc="retrieval", unit="lang")
+    ids_all = list(english)
+    for lang in bar:
+        target = {e.id: e.texts[0] for e in load_examples("sib200", lang, s.split, data_dir=s.data_dir, limit=s.max_examples)}
+        ids = [i for i in ids_all if i in target]
+        n_examples[lang] = len(ids)
+        for name, embed in embedders.items():
+            t0 = time.perf_counter()
+            if name not in eng_cache:
+                eng_cache[name] = embed([english[i] for i in ids_all], s.train_lang)
+            pos = {i: k for k, i in enumerate(ids_all)}
+            src = eng_cache[name][[pos[i] for i in ids]]
+            tgt = embed([target[i] for i in ids], lang)
+            a, b = retrieval_accuracy(src, tgt)
+            accs[name][lang] = (a + b) / 2
+            seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - t0
+        if progress:
+            bar.set_postfix({k: f"{v[lang]:.2f}" for k, v in accs.items()})
+    notes = [f"retrieval: English<->X top-1 accuracy (mean of both directions) over {len(ids_all)} SIB-200 "
+             f"{s.split} sentences; chance is 1/{len(ids_all)}"]
+    notes.extend(_coverage_notes(any_model, langs))
+    return EvalResults(task="retrieval", metric="accuracy", systems=accs, n_examples=n_examples,
+                       train_lang=s.train_lang, notes=notes,
+                       meta={"seconds": {k: round(v, 2) for k, v in seconds.items()}, "split": s.split,
+                             "models": {k: getattr(v.config, "_name_or_path", None) for k, v in mtllms.items()},
+                             "chance": 1.0 / max(1, len(ids_all))})
