@@ -282,7 +282,8 @@ class MTLLMModel(PreTrainedModel):
         if tok.pad_token is None:
             tok.pad_token = tok.eos_token
         try:
-            full = tok(texts, add_special_tokens=True, truncation=False, return_offsets_mapping=return_offsets)
+            full = tok(texts, add_special_tokens=True, truncation=False, return_offsets_mapping=return_offsets,
+                       verbose=False)
         finally:
             tok.padding_side = prev_side
         prepend_bos = path == "llm" and self._needs_bos(tok)
@@ -295,6 +296,8 @@ class MTLLMModel(PreTrainedModel):
             ids.append(([tok.bos_token_id] if prepend_bos else []) + list(seq))
             if return_offsets:
                 off = list(full["offset_mapping"][i])[:len(seq)]
+                if path == "encoder" and len(full["input_ids"][i]) > limit:
+                    off[-1] = (0, 0)  # the kept end-of-sequence token covers no text
                 offsets.append(([(0, 0)] if prepend_bos else []) + off)
         L = max(len(s) for s in ids) if ids else 0
         pad = tok.pad_token_id

@@ -3,11 +3,14 @@
 Stages, each in its own folder under ``output_dir``::
 
     models     pocket models converted (or hub/local models resolved)
-    stage1/    self-distillation on English text          -> stage1/final, stage1/initial
-    retrieval/ alignment probe before vs after stage 1    -> results.json/.md/.png
-    teacher/   the LLM fine-tuned on the English task     -> teacher/best
-    distill/   task distillation into the MT-LLM          -> distill/final
-    eval/      mtllm, llm, encoder (, translate_test) on every language -> results.json/.md/.png
+    stage1/         self-distillation on English text        -> stage1/final, stage1/initial
+    retrieval/      alignment probe before vs after stage 1  -> results.json/.md/.png
+    teacher-TASK/   the LLM fine-tuned on the English task   -> teacher-TASK/best
+    distill-TASK/   task distillation into the MT-LLM        -> distill-TASK/final
+    eval-TASK/      mtllm, llm, encoder (, translate_test) on every language -> results.json/.md/.png
+
+Runs of several tasks can share one ``output_dir``: stage 1 and the retrieval probe are then done
+once and reused (same inputs, same hash).
 
 A run config is a flat preset (model and stage-1 keys, e.g. ``base: pocket.yaml``) plus one section
 per later stage (``finetune:``, ``distill:``, ``evaluate:``, ``retrieval:``) holding that stage's
@@ -72,8 +75,8 @@ def _hash(*parts: Any) -> str:
 class _Stage:
     """Bookkeeping of one stage folder: skip when done with the same inputs, else (re)run."""
 
-    def __init__(self, root: Path, name: str, inputs_hash: str):
-        self.dir, self.name, self.hash = root / name, name, inputs_hash
+    def __init__(self, root: Path, name: str, inputs_hash: str, dirname: str | None = None):
+        self.dir, self.name, self.hash = root / (dirname or name), name, inputs_hash
         self.marker = self.dir / "stage.json"
 
     def done(self) -> dict[str, Any] | None:
@@ -150,10 +153,11 @@ def run_pipeline(values: dict[str, Any]) -> dict[str, Any]:
         vals["output_dir"] = str(out)
         return build_settings(keys_from, vals)
 
-    def run_stage(name: str, what: str, inputs: Any, body: Callable[[_Stage, bool], tuple[dict, Any]]) -> dict:
+    def run_stage(name: str, what: str, inputs: Any, body: Callable[[_Stage, bool], tuple[dict, Any]],
+                  dirname: str | None = None) -> dict:
         i = stages.index(name) + 1
         _header(i, n, name, what)
-        stage = _Stage(root, name, _hash(inputs))
+        stage = _Stage(root, name, _hash(inputs), dirname)
         hashes[name] = stage.hash
         info = stage.done()
         if info is not None:
@@ -209,7 +213,7 @@ def run_pipeline(values: dict[str, Any]) -> dict[str, Any]:
                                          [hashes.get("stage1"), sec, data_dir], body)
 
     # --- teacher ------------------------------------------------------------------------------
-    teacher_dir = root / "teacher"
+    teacher_dir = root / f"teacher-{pipe.task}"
     task_keys = {f.name for f in fields(TaskSettings)}
     if "teacher" in stages:
         sec = dict(sections["finetune"])
@@ -222,10 +226,10 @@ def run_pipeline(values: dict[str, Any]) -> dict[str, Any]:
             return {"best": summary["best_dir"], "metrics": str(stage.dir / "metrics.jsonl")}, summary["best"]
 
         results["teacher"] = run_stage("teacher", f"fine-tune the LLM alone on English {pipe.task}",
-                                       [model_key, pipe.task, sec, data_dir, pipe.seed], body)
+                                       [model_key, pipe.task, sec, data_dir, pipe.seed], body, teacher_dir.name)
 
     # --- distillation -------------------------------------------------------------------------
-    distill_dir = root / "distill"
+    distill_dir = root / f"distill-{pipe.task}"
     if "distill" in stages:
         sec = dict(sections["distill"])
 
@@ -240,7 +244,8 @@ def run_pipeline(values: dict[str, Any]) -> dict[str, Any]:
                 k: summary[k] for k in ("evals", "steps", "seconds", "trainable")}
 
         results["distill"] = run_stage("distill", "distil the teacher into the MT-LLM (English data only)",
-                                       [hashes.get("stage1"), hashes.get("teacher"), sec, data_dir, pipe.seed], body)
+                                       [hashes.get("stage1"), hashes.get("teacher"), sec, data_dir, pipe.seed], body,
+                                       distill_dir.name)
 
     # --- evaluation ---------------------------------------------------------------------------
     if "eval" in stages:
@@ -255,7 +260,8 @@ def run_pipeline(values: dict[str, Any]) -> dict[str, Any]:
                     "plot": str(stage.dir / "results.png")}, res.averages()
 
         results["eval"] = run_stage("eval", f"zero-shot {pipe.task} on every language",
-                                    [hashes.get("distill"), hashes.get("teacher"), sec, data_dir, pipe.task], body)
+                                    [hashes.get("distill"), hashes.get("teacher"), sec, data_dir, pipe.task], body,
+                                    f"eval-{pipe.task}")
 
     total = time.perf_counter() - t_run
     print(f"\n[run] finished in {total:.0f} s; outputs in {root}", flush=True)

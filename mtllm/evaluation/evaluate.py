@@ -162,7 +162,10 @@ def _run_task(s: EvaluateSettings, models: dict[str, Any], progress: bool, trans
     if "encoder" in s.systems:
         t0 = time.perf_counter()
         probe = EncoderClassifier(mtllm)
-        train_ex = load_examples(spec, s.train_lang, "train", data_dir=s.data_dir)
+        from ..tasks import load_train_examples
+
+        train_ex = (load_train_examples(spec, data_dir=s.data_dir) if s.train_lang == "eng_Latn"
+                    else load_examples(spec, s.train_lang, "train", data_dir=s.data_dir))
         fit = probe.fit(train_ex, spec.label_names, lang=encoder_lang(mtllm, s.train_lang, s.fallbacks))
         seconds["encoder_fit"] = time.perf_counter() - t0
         notes.append(f"encoder: frozen encoder, mean pooling, logistic-regression head fitted on {len(train_ex)} "

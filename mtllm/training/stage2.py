@@ -61,10 +61,13 @@ class DistillSettings:
 # data and prediction
 # ---------------------------------------------------------------------------------------------
 def _load(task: TaskSettings, split: str, lang: str | None = None, limit: int | None = None):
-    from ..tasks import get_task, load_examples
+    from ..tasks import get_task, load_examples, load_train_examples
 
     spec = get_task(task.task)
-    examples = load_examples(spec, lang or task.train_lang, split, data_dir=task.data_dir, limit=limit)
+    if split == "train" and lang is None and task.train_lang == "eng_Latn":
+        examples = load_train_examples(spec, data_dir=task.data_dir, limit=limit)  # e.g. English XNLI for AmericasNLI
+    else:
+        examples = load_examples(spec, lang or task.train_lang, split, data_dir=task.data_dir, limit=limit)
     return spec, examples
 
 
