@@ -268,7 +268,7 @@ class MTLLMModel(PreTrainedModel):
         texts = list(texts)
         if pairs is not None:
             texts = [a + self.config.pair_separator + b for a, b in zip(texts, pairs, strict=True)]
-        max_length = max_length or self.config.max_seq_length
+        max_length = min(max_length or self.config.max_seq_length, self._max_tokens(path))
         if path == "encoder":
             if self.encoder is None:
                 raise ValueError("this model has no encoder (LLM only): tokenize with path='llm'")
@@ -314,6 +314,20 @@ class MTLLMModel(PreTrainedModel):
             out["offset_mapping"] = offsets
         return out
 
+    def _max_tokens(self, path: str) -> int:
+        """The most tokens the model on ``path`` can take (position embeddings, tokenizer limit)."""
+        model = self.encoder if path == "encoder" else self.base_llm
+        tok = self.encoder_tokenizer if path == "encoder" else self.llm_tokenizer
+        limits = [10 ** 9]
+        n_pos = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+        if isinstance(n_pos, int):
+            if getattr(model.config, "model_type", "") in ("xlm-roberta", "roberta", "camembert"):
+                n_pos -= (model.config.pad_token_id or 0) + 1  # positions start after the padding index
+            limits.append(n_pos)
+        if tok is not None and isinstance(getattr(tok, "model_max_length", None), int) and tok.model_max_length < 10 ** 6:
+            limits.append(tok.model_max_length)
+        return min(limits)
+
     def _needs_bos(self, tok: Any) -> bool:
         """Whether ``<bos>`` must be prepended by hand (some tokenizers, e.g. Gemma's from GGUF, omit it)."""
         if tok.bos_token_id is None:
@@ -323,17 +337,24 @@ class MTLLMModel(PreTrainedModel):
         return not self._llm_adds_bos
 
     # ------------------------------------------------------------------ forward
-    def project(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def project(self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor, *,
+                encoder_hidden_states: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Encoder tokens ``(N, Le)`` -> the LLM's ``inputs_embeds`` ``(N, L, D)`` and mask ``(N, L)``;
-        ``L = Le + 1`` when the LLM's ``<bos>`` is prepended."""
+        ``L = Le + 1`` when the LLM's ``<bos>`` is prepended. ``encoder_hidden_states`` ``(N, Le, E)``:
+        the frozen encoder's last hidden states computed beforehand (e.g. by
+        :class:`mtllm.training.encoder_cache.EncoderCache`), used instead of running the encoder;
+        ``input_ids`` may then be ``None``."""
         if self.encoder is None:
             raise ValueError("this model has no encoder (LLM only): call it with llm_input_ids")
-        with torch.no_grad():
-            enc_NLE = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        if encoder_hidden_states is not None:
+            enc_NLE = encoder_hidden_states
+        else:
+            with torch.no_grad():
+                enc_NLE = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         proj = self.projection
         embeds_NLD = proj(enc_NLE.detach().to(proj.weight.dtype))
         if self.config.prepend_llm_bos and self.config.llm_bos_token_id is not None:
-            bos = torch.full((input_ids.shape[0], 1), self.config.llm_bos_token_id, device=input_ids.device)
+            bos = torch.full((enc_NLE.shape[0], 1), self.config.llm_bos_token_id, device=embeds_NLD.device)
             bos_N1D = self.base_llm.get_input_embeddings()(bos).to(embeds_NLD.dtype)
             embeds_NLD = torch.cat([bos_N1D, embeds_NLD], dim=1)
             attention_mask = torch.cat([attention_mask.new_ones(attention_mask.shape[0], 1), attention_mask], dim=1)
@@ -350,9 +371,13 @@ class MTLLMModel(PreTrainedModel):
 
     def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None, *,
                 llm_input_ids: torch.Tensor | None = None, llm_attention_mask: torch.Tensor | None = None,
-                option_spans: torch.Tensor | None = None, **_: Any) -> MTLLMOutput:
+                option_spans: torch.Tensor | None = None, encoder_hidden_states: torch.Tensor | None = None,
+                **_: Any) -> MTLLMOutput:
         """Encoder path (``input_ids``, ``attention_mask``: ``(N, Le)``, encoder tokens) or LLM path
         (``llm_input_ids``, ``llm_attention_mask``: ``(N, L)``, the LLM's own tokens).
+
+        ``encoder_hidden_states`` ``(N, Le, E)``: precomputed frozen-encoder outputs for the encoder
+        path (see :meth:`project`); everything after the encoder is unchanged.
 
         ``option_spans`` ``(N, K, 2)``: token spans ``[start, end)`` of K answer options in the input
         tokens, for multiple choice; then ``pooled`` is ``(N, K, D)`` and ``logits`` ``(N, K)``.
@@ -366,10 +391,16 @@ class MTLLMModel(PreTrainedModel):
                 pool_mask_NL[:, 0] = pool_mask_NL[:, 0] * (llm_input_ids[:, 0] != bos)
             offset = 0
         else:
-            if input_ids is None:
+            if input_ids is None and encoder_hidden_states is None:
                 raise ValueError("pass input_ids (encoder tokens) or llm_input_ids (the LLM's own tokens)")
-            mask_in = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
-            embeds_NLD, mask_NL = self.project(input_ids, mask_in)
+            if attention_mask is not None:
+                mask_in = attention_mask
+            elif input_ids is not None:
+                mask_in = torch.ones_like(input_ids)
+            else:
+                mask_in = torch.ones(encoder_hidden_states.shape[:2], dtype=torch.long,
+                                     device=encoder_hidden_states.device)
+            embeds_NLD, mask_NL = self.project(input_ids, mask_in, encoder_hidden_states=encoder_hidden_states)
             hidden_NLD = self._run_llm(inputs_embeds=embeds_NLD, attention_mask=mask_NL)
             pool_mask_NL = mask_NL.clone()
             offset = mask_NL.shape[1] - mask_in.shape[1]

@@ -1,0 +1,138 @@
+"""Stage 2 on tiny models and a small slice of real SIB-200: teacher fine-tuning with model selection,
+pre-embedding cache, distillation (and its variants), multiple choice, label checks."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mtllm import LoraSettings, MTLLMModel
+from mtllm.tasks import Example
+from mtllm.training.loop import TrainingArgs
+from mtllm.training.stage1 import ModelSettings, Stage1Settings, run_stage1
+from mtllm.training.stage2 import (DistillSettings, TaskSettings, pre_embed, predict, run_distill,
+                                   run_finetune)
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = str(ROOT / "tests" / "fixtures" / "pipeline")
+MODEL = ModelSettings(encoder="tiny:xlmr", llm="tiny:gemma3", lora_r=4, lora_alpha=8, lora_dropout=0.0, max_seq_length=64)
+TASK = TaskSettings(task="sib200", data_dir=DATA, eval_batch_size=8)
+
+
+def _args(out: Path, **kw) -> TrainingArgs:
+    base = dict(output_dir=str(out), learning_rate=3e-3, batch_size=4, num_epochs=2, warmup_ratio=0.1, seed=0,
+                progress=False, report_to="none", log_steps=100)
+    base.update(kw)
+    return TrainingArgs(**base)
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("teacher")
+    summary = run_finetune(MODEL, TASK, _args(out, num_epochs=3))
+    return out, summary
+
+
+@pytest.fixture(scope="module")
+def stage1_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("stage1")
+    run_stage1(MODEL, Stage1Settings(data=["task:sib200/eng_Latn/train"], data_dir=DATA),
+               _args(out, max_steps=10, num_epochs=1.0))
+    return out / "final"
+
+
+def test_finetune_keeps_the_best_validation_checkpoint(teacher_dir):
+    out, summary = teacher_dir
+    accs = [e["val_accuracy"] for e in summary["evals"]]
+    assert len(accs) == 3  # one evaluation per epoch
+    assert summary["best"]["accuracy"] == max(accs)
+    assert summary["best"]["epoch"] == accs.index(max(accs)) + 1
+    best = MTLLMModel.from_pretrained(out / "best")
+    assert best.head is not None and best.config.label_names[0] == "science/technology"
+    assert json.loads((out / "best_score.json").read_text())["accuracy"] == max(accs)
+
+
+def test_pre_embedding_is_cached_and_invalidated(teacher_dir, tmp_path, monkeypatch):
+    out, _ = teacher_dir
+    teacher = MTLLMModel.from_pretrained(out / "best")
+    examples = [Example(id=str(i), texts=(t,), label=0) for i, t in enumerate(["one text", "another text here", "x"])]
+    calls = {"n": 0}
+    real = MTLLMModel.forward
+
+    def counting(self, *a, **k):
+        calls["n"] += 1
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(MTLLMModel, "forward", counting)
+    first = pre_embed(teacher, examples, cache_dir=tmp_path, teacher_id="t1", show_progress=False)
+    assert first.dtype == np.float16 and first.shape == (3, teacher.config.llm_hidden_size)
+    n = calls["n"]
+    again = pre_embed(teacher, examples, cache_dir=tmp_path, teacher_id="t1", show_progress=False)
+    assert calls["n"] == n and isinstance(again, np.memmap)  # reused, memory-mapped
+    np.testing.assert_array_equal(np.asarray(first), np.asarray(again))
+    pre_embed(teacher, examples, cache_dir=tmp_path, teacher_id="t2", show_progress=False)
+    assert calls["n"] > n  # another teacher: recomputed
+    n = calls["n"]
+    changed = examples[:2] + [Example(id="2", texts=("changed",), label=0)]
+    pre_embed(teacher, changed, cache_dir=tmp_path, teacher_id="t1", show_progress=False)
+    assert calls["n"] > n  # other data: recomputed
+    n = calls["n"]
+    for meta in tmp_path.glob("preembed-*/meta.json"):
+        meta.write_text("{broken")
+    pre_embed(teacher, examples, cache_dir=tmp_path, teacher_id="t1", show_progress=False)
+    assert calls["n"] > n  # a broken entry is rebuilt
+
+
+def test_distillation_loss_falls_and_head_is_the_teachers(teacher_dir, stage1_dir, tmp_path):
+    out, _ = teacher_dir
+    dist = DistillSettings(stage1_model=str(stage1_dir), teacher_model=str(out / "best"))
+    summary = run_distill(MODEL, TASK, dist, _args(tmp_path, num_epochs=4))
+    history = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    first = np.mean([h["mse"] for h in history[:3]])
+    last = np.mean([h["mse"] for h in history[-3:]])
+    assert last < 0.7 * first, (first, last)
+    assert summary["trainable"] == ["lora"]  # the paper's default: projection and head frozen
+    student = MTLLMModel.from_pretrained(tmp_path / "final")
+    teacher = MTLLMModel.from_pretrained(out / "best")
+    assert torch.equal(student.head.weight, teacher.head.weight)
+
+
+def test_distill_variants_ce_and_no_stage1(teacher_dir, tmp_path):
+    ce = run_distill(MODEL, TASK, DistillSettings(stage1_model=None, objective="ce", train_projection=True),
+                     _args(tmp_path / "ce", num_epochs=1))
+    assert set(ce["trainable"]) == {"lora", "projection", "head"} and ce["objective"] == "ce"
+    with pytest.raises(ValueError, match="teacher_model"):
+        run_distill(MODEL, TASK, DistillSettings(objective="distill"), _args(tmp_path / "x", num_epochs=1))
+    with pytest.raises(ValueError, match="nothing to train"):
+        run_distill(MODEL, TASK, DistillSettings(teacher_model=str(teacher_dir[0] / "best"), train_lora=False,
+                                                 train_head=False, train_projection=False),
+                    _args(tmp_path / "y", num_epochs=1))
+
+
+def test_multiple_choice_scores_each_option_span(tmp_path):
+    torch.manual_seed(0)
+    model = MTLLMModel.from_encoder_and_llm("tiny:xlmr", "tiny:gemma3", lora=LoraSettings(r=2, alpha=4),
+                                            max_seq_length=128)
+    model.set_head("multiple_choice")
+    examples = [Example(id="1", texts=("The bridge opened in 1932.", "When did it open?"), label=1,
+                        options=("1923", "1932", "1952", "1992")),
+                Example(id="2", texts=("Η γέφυρα άνοιξε το 1932.", "Πότε άνοιξε;"), label=1,
+                        options=("1923", "1932", "πλοία", "τρένα"))]
+    for path in ("encoder", "llm"):
+        preds = predict(model, examples, path=path, lang="eng_Latn")
+        assert preds.shape == (2,) and set(preds) <= {0, 1, 2, 3}
+    emb = pre_embed(model, examples, cache_dir=tmp_path, teacher_id="mc", show_progress=False)
+    assert emb.shape == (2, 4, model.config.llm_hidden_size)
+    assert not np.allclose(emb[0, 0], emb[0, 1])  # each option pooled over its own span
+
+
+def test_labels_the_head_never_saw_are_an_error(teacher_dir, tmp_path):
+    from mtllm.evaluation.evaluate import EvaluateSettings, run_evaluate
+
+    out, _ = teacher_dir
+    with pytest.raises(ValueError, match="labels"):
+        run_evaluate(EvaluateSettings(teacher=str(out / "best"), task="nusax", data_dir=str(ROOT / "tests/fixtures/tasks"),
+                                      systems=["llm"], output_dir=str(tmp_path)), progress=False)
