@@ -33,8 +33,16 @@ def _adapt_run(settings, values):
     from .training.stage1 import run_stage1
 
     summary = run_stage1(*settings)
-    print(json.dumps({k: summary[k] for k in ("final_dir", "steps", "seconds", "n_texts")}))
+    if _is_main_process():
+        print(json.dumps({k: summary[k] for k in ("final_dir", "steps", "seconds", "n_texts")}))
     return summary
+
+
+def _is_main_process() -> bool:
+    """Rank 0 under torchrun / accelerate launch (or a single process)."""
+    import os
+
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 @dataclass

@@ -76,7 +76,7 @@ def tiny_seq2seq_tokenizer():
                          src_lang="eng_Latn", model_max_length=128)
 
 
-def build_tiny_encoder(out_dir: str | Path, *, hidden_size: int = 32, seed: int = 0) -> Path:
+def _build_tiny_encoder(out_dir: str | Path, *, hidden_size: int = 32, seed: int = 0) -> Path:
     """Save a random 2-layer XLM-R encoder and its tokenizer to ``out_dir``; returns the path."""
     from transformers import XLMRobertaConfig, XLMRobertaModel
 
@@ -93,7 +93,7 @@ def build_tiny_encoder(out_dir: str | Path, *, hidden_size: int = 32, seed: int 
     return out
 
 
-def build_tiny_llm(out_dir: str | Path, *, arch: str = "gemma3", hidden_size: int = 48, seed: int = 0) -> Path:
+def _build_tiny_llm(out_dir: str | Path, *, arch: str = "gemma3", hidden_size: int = 48, seed: int = 0) -> Path:
     """Save a random 2-layer decoder LLM (``arch`` = ``gemma3`` or ``llama``) and its tokenizer."""
     torch.manual_seed(seed)
     tokenizer = tiny_llm_tokenizer()
@@ -118,7 +118,7 @@ def build_tiny_llm(out_dir: str | Path, *, arch: str = "gemma3", hidden_size: in
     return out
 
 
-def build_tiny_seq2seq(out_dir: str | Path, *, d_model: int = 32, seed: int = 0) -> Path:
+def _build_tiny_seq2seq(out_dir: str | Path, *, d_model: int = 32, seed: int = 0) -> Path:
     """Save a random NLLB-shaped (M2M100) translation model whose tokenizer knows FLORES-style codes."""
     from transformers import M2M100Config, M2M100ForConditionalGeneration
 
@@ -136,6 +136,23 @@ def build_tiny_seq2seq(out_dir: str | Path, *, d_model: int = 32, seed: int = 0)
     tokenizer.save_pretrained(out)
     return out
 
+
+def _rng_isolated(builder):
+    """Run ``builder`` without touching the caller's global RNG state (building a model on first use
+    must not change what a seeded run does next)."""
+    import functools
+
+    @functools.wraps(builder)
+    def wrapper(*args, **kwargs):
+        with torch.random.fork_rng(devices=[]):
+            return builder(*args, **kwargs)
+
+    return wrapper
+
+
+build_tiny_encoder = _rng_isolated(_build_tiny_encoder)
+build_tiny_llm = _rng_isolated(_build_tiny_llm)
+build_tiny_seq2seq = _rng_isolated(_build_tiny_seq2seq)
 
 TINY_BUILDERS = {"xlmr": build_tiny_encoder, "gemma3": build_tiny_llm,
                  "llama": lambda d, **kw: build_tiny_llm(d, arch="llama", **kw), "m2m100": build_tiny_seq2seq}

@@ -217,6 +217,16 @@ def _trackers(report_to: str) -> list[str]:
     return found
 
 
+def make_accelerator(args: TrainingArgs):
+    """An :class:`accelerate.Accelerator` for ``args``. Without a GPU it runs on the CPU, and under
+    ``torchrun``/``accelerate launch`` with several processes it uses DDP over gloo there."""
+    from accelerate import Accelerator
+
+    has_gpu = torch.cuda.is_available() or (hasattr(torch.backends, "mps") and torch.backends.mps.is_available())
+    return Accelerator(mixed_precision=args.mixed_precision, log_with=_trackers(args.report_to) or None,
+                       project_dir=str(args.output_dir), cpu=not has_gpu)
+
+
 def train(
     *,
     model: nn.Module,
@@ -244,8 +254,7 @@ def train(
     from transformers import get_linear_schedule_with_warmup
 
     out = Path(args.output_dir)
-    accelerator = accelerator or Accelerator(mixed_precision=args.mixed_precision,
-                                             log_with=_trackers(args.report_to) or None, project_dir=str(out))
+    accelerator = accelerator or make_accelerator(args)
     world = accelerator.num_processes
     micro = args.micro_batch_size or max(1, args.batch_size // world)
     if args.batch_size % (micro * world):

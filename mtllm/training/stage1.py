@@ -71,6 +71,7 @@ class Stage1Settings:
     projection_init: str = field(default="rms_match", metadata={"help": "'rms_match' (scale the up-projection so its outputs have the RMS of the LLM's own input embeddings) or 'default'."})
     teacher_batch_size: int = field(default=32, metadata={"help": "Batch size for computing teacher targets."})
     save_initial: bool = field(default=False, metadata={"help": "Also save the model before training (after projection init) to output_dir/initial, e.g. for a before/after retrieval probe."})
+    cache_encoder_outputs: bool = field(default=False, metadata={"help": "Compute the frozen encoder's outputs once per text and reuse them every epoch (fp16, memory-mapped under output_dir/cache); worth it with more than one epoch."})
 
 
 def _fits(model: MTLLMModel, max_length: int):
@@ -126,12 +127,9 @@ def run_stage1(model_settings: ModelSettings, stage1: Stage1Settings, args: Trai
 
     Saves the final model to ``args.output_dir/final`` and returns a summary with the loss curve.
     """
-    from accelerate import Accelerator
+    from .loop import make_accelerator, set_seed
 
-    from .loop import set_seed, _trackers
-
-    accelerator = Accelerator(mixed_precision=args.mixed_precision, log_with=_trackers(args.report_to) or None,
-                              project_dir=args.output_dir)
+    accelerator = make_accelerator(args)
     set_seed(args.seed)
     model = model or model_settings.build()
     model.to(accelerator.device)
@@ -165,9 +163,21 @@ def run_stage1(model_settings: ModelSettings, stage1: Stage1Settings, args: Trai
         model.save_pretrained(out / "initial")
     lengths = [len(t) for t in texts]
     n_truncated = {"n": 0}
+    enc_lang = "eng_Latn" if model.config.encoder_lang_style == "nllb" else None
+    enc_cache = None
+    if stage1.cache_encoder_outputs:
+        from .encoder_cache import EncoderCache
+
+        with accelerator.main_process_first():
+            enc_cache = EncoderCache(model, texts, lang=enc_lang, cache_dir=out / "cache",
+                                     batch_size=stage1.teacher_batch_size,
+                                     show_progress=accelerator.is_main_process and args.progress)
+        n_truncated["n"] += enc_cache.n_truncated
 
     def collate(indices: list[int]) -> dict[str, Any]:
-        batch = model.tokenize([texts[i] for i in indices], lang="eng_Latn" if model.config.encoder_lang_style == "nllb" else None)
+        if enc_cache is not None:
+            return {**enc_cache.collate(indices), "targets": targets_ND[indices]}
+        batch = model.tokenize([texts[i] for i in indices], lang=enc_lang)
         n_truncated["n"] += batch["n_truncated"]
         return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
                 "targets": targets_ND[indices]}
@@ -175,7 +185,8 @@ def run_stage1(model_settings: ModelSettings, stage1: Stage1Settings, args: Trai
     mean_dev, std_dev = mean_D.to(accelerator.device), std_D.to(accelerator.device)
 
     def loss_fn(m: nn.Module, batch: dict[str, Any]):
-        pooled_ND = m(batch["input_ids"], batch["attention_mask"]).pooled.float()
+        pooled_ND = m(batch.get("input_ids"), batch["attention_mask"],
+                      encoder_hidden_states=batch.get("encoder_hidden_states")).pooled.float()
         target_ND = batch["targets"].float()
         z_student = (pooled_ND - mean_dev) / std_dev
         z_target = (target_ND - mean_dev) / std_dev
