@@ -427,6 +427,12 @@ class MTLLMModel(PreTrainedModel):
         """
         single = isinstance(texts, str)
         texts = [texts] if single else list(texts)
+        empty = [i for i, t in enumerate(texts) if not isinstance(t, str) or not t.strip()]
+        if empty:
+            raise ValueError(f"{len(empty)} of {len(texts)} texts are empty, whitespace-only or not strings (indices "
+                             f"{empty[:10]}{' ...' if len(empty) > 10 else ''}): they have nothing to embed. Drop them "
+                             f"(or replace them) before calling encode; nothing was computed.")
+        n_truncated = 0
         path = path or ("encoder" if self.encoder is not None else "llm")
         was_training = self.training
         self.eval()
@@ -441,6 +447,7 @@ class MTLLMModel(PreTrainedModel):
         for start in starts:
             idx = order[start:start + batch_size]
             batch = self.tokenize([texts[i] for i in idx], lang=lang if path == "encoder" else None, path=path)
+            n_truncated += batch["n_truncated"]
             if path == "encoder":
                 res = self(batch["input_ids"].to(device), batch["attention_mask"].to(device))
             else:
@@ -452,6 +459,12 @@ class MTLLMModel(PreTrainedModel):
             for j, i in enumerate(idx):
                 out[i] = pooled[j].cpu()
         self.train(was_training)
+        if n_truncated:
+            import warnings
+
+            warnings.warn(f"{n_truncated} of {len(texts)} texts were longer than {self.config.max_seq_length} tokens "
+                          f"({path} tokenizer) and were truncated; raise max_seq_length to keep them whole",
+                          stacklevel=2)
         result = torch.stack(out) if out else torch.empty(0, self.config.llm_hidden_size)
         return result[0] if single else result
 

@@ -140,3 +140,13 @@ def test_truncation_is_counted(tiny_model):
 def test_calibration_matches_embedding_rms(tiny_model):
     stats = tiny_model.calibrate_projection(TEXTS)
     assert stats["rms_after"] == pytest.approx(stats["target_rms"], rel=1e-4)
+
+
+def test_empty_texts_are_rejected_before_any_work(tiny_model):
+    with pytest.raises(ValueError, match=r"indices \[1, 2\]"):
+        tiny_model.encode(["fine", "", "   "])
+
+
+def test_truncation_is_reported_once(tiny_model):
+    with pytest.warns(UserWarning, match="1 of 2 texts were longer"):
+        tiny_model.encode(["word " * 300, "short"])

@@ -1,0 +1,54 @@
+"""Property-based tests for tokenisation/collation on random Unicode in many scripts."""
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+from mtllm.collate import collate_examples
+from mtllm.tasks import Example
+
+SCRIPTS = st.sampled_from(["Latin", "Cyrillic", "Greek", "Arabic", "Hebrew", "Devanagari", "Ethiopic", "Han", "Thai",
+                           "Tifinagh", "Tibetan", "Hangul"])
+RANGES = {"Latin": (0x41, 0x24F), "Cyrillic": (0x400, 0x4FF), "Greek": (0x391, 0x3C9), "Arabic": (0x621, 0x64A),
+          "Hebrew": (0x5D0, 0x5EA), "Devanagari": (0x905, 0x939), "Ethiopic": (0x1200, 0x1357), "Han": (0x4E00, 0x9FFF),
+          "Thai": (0xE01, 0xE30), "Tifinagh": (0x2D30, 0x2D67), "Tibetan": (0xF40, 0xF6C), "Hangul": (0xAC00, 0xD7A3)}
+
+
+@st.composite
+def texts(draw):
+    script = draw(SCRIPTS)
+    lo, hi = RANGES[script]
+    words = draw(st.lists(st.text(st.characters(min_codepoint=lo, max_codepoint=hi), min_size=1, max_size=8),
+                          min_size=1, max_size=40))
+    return " ".join(words)
+
+
+@pytest.fixture(scope="module")
+def model():
+    from mtllm import MTLLMModel
+
+    torch.manual_seed(0)
+    return MTLLMModel.from_encoder_and_llm("tiny:xlmr", "tiny:gemma3", lora=None, max_seq_length=48)
+
+
+@settings(max_examples=40, deadline=None)
+@given(batch=st.lists(texts(), min_size=1, max_size=5), path=st.sampled_from(["encoder", "llm"]),
+       pairs=st.booleans())
+def test_collation_shapes_masks_and_truncation(model, batch, path, pairs):
+    examples = [Example(id=str(i), texts=(t, t[::-1]) if pairs else (t,), label=i % 7) for i, t in enumerate(batch)]
+    out = collate_examples(model, examples, path=path, lang="eng_Latn")
+    ids = out["input_ids"] if path == "encoder" else out["llm_input_ids"]
+    mask = out["attention_mask"] if path == "encoder" else out["llm_attention_mask"]
+    assert ids.shape == mask.shape and ids.shape[0] == len(batch) and ids.shape[1] <= 48
+    lengths = mask.sum(1)
+    assert int(lengths.max()) == ids.shape[1]  # padded to the longest, no further
+    for row, n in zip(mask, lengths):  # right padding: ones then zeros
+        assert row[:n].all() and not row[n:].any()
+    assert 0 <= out["n_truncated"] <= len(batch)
+    assert out["labels"].tolist() == [i % 7 for i in range(len(batch))]
+    if path == "llm":
+        assert (ids[:, 0] == model.llm_tokenizer.bos_token_id).all()
+    with torch.no_grad():
+        res = model(**{k: v for k, v in out.items() if k not in ("labels", "n_truncated")})
+    assert torch.isfinite(res.pooled).all()
