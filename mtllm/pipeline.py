@@ -72,6 +72,15 @@ def _hash(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def _stage1_key(stage1_s: Any) -> dict[str, Any]:
+    """Stage-1 settings for the stage hash; ``cache_encoder_outputs`` only counts when on, so runs
+    started before that setting existed keep their hash (and are not redone)."""
+    key = asdict(stage1_s)
+    if not key.get("cache_encoder_outputs"):
+        key.pop("cache_encoder_outputs", None)
+    return key
+
+
 class _Stage:
     """Bookkeeping of one stage folder: skip when done with the same inputs, else (re)run."""
 
@@ -185,7 +194,10 @@ def run_pipeline(values: dict[str, Any]) -> dict[str, Any]:
 
     # --- stage 1 ------------------------------------------------------------------------------
     stage1_dir = root / "stage1"
-    if "stage1" in stages:
+    teacher_dir = root / f"teacher-{pipe.task}"
+    distill_dir = root / f"distill-{pipe.task}"
+
+    def _stage_stage1() -> None:
         def body(stage: _Stage, resume: bool):
             stage1_s.save_initial = True
             stage1_args.output_dir, stage1_args.resume = str(stage.dir), resume
@@ -194,10 +206,9 @@ def run_pipeline(values: dict[str, Any]) -> dict[str, Any]:
                     "metrics": str(stage.dir / "metrics.jsonl")}, summary
 
         results["stage1"] = run_stage("stage1", "self-distillation on English text",
-                                      [model_key, asdict(stage1_s), asdict(stage1_args) | {"output_dir": None}], body)
+                                      [model_key, _stage1_key(stage1_s), asdict(stage1_args) | {"output_dir": None}], body)
 
-    # --- retrieval probe -------------------------------------------------------------------------
-    if "retrieval" in stages:
+    def _stage_retrieval() -> None:
         sec = dict(sections["retrieval"] or {})
 
         def body(stage: _Stage, resume: bool):
@@ -212,10 +223,7 @@ def run_pipeline(values: dict[str, Any]) -> dict[str, Any]:
         results["retrieval"] = run_stage("retrieval", "English<->X retrieval before vs after stage 1",
                                          [hashes.get("stage1"), sec, data_dir], body)
 
-    # --- teacher ------------------------------------------------------------------------------
-    teacher_dir = root / f"teacher-{pipe.task}"
-    task_keys = {f.name for f in fields(TaskSettings)}
-    if "teacher" in stages:
+    def _stage_teacher() -> None:
         sec = dict(sections["finetune"])
 
         def body(stage: _Stage, resume: bool):
@@ -228,9 +236,7 @@ def run_pipeline(values: dict[str, Any]) -> dict[str, Any]:
         results["teacher"] = run_stage("teacher", f"fine-tune the LLM alone on English {pipe.task}",
                                        [model_key, pipe.task, sec, data_dir, pipe.seed], body, teacher_dir.name)
 
-    # --- distillation -------------------------------------------------------------------------
-    distill_dir = root / f"distill-{pipe.task}"
-    if "distill" in stages:
+    def _stage_distill() -> None:
         sec = dict(sections["distill"])
 
         def body(stage: _Stage, resume: bool):
@@ -247,8 +253,7 @@ def run_pipeline(values: dict[str, Any]) -> dict[str, Any]:
                                        [hashes.get("stage1"), hashes.get("teacher"), sec, data_dir, pipe.seed], body,
                                        distill_dir.name)
 
-    # --- evaluation ---------------------------------------------------------------------------
-    if "eval" in stages:
+    def _stage_eval() -> None:
         sec = dict(sections["evaluate"])
 
         def body(stage: _Stage, resume: bool):
@@ -262,6 +267,11 @@ def run_pipeline(values: dict[str, Any]) -> dict[str, Any]:
         results["eval"] = run_stage("eval", f"zero-shot {pipe.task} on every language",
                                     [hashes.get("distill"), hashes.get("teacher"), sec, data_dir, pipe.task], body,
                                     f"eval-{pipe.task}")
+
+    bodies = {"stage1": _stage_stage1, "retrieval": _stage_retrieval, "teacher": _stage_teacher,
+              "distill": _stage_distill, "eval": _stage_eval}
+    for name in stages:  # in the order given: a stage reads the hashes of those run before it
+        bodies[name]()
 
     total = time.perf_counter() - t_run
     print(f"\n[run] finished in {total:.0f} s; outputs in {root}", flush=True)
