@@ -150,3 +150,29 @@ def test_empty_texts_are_rejected_before_any_work(tiny_model):
 def test_truncation_is_reported_once(tiny_model):
     with pytest.warns(UserWarning, match="1 of 2 texts were longer"):
         tiny_model.encode(["word " * 300, "short"])
+
+
+def test_push_to_hub_uploads_what_save_pretrained_writes(tiny_model, monkeypatch, tmp_path):
+    """The standard PushToHubMixin path (hub calls replaced by fakes: no network here)."""
+    import shutil
+
+    import transformers.utils.hub as hub
+
+    class FakeApi:
+        def create_repo(self, repo_id, **kwargs):
+            return type("Repo", (), {"repo_id": repo_id})()
+
+    uploaded = {}
+
+    def fake_upload(self, folder, repo_id, **kwargs):
+        shutil.copytree(folder, tmp_path / "uploaded")
+        uploaded["repo"] = repo_id
+
+    monkeypatch.setattr(hub, "hf_api", lambda: FakeApi(), raising=False)
+    monkeypatch.setattr(hub, "create_and_tag_model_card",
+                        lambda *a, **k: type("Card", (), {"save": lambda self, p: open(p, "w").write("card")})())
+    monkeypatch.setattr(type(tiny_model), "_upload_modified_files", fake_upload)
+    tiny_model.push_to_hub("me/tiny-mtllm")
+    assert uploaded["repo"] == "me/tiny-mtllm"
+    loaded = MTLLMModel.from_pretrained(tmp_path / "uploaded")
+    assert (loaded.encode(TEXTS) - tiny_model.encode(TEXTS)).abs().max().item() < 1e-5
