@@ -55,6 +55,7 @@ class DistillSettings:
     train_projection: bool = field(default=False, metadata={"help": "Train the up-projection (the paper freezes it in stage 2)."})
     train_head: bool = field(default=False, metadata={"help": "Train the head (copied from the teacher; frozen in the paper)."})
     target_norm: str = field(default="standardize", metadata={"help": "'standardize' targets per dimension, or 'none' (raw MSE)."})
+    cache_encoder_outputs: bool = field(default=False, metadata={"help": "Compute the frozen encoder's outputs once per training example and reuse them every epoch (fp16, memory-mapped under output_dir/cache)."})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -304,9 +305,17 @@ def run_distill(model_settings: ModelSettings, task: TaskSettings, distill: Dist
         std_D = torch.from_numpy(flat.std(0)).clamp_min(1e-6) if distill.target_norm == "standardize" else torch.ones_like(mean_D)
     device = next(student.parameters()).device
     lang = task.train_lang
+    enc_cache = None
+    if distill.cache_encoder_outputs:
+        from .encoder_cache import EncoderCache, encoder_input_texts
+
+        enc_cache = EncoderCache(student, encoder_input_texts(student, train_ex), lang=lang, cache_dir=out / "cache",
+                                 batch_size=task.eval_batch_size, show_progress=args.progress)
 
     def collate(indices: list[int]) -> dict[str, Any]:
         batch = collate_examples(student, [train_ex[i] for i in indices], path="encoder", lang=lang)
+        if enc_cache is not None:
+            batch["encoder_hidden_states"] = enc_cache.states_for(indices, batch["attention_mask"])
         if targets is not None:
             batch["targets"] = torch.from_numpy(np.asarray(targets[np.asarray(indices)], dtype=np.float32))
         return batch
