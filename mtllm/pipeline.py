@@ -72,6 +72,18 @@ def _hash(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+#: Keys that change how a stage runs or logs, not what it computes: left out of stage hashes, so that
+#: e.g. ``--save_steps`` or ``--micro_batch_size`` (gradient accumulation) never redo finished work.
+BOOKKEEPING_KEYS = frozenset({"output_dir", "resume", "log_steps", "save_steps", "keep_checkpoints", "progress",
+                              "report_to", "micro_batch_size", "eval_batch_size", "batch_size_eval"})
+
+
+def _args_key(values: Any) -> dict[str, Any]:
+    """``values`` (a settings dataclass or a section dict) without :data:`BOOKKEEPING_KEYS`."""
+    d = asdict(values) if not isinstance(values, dict) else dict(values)
+    return {k: v for k, v in d.items() if k not in BOOKKEEPING_KEYS}
+
+
 def _stage1_key(stage1_s: Any) -> dict[str, Any]:
     """Stage-1 settings for the stage hash; ``cache_encoder_outputs`` only counts when on, so runs
     started before that setting existed keep their hash (and are not redone)."""
@@ -206,7 +218,7 @@ def run_pipeline(values: dict[str, Any]) -> dict[str, Any]:
                     "metrics": str(stage.dir / "metrics.jsonl")}, summary
 
         results["stage1"] = run_stage("stage1", "self-distillation on English text",
-                                      [model_key, _stage1_key(stage1_s), asdict(stage1_args) | {"output_dir": None}], body)
+                                      [model_key, _stage1_key(stage1_s), _args_key(stage1_args)], body)
 
     def _stage_retrieval() -> None:
         sec = dict(sections["retrieval"] or {})
@@ -221,7 +233,7 @@ def run_pipeline(values: dict[str, Any]) -> dict[str, Any]:
                     "plot": str(stage.dir / "results.png")}, res.averages()
 
         results["retrieval"] = run_stage("retrieval", "English<->X retrieval before vs after stage 1",
-                                         [hashes.get("stage1"), sec, data_dir], body)
+                                         [hashes.get("stage1"), _args_key(sec), data_dir], body)
 
     def _stage_teacher() -> None:
         sec = dict(sections["finetune"])
@@ -234,7 +246,7 @@ def run_pipeline(values: dict[str, Any]) -> dict[str, Any]:
             return {"best": summary["best_dir"], "metrics": str(stage.dir / "metrics.jsonl")}, summary["best"]
 
         results["teacher"] = run_stage("teacher", f"fine-tune the LLM alone on English {pipe.task}",
-                                       [model_key, pipe.task, sec, data_dir, pipe.seed], body, teacher_dir.name)
+                                       [model_key, pipe.task, _args_key(sec), data_dir, pipe.seed], body, teacher_dir.name)
 
     def _stage_distill() -> None:
         sec = dict(sections["distill"])
@@ -250,7 +262,7 @@ def run_pipeline(values: dict[str, Any]) -> dict[str, Any]:
                 k: summary[k] for k in ("evals", "steps", "seconds", "trainable")}
 
         results["distill"] = run_stage("distill", "distil the teacher into the MT-LLM (English data only)",
-                                       [hashes.get("stage1"), hashes.get("teacher"), sec, data_dir, pipe.seed], body,
+                                       [hashes.get("stage1"), hashes.get("teacher"), _args_key(sec), data_dir, pipe.seed], body,
                                        distill_dir.name)
 
     def _stage_eval() -> None:
@@ -265,7 +277,7 @@ def run_pipeline(values: dict[str, Any]) -> dict[str, Any]:
                     "plot": str(stage.dir / "results.png")}, res.averages()
 
         results["eval"] = run_stage("eval", f"zero-shot {pipe.task} on every language",
-                                    [hashes.get("distill"), hashes.get("teacher"), sec, data_dir, pipe.task], body,
+                                    [hashes.get("distill"), hashes.get("teacher"), _args_key(sec), data_dir, pipe.task], body,
                                     f"eval-{pipe.task}")
 
     bodies = {"stage1": _stage_stage1, "retrieval": _stage_retrieval, "teacher": _stage_teacher,
