@@ -88,6 +88,21 @@ def _load_optional_commands() -> None:
                 raise
 
 
+def _preset_keys(current: str) -> tuple[str, ...]:
+    """Keys of the other commands: a preset (e.g. configs/pocket.yaml) holds the keys of every stage,
+    so each command takes the ones it knows and leaves the others; a key no command knows is still
+    an error."""
+    import dataclasses
+
+    keys: set[str] = set()
+    for other, cmd in COMMANDS.items():
+        if other in (current, "run"):
+            continue
+        for cls in cmd.settings():
+            keys.update(f.name for f in dataclasses.fields(cls))
+    return tuple(sorted(keys))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -119,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             values.update(load_yaml(rest[i + 1]))
             rest = rest[:i] + rest[i + 2:]
         values.update(parse_overrides(rest))
-        settings = build_settings(cmd.settings(), values, extra_keys=cmd.extra_keys)
+        settings = build_settings(cmd.settings(), values, extra_keys=cmd.extra_keys + _preset_keys(name))
         cmd.run(settings, values)
     except (ConfigError, FileNotFoundError, KeyError, ValueError, ImportError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
@@ -129,4 +144,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    # `python -m mtllm.cli`: run the imported module's main, so commands registered by
+    # mtllm.commands (which imports mtllm.cli) land in the same registry.
+    from mtllm.cli import main as _main
+
+    raise SystemExit(_main())

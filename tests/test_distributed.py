@@ -73,3 +73,21 @@ def test_resume_two_process_checkpoint_in_one_process(runs, tmp_path):
     assert "resumed from" in res.stdout and "step 6" in res.stdout
     resumed, reference = _curve(tmp_path / "re"), _curve(root / "one")
     assert max(abs(a - b) for a, b in zip(resumed[6:], reference[6:])) < 1e-3
+
+
+def test_distillation_runs_under_torchrun(tmp_path):
+    """Task training (here the cross-entropy variant, no teacher needed) on 2 processes matches 1 process."""
+    data = str(ROOT / "tests" / "fixtures" / "pipeline")
+    args = ["distill", "--config", str(ROOT / "configs" / "tiny.yaml"), "--task", "sib200", "--data_dir", data,
+            "--objective", "ce", "--max_steps", "6", "--batch_size", "4", "--progress", "false",
+            "--report_to", "none", "--eval_batch_size", "8"]
+    one = subprocess.run([sys.executable, "-m", "mtllm.cli", *args, "--output_dir", str(tmp_path / "one")],
+                         cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "-m", "mtllm.cli", *args, "--output_dir", str(tmp_path / "two")],
+                         cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = _curve(tmp_path / "one"), _curve(tmp_path / "two")
+    assert len(a) == len(b) == 6
+    assert max(abs(x - y) for x, y in zip(a, b)) < 1e-3, (a, b)

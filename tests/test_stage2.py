@@ -136,3 +136,34 @@ def test_labels_the_head_never_saw_are_an_error(teacher_dir, tmp_path):
     with pytest.raises(ValueError, match="labels"):
         run_evaluate(EvaluateSettings(teacher=str(out / "best"), task="nusax", data_dir=str(ROOT / "tests/fixtures/tasks"),
                                       systems=["llm"], output_dir=str(tmp_path)), progress=False)
+
+
+def test_distillation_resume_equals_uninterrupted(teacher_dir, stage1_dir, tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    from mtllm.training import loop
+
+    out, _ = teacher_dir
+    dist = DistillSettings(stage1_model=str(stage1_dir), teacher_model=str(out / "best"), train_projection=True)
+    run_distill(MODEL, TASK, dist, _args(tmp_path / "full", num_epochs=2, save_steps=4))
+    real = loop._save_checkpoint
+
+    def crash(*args, **kwargs):
+        real(*args, **kwargs)
+        if args[5] == 8:
+            raise KeyboardInterrupt("simulated pre-emption")
+
+    monkeypatch.setattr(loop, "_save_checkpoint", crash)
+    with pytest.raises(KeyboardInterrupt):
+        run_distill(MODEL, TASK, dist, _args(tmp_path / "cut", num_epochs=2, save_steps=4))
+    monkeypatch.setattr(loop, "_save_checkpoint", real)
+    run_distill(MODEL, TASK, dist, _args(tmp_path / "cut", num_epochs=2, save_steps=4, resume=True))
+
+    def weights(d):
+        w = load_file(str(d / "final" / "model.safetensors"))
+        w.update(load_file(str(d / "final" / "adapter" / "adapter_model.safetensors")))
+        return w
+
+    a, b = weights(tmp_path / "full"), weights(tmp_path / "cut")
+    assert a.keys() == b.keys()
+    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
