@@ -112,7 +112,8 @@ def model_fingerprint(model: torch.nn.Module, tokenizer: Any) -> str:
             flat = param.detach().reshape(-1)
             digest.update(f"{name}|{tuple(param.shape)}|".encode())
             if flat.numel():
-                idx = torch.linspace(0, flat.numel() - 1, steps=min(16, flat.numel())).long().to(flat.device)
+                k = min(16, flat.numel())  # evenly spaced, in integers (float linspace overshoots past 2**24)
+                idx = (torch.arange(k, dtype=torch.int64) * (flat.numel() - 1) // max(k - 1, 1)).to(flat.device)
                 digest.update(flat[idx].to(torch.float64).cpu().numpy().tobytes())
     return digest.hexdigest()
 

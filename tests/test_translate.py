@@ -318,3 +318,26 @@ def test_from_pretrained_tiny_source(tmp_path, monkeypatch):
     out = tr.translate(["Le chat dort."], "fra_Latn", progress=False)
     assert len(out) == 1
     assert tr.last_stats.cache_file.startswith(str(tmp_path / "translations"))
+
+
+def test_fingerprint_of_a_parameter_larger_than_float32_precision():
+    """Sampling positions must stay in range for tensors with more than 2**24 elements (e.g. e5's
+    250k x 384 embedding), where a float linspace rounds past the last index."""
+    import torch
+
+    from mtllm.translate import model_fingerprint
+
+    class Big(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(2 ** 24 + 3), requires_grad=False)
+
+    class Tok:
+        def __len__(self):
+            return 1
+
+    a = model_fingerprint(Big(), Tok())
+    b = Big()
+    with torch.no_grad():
+        b.w[-1] = 1.0  # the last element is one of the sampled ones
+    assert model_fingerprint(b, Tok()) != a
