@@ -92,10 +92,6 @@ def _languages(task: str, requested: Sequence[str], data_dir: str | None) -> lis
     return out
 
 
-def _dtype(name: str) -> torch.dtype:
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
-
-
 def run_evaluate(settings: EvaluateSettings, *, models: dict[str, Any] | None = None, progress: bool = True,
                  translate_settings: Any = None):
     """Evaluate and write ``results.json``, ``results.md`` and ``results.png`` into ``output_dir``.
@@ -134,7 +130,9 @@ def _run_task(s: EvaluateSettings, models: dict[str, Any], progress: bool, trans
     if unknown:
         raise ValueError(f"unknown system(s) {sorted(unknown)}: choose among mtllm, llm, encoder, translate_test")
     langs = _languages(spec.name, s.langs, s.data_dir)
-    dtype = _dtype(s.dtype)
+    from ..training.stage1 import parse_dtype
+
+    dtype = parse_dtype(s.dtype)
     mtllm = models.get("mtllm")
     if mtllm is None and {"mtllm", "encoder"} & set(s.systems):
         if not s.model:
@@ -237,7 +235,9 @@ def _run_retrieval(s: EvaluateSettings, models: dict[str, Any], progress: bool):
     from ..pooling import mean_pool
     from ..tasks import load_examples
 
-    dtype = _dtype(s.dtype)
+    from ..training.stage1 import parse_dtype
+
+    dtype = parse_dtype(s.dtype)
     langs = [c for c in _languages("sib200", s.langs, s.data_dir) if c != s.train_lang]
     mtllms: dict[str, Any] = {}
     if "mtllm" in s.systems:
@@ -287,6 +287,7 @@ def _run_retrieval(s: EvaluateSettings, models: dict[str, Any], progress: bool):
 
         bar = tqdm(langs, desc="retrieval", unit="lang")
     ids_all = list(english)
+    pos = {i: k for k, i in enumerate(ids_all)}
     for lang in bar:
         target = {e.id: e.texts[0] for e in load_examples("sib200", lang, s.split, data_dir=s.data_dir, limit=s.max_examples)}
         ids = [i for i in ids_all if i in target]
@@ -295,7 +296,6 @@ def _run_retrieval(s: EvaluateSettings, models: dict[str, Any], progress: bool):
             t0 = time.perf_counter()
             if name not in eng_cache:
                 eng_cache[name] = embed([english[i] for i in ids_all], s.train_lang)
-            pos = {i: k for k, i in enumerate(ids_all)}
             src = eng_cache[name][[pos[i] for i in ids]]
             tgt = embed([target[i] for i in ids], lang)
             a, b = retrieval_accuracy(src, tgt)

@@ -24,6 +24,14 @@ from .loop import TrainingArgs, train
 logger = logging.getLogger(__name__)
 
 
+def parse_dtype(name: str) -> torch.dtype:
+    """``"float32"``, ``"bfloat16"`` or ``"float16"`` -> the torch dtype (a clear error otherwise)."""
+    try:
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+    except KeyError:
+        raise ValueError(f"dtype must be float32, bfloat16 or float16, not {name!r}") from None
+
+
 @dataclass
 class ModelSettings:
     """Which models to stack and how (shared by every stage)."""
@@ -47,10 +55,7 @@ class ModelSettings:
                             target_modules=self.lora_target_modules)
 
     def torch_dtype(self) -> torch.dtype:
-        try:
-            return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[self.dtype]
-        except KeyError:
-            raise ValueError(f"dtype must be float32, bfloat16 or float16, not {self.dtype!r}") from None
+        return parse_dtype(self.dtype)
 
     def build(self) -> MTLLMModel:
         return MTLLMModel.from_encoder_and_llm(

@@ -250,6 +250,15 @@ def pre_embed(teacher: MTLLMModel, examples: Sequence[Any], *, cache_dir: str | 
 # ---------------------------------------------------------------------------------------------
 # 3. distillation
 # ---------------------------------------------------------------------------------------------
+def _part(name: str) -> str | None:
+    """Which part of an MT-LLM a parameter belongs to: encoder, projection, head, lora, or None (the
+    frozen base LLM)."""
+    for prefix in ("encoder", "projection", "head"):
+        if name.startswith(prefix + "."):
+            return prefix
+    return "lora" if "lora_" in name else None
+
+
 def run_distill(model_settings: ModelSettings, task: TaskSettings, distill: DistillSettings, args: TrainingArgs, *,
                 student: MTLLMModel | None = None) -> dict[str, Any]:
     """Distil the fine-tuned teacher into the MT-LLM on English task data (or, with
@@ -286,15 +295,12 @@ def run_distill(model_settings: ModelSettings, task: TaskSettings, distill: Dist
     _check_labels(train_ex, len(student.config.label_names) if spec.kind != "multiple_choice" else len(train_ex[0].options), "train")
 
     # what trains
+    wanted = {"encoder": False, "projection": distill.train_projection,
+              "head": distill.train_head or distill.objective == "ce", "lora": distill.train_lora}
     for name, p in student.named_parameters():
-        if name.startswith("encoder."):
-            p.requires_grad_(False)
-        elif name.startswith("projection."):
-            p.requires_grad_(distill.train_projection)
-        elif name.startswith("head."):
-            p.requires_grad_(distill.train_head or distill.objective == "ce")
-        elif "lora_" in name:
-            p.requires_grad_(distill.train_lora)
+        part = _part(name)
+        if part is not None:
+            p.requires_grad_(wanted[part])
     trainable = [n for n, p in student.named_parameters() if p.requires_grad]
     if not trainable:
         raise ValueError("nothing to train: set train_lora, train_projection or train_head to true")
@@ -349,7 +355,7 @@ def run_distill(model_settings: ModelSettings, task: TaskSettings, distill: Dist
     groups: dict[str, list[nn.Parameter]] = {"lora": [], "projection": [], "head": []}
     for name, p in student.named_parameters():
         if p.requires_grad:
-            groups["projection" if name.startswith("projection.") else "head" if name.startswith("head.") else "lora"].append(p)
+            groups[_part(name)].append(p)
     lrs = {"lora": args.learning_rate, "projection": args.projection_lr or args.learning_rate,
            "head": args.head_lr or args.learning_rate}
     param_groups = [{"params": ps, "lr": lrs[k]} for k, ps in groups.items() if ps]
@@ -359,9 +365,7 @@ def run_distill(model_settings: ModelSettings, task: TaskSettings, distill: Dist
                    config_to_save={"model": asdict(model_settings), "task": asdict(task), "distill": asdict(distill),
                                    "training": asdict(args)})
     summary = {"final_dir": str(result.final_dir), "evals": evals, "steps": result.steps,
-               "seconds": round(result.seconds, 2), "n_train": len(train_ex), "trainable": sorted({
-                   "projection" if n.startswith("projection.") else "head" if n.startswith("head.") else "lora"
-                   for n in trainable}), "objective": distill.objective,
+               "seconds": round(result.seconds, 2), "n_train": len(train_ex), "trainable": sorted({_part(n) for n in trainable}), "objective": distill.objective,
                "first": result.history[0] if result.history else None,
                "last": result.history[-1] if result.history else None}
     (out / "distill_summary.json").write_text(json.dumps(summary, indent=1))
