@@ -44,15 +44,22 @@ class EncoderClassifier:
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
             batch = collate_examples(self.model, [examples[i] for i in idx], path="encoder", lang=lang)
-            hidden_NLD = self.model.encoder(input_ids=batch["input_ids"].to(device),
+            hidden_NLE = self.model.encoder(input_ids=batch["input_ids"].to(device),
                                             attention_mask=batch["attention_mask"].to(device)).last_hidden_state
-            if "option_spans" in batch:
-                pooled = span_mean_pool(hidden_NLD, batch["option_spans"].to(device))
-            else:
-                pooled = mean_pool(hidden_NLD, batch["attention_mask"].to(device))
+            pooled = self.pool(batch, hidden_NLE)
             for j, i in enumerate(idx):
-                out[int(i)] = pooled[j].float().cpu()
+                out[int(i)] = pooled[j]
         return torch.stack(out)
+
+    @staticmethod
+    def pool(batch: dict[str, Any], hidden_NLE: torch.Tensor) -> torch.Tensor:
+        """Features of one collated encoder-path ``batch`` from its encoder states ``hidden_NLE``
+        ``(N, L, E)`` (computed here or shared with the MT-LLM): ``(N, E)``, or ``(N, K, E)`` per option."""
+        if "option_spans" in batch:
+            pooled = span_mean_pool(hidden_NLE, batch["option_spans"].to(hidden_NLE.device))
+        else:
+            pooled = mean_pool(hidden_NLE, batch["attention_mask"].to(hidden_NLE.device))
+        return pooled.float().cpu()
 
     def fit(self, examples: Sequence[Any], label_names: Sequence[str], *, lang: str | None) -> dict[str, float]:
         """Train the head (full-batch L-BFGS on standardised features). Returns the training accuracy."""
@@ -87,7 +94,14 @@ class EncoderClassifier:
     def predict(self, examples: Sequence[Any], *, lang: str | None) -> np.ndarray:
         if self.head is None:
             raise ValueError("call fit() (or load()) before predict()")
-        Z = (self.features(examples, lang=lang) - self.mean_D) / self.std_D
+        return self.predict_features(self.features(examples, lang=lang))
+
+    @torch.no_grad()
+    def predict_features(self, X: torch.Tensor) -> np.ndarray:
+        """Predicted label indices from features ``X`` of :meth:`features` / :meth:`pool`."""
+        if self.head is None:
+            raise ValueError("call fit() (or load()) before predict()")
+        Z = (X - self.mean_D) / self.std_D
         return self._logits(Z).argmax(-1).numpy()
 
     def save(self, directory: str | Path) -> None:

@@ -215,9 +215,30 @@ class MTLLMModel(PreTrainedModel):
         """The LLM without PEFT wrapping."""
         return self.llm.get_base_model() if _is_peft(self.llm) else self.llm
 
+    @property
+    def adapters_merged(self) -> bool:
+        """True after :meth:`merge_adapters`: LoRA is folded into the LLM's weights (inference only)."""
+        return bool(getattr(self, "_adapters_merged", False))
+
+    def merge_adapters(self) -> "MTLLMModel":
+        """Fold the LoRA adapter into the LLM's linear weights, for inference.
+
+        The outputs are those of the adapted model, but each linear layer runs one matmul instead of
+        three (base, LoRA A, LoRA B): bf16 inference on CPU measured 1.34x faster on pocket. Afterwards
+        the adapter can no longer be disabled or trained, and only ``save_pretrained(full=True)`` can
+        save the model (the merged weights become its LLM). Returns ``self``; no-op without LoRA."""
+        if _is_peft(self.llm):
+            self.llm = self.llm.merge_and_unload()
+            self._adapters_merged = True
+            self.llm.requires_grad_(False)
+        return self
+
     @contextlib.contextmanager
     def adapters_disabled(self) -> Iterator[None]:
         """Run the LLM as it was before LoRA: the stage-1 teacher."""
+        if self.adapters_merged:
+            raise RuntimeError("the LoRA adapter was merged into the LLM (merge_adapters), so the LLM without it "
+                               "no longer exists in this instance: load the model again without merging")
         if _is_peft(self.llm):
             with self.llm.disable_adapter():
                 yield
@@ -476,6 +497,10 @@ class MTLLMModel(PreTrainedModel):
         tokenizers, so the directory loads with no other files. ``push_to_hub`` uses this too."""
         from safetensors.torch import save_file
 
+        if self.adapters_merged and not full:
+            raise ValueError("this model's LoRA adapter was merged into the LLM (merge_adapters), so saving only the "
+                             "adapter would lose it: call save_pretrained(..., full=True) to save the merged LLM, or "
+                             "save a copy loaded without merging")
         out = Path(save_directory)
         out.mkdir(parents=True, exist_ok=True)
         config = MTLLMConfig.from_dict(self.config.to_dict())
@@ -486,6 +511,8 @@ class MTLLMModel(PreTrainedModel):
             self.llm_tokenizer.save_pretrained(out / "llm")
             config.llm_name_or_path = "./llm"
             config.llm_adapters_to_merge = []
+            if self.adapters_merged:
+                config.lora = None  # the saved LLM already contains it
             if self.encoder is not None:
                 self.encoder.save_pretrained(out / "encoder")
                 self.encoder_tokenizer.save_pretrained(out / "encoder")
@@ -521,10 +548,15 @@ class MTLLMModel(PreTrainedModel):
                         dtype: torch.dtype | None = None, load_in_4bit: bool = False,
                         encoder: nn.Module | None = None, llm: nn.Module | None = None,
                         encoder_tokenizer: Any = None, llm_tokenizer: Any = None,
-                        attn_implementation: str | None = None, **_: Any) -> "MTLLMModel":
+                        attn_implementation: str | None = None, merge_adapters: bool = False,
+                        **_: Any) -> "MTLLMModel":
         """Load a model saved by :meth:`save_pretrained` (a local directory or a hub id). The saved base
         model references are used unless ``encoder``/``llm`` instances are passed; a mismatch between
-        them and the saved sizes is a clear error."""
+        them and the saved sizes is a clear error. ``merge_adapters=True`` folds LoRA into the weights
+        for faster inference (:meth:`merge_adapters`; not with ``is_trainable``)."""
+        if merge_adapters and is_trainable:
+            raise ValueError("merge_adapters=True is for inference; a trainable model keeps its LoRA adapter "
+                             "separate (drop one of is_trainable / merge_adapters)")
         from safetensors.torch import load_file
 
         root = Path(pretrained_model_name_or_path)
@@ -581,6 +613,8 @@ class MTLLMModel(PreTrainedModel):
         if not is_trainable:
             model.requires_grad_(False)
             model.eval()
+        if merge_adapters:
+            model.merge_adapters()
         return model
 
     # ------------------------------------------------------------------ projection calibration

@@ -51,6 +51,39 @@ def test_all_systems_write_results(models, tmp_path):
     assert list(Path(os.environ["MTLLM_CACHE"]).glob("translations/*.jsonl"))
 
 
+def test_mtllm_and_encoder_share_one_encoder_pass(models, tmp_path):
+    from mtllm.baselines import EncoderClassifier
+    from mtllm.evaluation.evaluate import predict_shared_encoder
+    from mtllm.tasks import get_task, load_examples
+    from mtllm.training.stage2 import predict
+
+    mtllm = models["mtllm"]
+    spec = get_task("sib200")
+    with torch.no_grad():
+        mtllm.head.weight.normal_()  # distinct logits, so that the comparison can fail
+    probe = EncoderClassifier(mtllm)
+    probe.fit(load_examples(spec, "eng_Latn", "train", data_dir=DATA), spec.label_names, lang="eng_Latn")
+    examples = load_examples(spec, "fra_Latn", "test", data_dir=DATA)
+    calls = []
+    hook = mtllm.encoder.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        mt, enc, secs = predict_shared_encoder(mtllm, probe, examples, lang="fra_Latn", batch_size=3)
+        assert len(calls) == 3  # 8 examples in batches of 3: the encoder ran once per batch, for both systems
+        calls.clear()
+        separate_mt = predict(mtllm, examples, path="encoder", lang="fra_Latn", batch_size=3)
+        separate_enc = probe.predict(examples, lang="fra_Latn")
+        assert len(calls) == 3 + 1  # separately: the MT-LLM's batches + the encoder baseline's own pass
+    finally:
+        hook.remove()
+    assert mt.tolist() == separate_mt.tolist() and enc.tolist() == separate_enc.tolist()
+    assert set(secs) == {"tokenize", "encoder_forward", "mtllm_after_encoder", "encoder_head"}
+    results = run_evaluate(EvaluateSettings(task="sib200", data_dir=DATA, output_dir=str(tmp_path), batch_size=3,
+                                            systems=["mtllm", "encoder"], langs=["fra_Latn"]),
+                           models=models, progress=False)
+    assert results.systems["mtllm"]["fra_Latn"] == float((separate_mt == [e.label for e in examples]).mean())
+    assert "shared_encoder_forward" in results.meta["seconds"]
+
+
 def test_unknown_language_and_system_are_clear_errors(models, tmp_path):
     from mtllm.languages import UnknownLanguageError
 

@@ -95,6 +95,42 @@ def test_save_load_round_trip(tiny_model, tmp_path):
     tiny_model.config.head_kind = None
 
 
+def test_merged_adapters_give_the_same_outputs_and_guard_what_merging_removes(tiny_model, tmp_path):
+    with torch.no_grad():
+        for name, p in tiny_model.llm.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.5)
+    tiny_model.set_head("classification", ["a", "b"])
+    tiny_model.save_pretrained(tmp_path / "m")
+    unmerged = MTLLMModel.from_pretrained(tmp_path / "m")
+    before = unmerged.encode(TEXTS)
+    with unmerged.adapters_disabled():
+        teacher = unmerged.encode(TEXTS)
+    assert (before - teacher).abs().max().item() > 1e-3  # the adapter matters, so the comparison can fail
+    merged = MTLLMModel.from_pretrained(tmp_path / "m", merge_adapters=True)
+    assert merged.adapters_merged and not any("lora_" in n for n, _ in merged.named_parameters())
+    assert (merged.encode(TEXTS) - before).abs().max().item() < 1e-4
+    with pytest.raises(RuntimeError, match="merge"):
+        with merged.adapters_disabled():
+            pass
+    with pytest.raises(ValueError, match="full=True"):
+        merged.save_pretrained(tmp_path / "lost")
+    assert not (tmp_path / "lost").exists()
+    merged.save_pretrained(tmp_path / "merged", full=True)
+    assert not (tmp_path / "merged" / "adapter").exists()
+    reloaded = MTLLMModel.from_pretrained(tmp_path / "merged")
+    assert reloaded.config.lora is None
+    assert (reloaded.encode(TEXTS) - before).abs().max().item() < 1e-4
+    with pytest.raises(ValueError, match="is_trainable"):
+        MTLLMModel.from_pretrained(tmp_path / "m", merge_adapters=True, is_trainable=True)
+    with torch.no_grad():
+        for name, p in tiny_model.llm.named_parameters():
+            if "lora_B" in name:
+                p.zero_()
+    tiny_model.head = None
+    tiny_model.config.head_kind = None
+
+
 def test_pickle_checkpoint_is_refused(tiny_model, tmp_path):
     tiny_model.save_pretrained(tmp_path / "m")
     torch.save({"x": 1}, tmp_path / "m" / "pytorch_model.bin")

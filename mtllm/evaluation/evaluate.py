@@ -116,7 +116,52 @@ def run_evaluate(settings: EvaluateSettings, *, models: dict[str, Any] | None = 
 def _load_mtllm(path: str, dtype: torch.dtype):
     from ..modeling import MTLLMModel
 
-    return MTLLMModel.from_pretrained(path, dtype=dtype)
+    # inference only: LoRA folded into the weights (one matmul per linear layer instead of three)
+    return MTLLMModel.from_pretrained(path, dtype=dtype, merge_adapters=True)
+
+
+@torch.no_grad()
+def predict_shared_encoder(model: Any, probe: Any, examples: Sequence[Any], *, lang: str | None,
+                           batch_size: int = 32) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+    """The ``mtllm`` and ``encoder`` systems in one pass over ``examples``: per length-sorted batch the
+    frozen encoder runs once, and its states ``(N, L, E)`` feed both the MT-LLM (projection, LLM, head)
+    and the encoder baseline's head (``probe``, a fitted :class:`~mtllm.baselines.EncoderClassifier`
+    on the same encoder). Returns (MT-LLM predictions, encoder predictions, seconds per part:
+    ``tokenize``, ``encoder_forward``, ``mtllm_after_encoder``, ``encoder_head``)."""
+    from ..collate import collate_examples, example_lengths
+
+    if model.head is None:
+        raise ValueError("the model has no task head: fine-tune (mtllm finetune) or distil it first")
+    was_training = model.training
+    model.eval()
+    order = np.argsort(example_lengths(examples), kind="stable")
+    device = next(model.parameters()).device
+    preds = np.empty(len(examples), dtype=np.int64)
+    feats: list[torch.Tensor | None] = [None] * len(examples)
+    secs = dict.fromkeys(("tokenize", "encoder_forward", "mtllm_after_encoder", "encoder_head"), 0.0)
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        t0 = time.perf_counter()
+        batch = collate_examples(model, [examples[i] for i in idx], path="encoder", lang=lang)
+        mask_NL = batch["attention_mask"].to(device)
+        t1 = time.perf_counter()
+        hidden_NLE = model.encoder(input_ids=batch["input_ids"].to(device), attention_mask=mask_NL).last_hidden_state
+        t2 = time.perf_counter()
+        spans = batch["option_spans"].to(device) if "option_spans" in batch else None
+        logits = model(attention_mask=mask_NL, encoder_hidden_states=hidden_NLE, option_spans=spans).logits
+        preds[idx] = logits.argmax(-1).cpu().numpy()
+        t3 = time.perf_counter()
+        pooled = probe.pool(batch, hidden_NLE)
+        for j, i in enumerate(idx):
+            feats[int(i)] = pooled[j]
+        t4 = time.perf_counter()
+        for key, dt in zip(secs, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+            secs[key] += dt
+    t0 = time.perf_counter()
+    enc_preds = probe.predict_features(torch.stack(feats))
+    secs["encoder_head"] += time.perf_counter() - t0
+    model.train(was_training)
+    return preds, enc_preds, secs
 
 
 def _run_task(s: EvaluateSettings, models: dict[str, Any], progress: bool, translate_settings: Any = None):
@@ -152,6 +197,8 @@ def _run_task(s: EvaluateSettings, models: dict[str, Any], progress: bool, trans
     predictors: dict[str, Predictor] = {}
     seconds: dict[str, float] = {}
     notes: list[str] = []
+    # the mtllm and encoder systems share one encoder pass per batch (same encoder, same tokenisation)
+    shared = "mtllm" in s.systems and "encoder" in s.systems
     if "mtllm" in s.systems:
         predictors["mtllm"] = lambda ex, lang: predict(mtllm, ex, path="encoder", lang=encoder_lang(mtllm, lang, s.fallbacks),
                                                        batch_size=s.batch_size)
@@ -196,12 +243,27 @@ def _run_task(s: EvaluateSettings, models: dict[str, Any], progress: bool, trans
             examples = load_examples(spec, lang, s.split, data_dir=s.data_dir, limit=s.max_examples)
             labels = np.array([e.label for e in examples])
             n_examples[lang] = len(examples)
+            if shared:
+                mt_preds, enc_preds, parts = predict_shared_encoder(
+                    mtllm, probe, examples, lang=encoder_lang(mtllm, lang, s.fallbacks), batch_size=s.batch_size)
+                accs["mtllm"][lang] = float((mt_preds == labels).mean())
+                accs["encoder"][lang] = float((enc_preds == labels).mean())
+                for key, dt in parts.items():
+                    seconds[f"shared_{key}"] = seconds.get(f"shared_{key}", 0.0) + dt
+                seconds["mtllm"] = seconds.get("mtllm", 0.0) + parts["tokenize"] + parts["encoder_forward"] + \
+                    parts["mtllm_after_encoder"]
+                seconds["encoder"] = seconds.get("encoder", 0.0) + parts["encoder_head"]
             for name, fn in predictors.items():
+                if shared and name in ("mtllm", "encoder"):
+                    continue
                 t0 = time.perf_counter()
                 accs[name][lang] = float((fn(examples, lang) == labels).mean())
                 seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - t0
             if progress:
                 bar.set_postfix({k: f"{v[lang]:.2f}" for k, v in accs.items()})
+    if shared:
+        notes.append("mtllm and encoder share one encoder pass per batch: seconds.mtllm includes tokenisation and "
+                     "the encoder, seconds.encoder is only its head (parts: seconds.shared_*)")
     for w in caught:
         if "fed to the encoder as" in str(w.message):
             notes.append(f"fallback: {w.message}")
