@@ -26,10 +26,12 @@ roofline   analytic FLOPs of every run above vs this machine's measured matmul F
            ``FlopCounterMode`` cross-check of one training step and one decode batch.
 precision  fp32 vs bf16 (autocast and bf16 weights) for inference and a training step; with ``--compile``
            also ``torch.compile``.
+peak       only the matmul FLOP/s peak (part of ``roofline``): training MFU without the inference runs.
 
 Toggles for the optimized path (each measurable on its own): ``--no-target-cache``,
 ``--no-length-grouping``, ``--no-encoder-cache``, ``--bf16`` (bf16 autocast training via Accelerate,
-bf16 weights for inference), ``--compile``; ``--ablations`` runs each of the first three off in turn.
+bf16 weights for inference), ``--compile``; ``--ablations`` runs each of the first three (and bf16 when
+on) off in turn.
 
 The last line printed is ``stage1_speedup=<x> distill_speedup=<y> mtllm_vs_translate_test=<z>``
 (medians over ``--repeats``); ``--json`` writes every number, per repeat and aggregated.
@@ -66,7 +68,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 POCKET_DATA = ["task:sib200/eng_Latn/train", "task:nusax/eng_Latn/train"]
-SECTIONS = ("stage1", "distill", "inference", "roofline", "precision")
+SECTIONS = ("stage1", "distill", "inference", "roofline", "precision", "peak")
 LANG = "eng_Latn"
 
 
@@ -95,7 +97,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-encoder-cache", action="store_true", help="optimized path: run the frozen encoder every step")
     p.add_argument("--bf16", action="store_true", help="optimized path: bf16 autocast training; inference: bf16 weights")
     p.add_argument("--compile", action="store_true", help="optimized path and precision section: torch.compile (slow to compile)")
-    p.add_argument("--ablations", action="store_true", help="also run the optimized path with each cache/grouping off")
+    p.add_argument("--ablations", nargs="?", const="all", default=None, metavar="NAMES",
+                   help="also run the optimized path with each optimisation off in turn: all of them, or a comma list "
+                        "among target_cache,length_grouping,encoder_cache,bf16")
     p.add_argument("--mt-decoder-layers", type=int, default=12, help="decoder layers of the pocket-shaped random M2M100 (NLLB-600M has 12)")
     p.add_argument("--peak-size", type=int, default=None, help="matrix size for the matmul peak (default 2048; quick 1024)")
     p.add_argument("--scaling", action="store_true", help="time and peak memory vs #texts and vs sequence length (a subprocess per point) -> PNG")
@@ -108,6 +112,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args.infer_texts = args.infer_texts or (64 if args.quick else 96)
     args.peak_size = args.peak_size or (1024 if args.quick else 2048)
     args.sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    if args.ablations not in (None, "all"):
+        unknown = sorted(set(n.strip() for n in args.ablations.split(",")) - set(ABLATABLE) - {""})
+        if unknown:
+            p.error(f"unknown --ablations {unknown}; choose from {','.join(ABLATABLE)} (or give no value for all)")
     bad = [s for s in args.sections if s not in SECTIONS]
     if bad:
         p.error(f"unknown sections {bad}; choose from {SECTIONS}")
@@ -414,9 +422,10 @@ def run_training(model, *, stage: str, n: int, collate, loss_fn, lengths, opts: 
     spe = n // args.batch_size
     ends = [res.history[(e + 1) * spe - 1]["elapsed_s"] for e in range(args.epochs)]
     epochs = [ends[0]] + [b - a for a, b in zip(ends, ends[1:])]
-    last = [h["loss"] for h in res.history[-spe:]]
-    return {"train_s": res.seconds, "epoch_s": epochs, "steps": res.steps,
-            "first_loss": res.history[0]["loss"], "final_epoch_loss": sum(last) / len(last)}
+    # each epoch visits every example once in both paths, so the epoch-mean loss is over the same examples
+    epoch_loss = [sum(h["loss"] for h in res.history[e * spe:(e + 1) * spe]) / spe for e in range(args.epochs)]
+    return {"train_s": res.seconds, "epoch_s": epochs, "steps": res.steps, "step_loss": [h["loss"] for h in res.history],
+            "first_loss": res.history[0]["loss"], "epoch_loss": epoch_loss, "final_epoch_loss": epoch_loss[-1]}
 
 
 def same_examples_per_epoch(n: int, bs: int, epochs: int, lengths: Sequence[int]) -> bool:
@@ -789,7 +798,7 @@ def one_repeat(r: int, args, ctx: dict[str, Any]) -> dict[str, Any]:
             for name in (("opt", "naive") if flip else ("naive", "opt")):
                 runs[name] = stage1_run(model, texts, opt if name == "opt" else Opts.naive(), args, workdir / f"s1-{name}", ctx)
             if args.ablations:
-                for off in ("target_cache", "length_grouping", "encoder_cache"):
+                for off in ablated(opt, args.ablations):
                     o = copy.copy(opt)
                     setattr(o, off, False)
                     runs[f"opt_no_{off}"] = stage1_run(model, texts, o, args, workdir / f"s1-no-{off}", ctx)
@@ -800,7 +809,7 @@ def one_repeat(r: int, args, ctx: dict[str, Any]) -> dict[str, Any]:
             for name in (("opt", "naive") if flip else ("naive", "opt")):
                 runs[name] = distill_run(model, examples, opt if name == "opt" else Opts.naive(), args, workdir / f"d-{name}", ctx)
             if args.ablations:
-                for off in ("target_cache", "length_grouping", "encoder_cache"):
+                for off in ablated(opt, args.ablations):
                     o = copy.copy(opt)
                     setattr(o, off, False)
                     runs[f"opt_no_{off}"] = distill_run(model, examples, o, args, workdir / f"d-no-{off}", ctx)
@@ -810,7 +819,7 @@ def one_repeat(r: int, args, ctx: dict[str, Any]) -> dict[str, Any]:
             out["inference"] = bench_inference(inf_model, ctx["mt"], ctx["mt_tok"], ctx["mt_info"], ctx["infer_texts"],
                                                workdir)
             out["inference"]["dtype"] = "bfloat16 weights" if args.bf16 else "float32"
-        if "roofline" in args.sections:
+        if "roofline" in args.sections or "peak" in args.sections:
             out["peak"] = {"fp32_flops": matmul_peak(args.peak_size, torch.float32),
                            "bf16_flops": matmul_peak(args.peak_size, torch.bfloat16), "n": args.peak_size}
         if "precision" in args.sections:
@@ -870,6 +879,7 @@ def summarize(args, ctx: dict[str, Any], reps: list[dict[str, Any]]) -> dict[str
             d["steady_s"] = stats([sum(x["epoch_s"][1:]) for x in rs])
             d["epoch_s"] = [stats([x["epoch_s"][e] for x in rs]) for e in range(args.epochs)]
             d["opts"] = rs[0]["opts"]
+            d["epoch_loss"] = [stats([x["epoch_loss"][e] for x in rs]) for e in range(args.epochs)]
             o = Opts.naive() if name == "naive" else _opts_of(args, name)
             fl = stage_flops(parts, rs[0]["batches"], enc_len, llm_len, o, bos)
             d["train_flops"] = fl
@@ -891,6 +901,9 @@ def summarize(args, ctx: dict[str, Any], reps: list[dict[str, Any]]) -> dict[str
         say(f"speedup naive/optimized: total (incl. one-time caches) {fmt(ratio_total, 'x')}, epochs >= 2 {fmt(ratio_steady, 'x')}")
         say(f"every epoch visits every example in both paths: {sec['same_examples_per_epoch']}; final-epoch loss naive "
             f"{sec['naive']['final_epoch_loss']['median']:.4g} vs optimized {sec['opt']['final_epoch_loss']['median']:.4g}")
+        for name in ("naive", "opt"):
+            say(f"loss curve (epoch means, median over repeats) {name}: "
+                + " ".join(f"{e['median']:.4g}" for e in sec[name]["epoch_loss"]))
         for name in names:
             if name.startswith("opt_no_"):
                 say(f"ablation {name}: {fmt(sec[name]['slowdown_vs_opt'], 'x')} the optimized total time")
@@ -955,6 +968,15 @@ def summarize(args, ctx: dict[str, Any], reps: list[dict[str, Any]]) -> dict[str
             say(f"{k:<30}{fmt(sec[k], ' s'):>28}{rel}")
         S["precision"] = sec
     return {"summary": S, "lines": lines}
+
+
+ABLATABLE = ("target_cache", "length_grouping", "encoder_cache", "bf16")
+
+
+def ablated(opt: Opts, which: str | None) -> list[str]:
+    """The optimisations ``--ablations`` turns off one at a time (those of ``which`` that are on)."""
+    names = ABLATABLE if which in (None, "all") else [n.strip() for n in which.split(",") if n.strip()]
+    return [n for n in names if getattr(opt, n)]
 
 
 def _opts_of(args, name: str) -> Opts:
@@ -1115,6 +1137,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     model = build_model(args)
     texts, examples, label_names, data_desc = load_data(args, model)
     model.set_head("classification", label_names)
+    # the projection starts as run_stage1 starts it (projection_init: rms_match), in both paths
+    with torch.no_grad():
+        model.calibrate_projection(texts[:256])
     set_distill_trainables(model)
     ctx: dict[str, Any] = {"model": model, "texts": texts, "examples": examples, "init": snapshot(model)}
     ctx["parts"] = model_parts(model)

@@ -31,7 +31,6 @@ model is converted again when it does not match.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import importlib.metadata
 import json
 import os
@@ -49,6 +48,8 @@ from typing import Any
 
 import numpy as np
 
+from ._io import file_sha256
+
 __all__ = [
     "POCKET_MODELS",
     "MANIFEST_NAME",
@@ -63,7 +64,6 @@ __all__ = [
 #: Name of the manifest written into every converted directory.
 MANIFEST_NAME = "mtllm_pocket.json"
 _MANIFEST_FORMAT = 1
-_HASH_CHUNK = 1 << 20
 
 
 # ---------------------------------------------------------------------------------------------
@@ -565,14 +565,6 @@ def cache_dir() -> Path:
     return Path.home() / ".cache" / "mtllm"
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while block := fh.read(_HASH_CHUNK):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _installed_version(spec: PocketSpec) -> str:
     """Installed version of ``spec.package``; ``ImportError`` with install advice when missing."""
     try:
@@ -604,7 +596,7 @@ def _manifest_ok(directory: Path, package_version: str, *, verify: bool) -> bool
             path = directory / rel
             if path.stat().st_size != info["size"]:
                 return False
-            if verify and _sha256(path) != info["sha256"]:
+            if verify and file_sha256(path) != info["sha256"]:
                 return False
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return False
@@ -630,7 +622,7 @@ def _write_manifest(directory: Path, spec: PocketSpec, package_version: str, sou
         "conversion_seconds": round(seconds, 1),
         "conversion": dict(summary or {}),
         "files": {
-            p.relative_to(directory).as_posix(): {"size": p.stat().st_size, "sha256": _sha256(p)}
+            p.relative_to(directory).as_posix(): {"size": p.stat().st_size, "sha256": file_sha256(p)}
             for p in written
         },
     }
@@ -649,7 +641,7 @@ def _convert_into(spec: PocketSpec, package_version: str, target: Path) -> None:
         source = spec.locate(Path(scratch))
         if not source.is_file():
             raise FileNotFoundError(f"pocket model {spec.name!r}: source file {source} not found")
-        source_sha = _sha256(source)
+        source_sha = file_sha256(source)
         if spec.source_sha256 is not None and source_sha != spec.source_sha256:
             raise ValueError(
                 f"{source}: sha256 {source_sha} does not match the expected {spec.source_sha256} "

@@ -39,6 +39,9 @@ def test_quick_benchmark_last_line_and_json(tmp_path):
         assert sec["opt"]["padding_overhead"] < sec["naive"]["padding_overhead"]  # length grouping pads less
         for run in ("naive", "opt"):
             assert sec[run]["train_flops"]["executed"] > 0 and math.isfinite(sec[run]["final_epoch_loss"]["median"])
+            curve = [e["median"] for e in sec[run]["epoch_loss"]]  # the loss curve: one mean per epoch
+            assert len(curve) >= 2 and curve[-1] == sec[run]["final_epoch_loss"]["median"]
+            assert curve[-1] < curve[0]  # both paths train
     inf = summary["inference"]
     assert inf["translate_test"]["mt_decode_s"]["median"] > 0 and inf["mtllm"]["encode_s"]["median"] > 0
     for check in summary["flop_check"].values():  # FlopCounterMode counts exactly the analytic matmuls
@@ -46,3 +49,10 @@ def test_quick_benchmark_last_line_and_json(tmp_path):
     assert summary["peak_fp32_gflops"]["median"] > 0
     assert {"infer_fp32_s", "infer_bf16_weights_s", "train_step_bf16_autocast_s"} <= set(summary["precision"])
     assert result["machine"]["nproc"] >= 1 and result["machine"]["torch"]
+
+
+def test_unknown_ablation_is_a_clear_error():
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick", "--ablations", "bf17"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "bf17" in proc.stderr and "target_cache" in proc.stderr

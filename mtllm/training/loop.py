@@ -8,7 +8,6 @@ detection, and logs to stdout, ``metrics.jsonl`` and TensorBoard/W&B when instal
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -23,6 +22,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 from torch import nn
+
+from .._io import file_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -92,14 +93,6 @@ def batch_order(n_examples: int, batch_size: int, *, epoch: int, seed: int,
 
 
 # ---------------------------------------------------------------------- checkpoints
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def verify_checkpoint(path: Path) -> None:
     """Raise :class:`CheckpointError` unless every file listed in the manifest is intact."""
     manifest = path / MANIFEST
@@ -108,7 +101,7 @@ def verify_checkpoint(path: Path) -> None:
     entries = json.loads(manifest.read_text())["files"]
     for name, meta in entries.items():
         file = path / name
-        if not file.exists() or file.stat().st_size != meta["size"] or _sha256(file) != meta["sha256"]:
+        if not file.exists() or file.stat().st_size != meta["size"] or file_sha256(file) != meta["sha256"]:
             raise CheckpointError(f"{path}: {name} is missing, truncated or altered (size/sha256 mismatch)")
 
 
@@ -154,7 +147,7 @@ def _write_checkpoint(path: Path, *, trainables: dict[str, torch.Tensor], optimi
         state = dict(state, python_rng=[py_state[0], list(py_state[1]), py_state[2]],
                      numpy_rng=[np_state[0], int(np_state[2]), int(np_state[3]), float(np_state[4])])
         (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1))
-        files = {p.name: {"size": p.stat().st_size, "sha256": _sha256(p)} for p in sorted(tmp.iterdir())}
+        files = {p.name: {"size": p.stat().st_size, "sha256": file_sha256(p)} for p in sorted(tmp.iterdir())}
         (tmp / MANIFEST).write_text(json.dumps({"files": files}, indent=1))
         with open(tmp / MANIFEST) as fh:
             os.fsync(fh.fileno())
