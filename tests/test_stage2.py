@@ -127,6 +127,17 @@ def test_multiple_choice_scores_each_option_span(tmp_path):
     emb = pre_embed(model, examples, cache_dir=tmp_path, teacher_id="mc", show_progress=False)
     assert emb.shape == (2, 4, model.config.llm_hidden_size)
     assert not np.allclose(emb[0, 0], emb[0, 1])  # each option pooled over its own span
+    # evaluation's shared encoder pass scores options exactly as the separate systems do
+    from mtllm.baselines import EncoderClassifier
+    from mtllm.evaluation.evaluate import predict_shared_encoder
+
+    with torch.no_grad():
+        model.head.weight.normal_()
+    probe = EncoderClassifier(model)
+    probe.fit(examples, [], lang="eng_Latn")
+    mt, enc, _ = predict_shared_encoder(model, probe, examples, lang="eng_Latn", batch_size=1)
+    assert mt.tolist() == predict(model, examples, path="encoder", lang="eng_Latn", batch_size=1).tolist()
+    assert enc.tolist() == probe.predict(examples, lang="eng_Latn").tolist()
 
 
 def test_labels_the_head_never_saw_are_an_error(teacher_dir, tmp_path):
