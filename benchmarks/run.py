@@ -787,33 +787,22 @@ def bench_precision(model, bf16_model, texts: list[str], args, compiled: dict[st
 def one_repeat(r: int, args, ctx: dict[str, Any]) -> dict[str, Any]:
     model, texts, examples = ctx["model"], ctx["texts"], ctx["examples"]
     workdir = Path(tempfile.mkdtemp(prefix=f"mtllm-bench-{r}-"))
-    opt = Opts(target_cache=not args.no_target_cache, length_grouping=not args.no_length_grouping,
-               encoder_cache=not args.no_encoder_cache, bf16=args.bf16, compile=args.compile)
+    opt = _opts_of(args, "opt")
     out: dict[str, Any] = {}
     flip = r % 2 == 1  # alternate which path runs first, so drift in machine load hits both
     try:
-        if "stage1" in args.sections:
+        for stage, run_fn, data, prefix in (("stage1", stage1_run, texts, "s1"), ("distill", distill_run, examples, "d")):
+            if stage not in args.sections:
+                continue
             set_distill_trainables(model)  # LoRA + projection train in both stages here
             runs = {}
             for name in (("opt", "naive") if flip else ("naive", "opt")):
-                runs[name] = stage1_run(model, texts, opt if name == "opt" else Opts.naive(), args, workdir / f"s1-{name}", ctx)
-            if args.ablations:
-                for off in ablated(opt, args.ablations):
-                    o = copy.copy(opt)
-                    setattr(o, off, False)
-                    runs[f"opt_no_{off}"] = stage1_run(model, texts, o, args, workdir / f"s1-no-{off}", ctx)
-            out["stage1"] = runs
-        if "distill" in args.sections:
-            set_distill_trainables(model)
-            runs = {}
-            for name in (("opt", "naive") if flip else ("naive", "opt")):
-                runs[name] = distill_run(model, examples, opt if name == "opt" else Opts.naive(), args, workdir / f"d-{name}", ctx)
-            if args.ablations:
-                for off in ablated(opt, args.ablations):
-                    o = copy.copy(opt)
-                    setattr(o, off, False)
-                    runs[f"opt_no_{off}"] = distill_run(model, examples, o, args, workdir / f"d-no-{off}", ctx)
-            out["distill"] = runs
+                runs[name] = run_fn(model, data, opt if name == "opt" else Opts.naive(), args, workdir / f"{prefix}-{name}", ctx)
+            for off in ablated(opt, args.ablations) if args.ablations else []:
+                o = copy.copy(opt)
+                setattr(o, off, False)
+                runs[f"opt_no_{off}"] = run_fn(model, data, o, args, workdir / f"{prefix}-no-{off}", ctx)
+            out[stage] = runs
         if "inference" in args.sections or "roofline" in args.sections:
             inf_model = ctx["bf16_model"] if args.bf16 else model
             out["inference"] = bench_inference(inf_model, ctx["mt"], ctx["mt_tok"], ctx["mt_info"], ctx["infer_texts"],

@@ -199,7 +199,7 @@ def _run_task(s: EvaluateSettings, models: dict[str, Any], progress: bool, trans
     notes: list[str] = []
     # the mtllm and encoder systems share one encoder pass per batch (same encoder, same tokenisation)
     shared = "mtllm" in s.systems and "encoder" in s.systems
-    if "mtllm" in s.systems:
+    if "mtllm" in s.systems and not shared:
         predictors["mtllm"] = lambda ex, lang: predict(mtllm, ex, path="encoder", lang=encoder_lang(mtllm, lang, s.fallbacks),
                                                        batch_size=s.batch_size)
     if "llm" in s.systems:
@@ -215,7 +215,8 @@ def _run_task(s: EvaluateSettings, models: dict[str, Any], progress: bool, trans
         seconds["encoder_fit"] = time.perf_counter() - t0
         notes.append(f"encoder: frozen encoder, mean pooling, logistic-regression head fitted on {len(train_ex)} "
                      f"{s.train_lang} training examples (train accuracy {fit['train_accuracy']:.3f})")
-        predictors["encoder"] = lambda ex, lang: probe.predict(ex, lang=encoder_lang(mtllm, lang, s.fallbacks))
+        if not shared:
+            predictors["encoder"] = lambda ex, lang: probe.predict(ex, lang=encoder_lang(mtllm, lang, s.fallbacks))
     if "translate_test" in s.systems:
         from ..translate import TranslateSettings, Translator, translate_examples
 
@@ -230,7 +231,7 @@ def _run_task(s: EvaluateSettings, models: dict[str, Any], progress: bool, trans
         predictors["translate_test"] = translate_test
         notes.append(f"translate_test: {s.translate_model} to {s.train_lang}, then the teacher")
 
-    accs: dict[str, dict[str, float]] = {k: {} for k in predictors}
+    accs: dict[str, dict[str, float]] = {k: {} for k in ("mtllm", "llm", "encoder", "translate_test") if k in s.systems}
     n_examples: dict[str, int] = {}
     bar = langs
     if progress:
@@ -254,8 +255,6 @@ def _run_task(s: EvaluateSettings, models: dict[str, Any], progress: bool, trans
                     parts["mtllm_after_encoder"]
                 seconds["encoder"] = seconds.get("encoder", 0.0) + parts["encoder_head"]
             for name, fn in predictors.items():
-                if shared and name in ("mtllm", "encoder"):
-                    continue
                 t0 = time.perf_counter()
                 accs[name][lang] = float((fn(examples, lang) == labels).mean())
                 seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - t0
