@@ -12,9 +12,9 @@ stage1     self-distillation over ``--epochs`` epochs. *optimized* = the math of
            targets computed once per text (``teacher_targets``), frozen-encoder outputs cached
            (``EncoderCache``), length-grouped batches; *naive* = teacher and encoder recomputed every step,
            random batches padded to the longest text of the batch. Same models, texts, batch size,
-           steps, optimizer and seed; both see every text once per epoch. Loss: raw MSE between pooled
-           states (``target_norm: none``; standardising needs the dataset statistics, which the naive
-           path does not have).
+           steps, optimizer and seed; both see every text once per epoch. Loss: the product's own
+           objective (``mtllm.training.objectives.stage1_loss``, standardised MSE); the naive path
+           gets the target statistics from one uncached teacher pass in its setup.
 distill    stage-2 distillation (MSE to the teacher's pooled states, head copied): *optimized* = teacher
            pre-embeddings (``pre_embed``, fp16 memmap) + ``EncoderCache`` + length grouping; *naive* =
            teacher and encoder every step, random batches. Reported per epoch; the headline ratio is
@@ -169,7 +169,7 @@ def machine_info() -> dict[str, Any]:
 def generated_texts(n: int, *, seed: int = 0, min_words: int = 3, max_words: int = 40) -> list[str]:
     """``n`` distinct English-ish texts of ``min_words``..``max_words`` words (uniform), from the words
     of the tiny models' training corpus, so the tiny tokenizers know them."""
-    from mtllm.tiny import TINY_CORPUS
+    from mtllm.sources.tiny import TINY_CORPUS
 
     words = sorted({w.strip(".,").lower() for s in TINY_CORPUS[:20] for w in s.split() if w.strip(".,").isascii()})
     rng = random.Random(seed)
@@ -185,8 +185,8 @@ def generated_texts(n: int, *, seed: int = 0, min_words: int = 3, max_words: int
 
 def build_model(args: argparse.Namespace, dtype: torch.dtype | None = None):
     """The MT-LLM as the presets build it (LoRA r 16, alpha 32, dropout 0.05, all linear layers)."""
-    from mtllm.modeling import MTLLMModel
-    from mtllm.training.stage1 import ModelSettings
+    from mtllm.modeling.model import MTLLMModel
+    from mtllm.settings import ModelSettings
 
     settings = ModelSettings(encoder=args.encoder, llm=args.llm, max_seq_length=args.max_seq_length)
     torch.manual_seed(0)
@@ -196,7 +196,7 @@ def build_model(args: argparse.Namespace, dtype: torch.dtype | None = None):
 
 
 @dataclass
-class Example:  # the fields mtllm.collate needs
+class Example:  # the fields mtllm.data.collate needs
     id: str
     texts: tuple[str, ...]
     label: int
@@ -216,7 +216,7 @@ def load_data(args: argparse.Namespace, model) -> tuple[list[str], list[Any], li
         examples = [Example(id=str(i), texts=(t,), label=rng.randrange(7))
                     for i, t in enumerate(generated_texts(n, seed=1, max_words=30))]
         return texts, examples, labels, f"{n} generated texts and {n} generated 7-class examples (3-30 words each)"
-    from mtllm.data import load_stage1_texts
+    from mtllm.data.texts import load_stage1_texts
     from mtllm.tasks import get_task, load_examples
     from mtllm.training.stage1 import _fits
 
@@ -442,9 +442,9 @@ def same_examples_per_epoch(n: int, bs: int, epochs: int, lengths: Sequence[int]
 def stage1_run(model, texts: list[str], opts: Opts, args, workdir: Path, tok: dict[str, Any]) -> dict[str, Any]:
     """One stage-1 run: ``opts`` all on = the project's path (run_stage1 math), all off = naive."""
     from mtllm.training.encoder_cache import EncoderCache
+    from mtllm.training.objectives import stage1_loss, target_stats
     from mtllm.training.stage1 import teacher_targets
 
-    F = nn.functional
     naive = opts == Opts.naive()
     seen: list[list[int]] = []
     head, model.head = model.head, None  # stage 1 has no head
@@ -452,8 +452,11 @@ def stage1_run(model, texts: list[str], opts: Opts, args, workdir: Path, tok: di
         restore(model, tok["init"])
         t0 = time.perf_counter()
         targets = enc_cache = None
+        # the objective's statistics need every target once, in both paths (as run_stage1 computes them)
+        all_targets = teacher_targets(model, texts, batch_size=32, cache_dir=None, show_progress=False)
+        stats = target_stats(all_targets)
         if opts.target_cache:
-            targets = teacher_targets(model, texts, batch_size=32, cache_dir=None, show_progress=False)
+            targets = all_targets
         if opts.encoder_cache:
             enc_cache = EncoderCache(model, texts, cache_dir=workdir / "enc-cache", lang=LANG, batch_size=32)
         setup_s = time.perf_counter() - t0
@@ -474,17 +477,12 @@ def stage1_run(model, texts: list[str], opts: Opts, args, workdir: Path, tok: di
             return batch
 
         def loss_fn(m, batch):
-            if "targets" in batch:
-                target = batch["targets"].float()
-            else:
-                ctx = torch.no_grad() if naive else torch.inference_mode()
-                with ctx, model.adapters_disabled():
-                    target = m(llm_input_ids=batch["llm_input_ids"], llm_attention_mask=batch["llm_attention_mask"]).pooled.float()
-                target = target.clone()
-            pooled = m(batch.get("input_ids"), batch["attention_mask"],
-                       encoder_hidden_states=batch.get("encoder_hidden_states")).pooled.float()
-            loss = F.mse_loss(pooled, target)
-            return loss, {"loss": loss.item()}
+            if "targets" not in batch:  # naive: the teacher runs on every step
+                with torch.no_grad(), model.adapters_disabled():
+                    target = m(llm_input_ids=batch.pop("llm_input_ids"),
+                               llm_attention_mask=batch.pop("llm_attention_mask")).pooled.float()
+                batch["targets"] = target.clone()
+            return stage1_loss(m, batch, stats=stats)
 
         res = run_training(model, stage="stage1-" + ("naive" if naive else "opt"), n=len(texts), collate=collate,
                            loss_fn=loss_fn, lengths=[len(t) for t in texts], opts=opts, args=args, workdir=workdir)
@@ -496,20 +494,25 @@ def stage1_run(model, texts: list[str], opts: Opts, args, workdir: Path, tok: di
 
 def distill_run(model, examples: list[Any], opts: Opts, args, workdir: Path, tok: dict[str, Any]) -> dict[str, Any]:
     """One distillation run (student = the MT-LLM, teacher = the LLM on its own tokens, adapters off)."""
-    from mtllm.collate import collate_examples, example_lengths
+    from mtllm.data.collate import collate_examples, example_lengths
     from mtllm.training.encoder_cache import EncoderCache, encoder_input_texts
-    from mtllm.training.stage2 import pre_embed
+    from mtllm.training.distill import pre_embed
+    from mtllm.training.objectives import distill_loss, target_stats
 
-    F = nn.functional
     naive = opts == Opts.naive()
     seen: list[list[int]] = []
     restore(model, tok["init"])
     t0 = time.perf_counter()
     targets = enc_cache = None
+    # the objective's statistics need every target once, in both paths (as run_distill computes them)
+    with model.adapters_disabled():
+        all_targets = pre_embed(model, examples, cache_dir=workdir / ("preembed" if opts.target_cache else "stats"),
+                                teacher_id="bench-teacher", batch_size=32, show_progress=False)
+    stats = target_stats(torch.from_numpy(np.asarray(all_targets, dtype=np.float32)), unbiased=False)
     if opts.target_cache:
-        with model.adapters_disabled():
-            targets = pre_embed(model, examples, cache_dir=workdir / "preembed", teacher_id="bench-teacher",
-                                batch_size=32, show_progress=False)
+        targets = all_targets
+    else:
+        shutil.rmtree(workdir / "stats", ignore_errors=True)
     if opts.encoder_cache:
         enc_cache = EncoderCache(model, encoder_input_texts(model, examples), cache_dir=workdir / "enc-cache",
                                  lang=LANG, batch_size=32)
@@ -529,19 +532,12 @@ def distill_run(model, examples: list[Any], opts: Opts, args, workdir: Path, tok
         return batch
 
     def loss_fn(m, batch):
-        labels = batch.pop("labels")
-        batch.pop("n_truncated", None)
-        if "targets" in batch:
-            target = batch.pop("targets")
-        else:
+        if "targets" not in batch:  # naive: the teacher runs on every step
             ids, mask = batch.pop("llm_input_ids"), batch.pop("llm_attention_mask")
-            ctx = torch.no_grad() if naive else torch.inference_mode()
-            with ctx, model.adapters_disabled():
+            with torch.no_grad(), model.adapters_disabled():
                 target = m(llm_input_ids=ids, llm_attention_mask=mask).pooled.float()
-            target = target.clone()
-        res = m(**batch)
-        loss = F.mse_loss(res.pooled.float(), target)
-        return loss, {"loss": loss.item(), "train_accuracy": (res.logits.argmax(-1) == labels).float().mean().item()}
+            batch["targets"] = target.clone()
+        return distill_loss(m, batch, stats=stats)
 
     res = run_training(model, stage="distill-" + ("naive" if naive else "opt"), n=len(examples), collate=collate,
                        loss_fn=loss_fn, lengths=example_lengths(examples), opts=opts, args=args, workdir=workdir)
@@ -559,7 +555,7 @@ def set_distill_trainables(model) -> None:
 # =============================================================================================
 def bench_inference(model, mt, mt_tok, mt_info: dict[str, Any], texts: list[str], workdir: Path,
                     bs: int = 32) -> dict[str, Any]:
-    from mtllm.translate import TranslateSettings, Translator
+    from mtllm.baselines.translate_test import TranslateSettings, Translator
 
     res: dict[str, Any] = {"n": len(texts)}
     model.eval()
@@ -1134,7 +1130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ctx["parts"] = model_parts(model)
     ctx["bos"] = 1 if (model.config.prepend_llm_bos and model.config.llm_bos_token_id is not None) else 0
     ctx["n_stage1"], ctx["n_distill"] = len(texts), len(examples)
-    from mtllm.collate import example_lengths
+    from mtllm.data.collate import example_lengths
     from mtllm.training.encoder_cache import encoder_input_texts
 
     ex_texts = encoder_input_texts(model, examples)

@@ -5,9 +5,9 @@ pair by self-distillation (Schmidt et al., arXiv 2406.12739).
 >>> model = MTLLMModel.from_pretrained("runs/pocket/stage1/final")      # doctest: +SKIP
 >>> model.encode(["Habari ya asubuhi"], lang="swh_Latn").shape          # doctest: +SKIP
 """
-from .config import LoraSettings, MTLLMConfig
-from .modeling import MTLLMModel, MTLLMOutput
-from .pooling import cls_pool, eos_pool, mean_pool, span_mean_pool
+from mtllm.modeling.config import LoraSettings, MTLLMConfig
+from mtllm.modeling.model import MTLLMModel, MTLLMOutput
+from mtllm.modeling.pooling import cls_pool, eos_pool, mean_pool, span_mean_pool
 
 __version__ = "0.1.0"
 

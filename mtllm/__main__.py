@@ -1,4 +1,4 @@
 """`python -m mtllm ...` is the `mtllm` command."""
-from .cli import main
+from mtllm.cli import main
 
 raise SystemExit(main())

@@ -14,15 +14,18 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 @pytest.fixture(scope="session", autouse=True)
 def _session_cache(tmp_path_factory):
     """Isolate the mtllm cache (tiny models, teacher targets) from the user's; keep real pocket models."""
+    os.environ.setdefault("MTLLM_DEVICE", "cpu")  # the suite runs on the CPU; tests/test_device.py picks devices itself
     if not os.environ.get("MTLLM_CACHE"):
         os.environ["MTLLM_CACHE"] = str(tmp_path_factory.mktemp("mtllm-cache"))
     torch.set_num_threads(min(2, torch.get_num_threads()))
     yield
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def tiny_model():
-    """A tiny MT-LLM (random XLM-R encoder + random Gemma 3 LLM), LoRA r 4."""
+    """A tiny MT-LLM (random XLM-R encoder + random Gemma 3 LLM), LoRA r 4, built fresh for each test
+    (well under a second): tests may set heads, merge adapters or change weights without changing
+    what any other test sees."""
     from mtllm import MTLLMModel, LoraSettings
 
     torch.manual_seed(0)

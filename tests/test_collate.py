@@ -5,7 +5,7 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from mtllm.collate import collate_examples
+from mtllm.data.collate import collate_examples
 from mtllm.tasks import Example
 
 SCRIPTS = st.sampled_from(["Latin", "Cyrillic", "Greek", "Arabic", "Hebrew", "Devanagari", "Ethiopic", "Han", "Thai",
@@ -45,7 +45,21 @@ def test_collation_shapes_masks_and_truncation(model, batch, path, pairs):
     assert int(lengths.max()) == ids.shape[1]  # padded to the longest, no further
     for row, n in zip(mask, lengths):  # right padding: ones then zeros
         assert row[:n].all() and not row[n:].any()
-    assert 0 <= out["n_truncated"] <= len(batch)
+    # each row is the tokenizer's own encoding of the text (pairs joined by the separator), cut to 48 tokens:
+    # the encoder keeps its end-of-sequence token, the LLM its <bos>
+    tok = model.encoder_tokenizer if path == "encoder" else model.llm_tokenizer
+    texts = [t + model.config.pair_separator + t[::-1] if pairs else t for t in batch]
+    expected = []
+    for text in texts:
+        full = tok(text)["input_ids"]
+        if path == "llm" and full[:1] != [tok.bos_token_id]:
+            full = [tok.bos_token_id] + full
+        expected.append(full)
+    assert out["n_truncated"] == sum(len(full) > 48 for full in expected)
+    for row, n, full in zip(ids, lengths.tolist(), expected):
+        cut = full if len(full) <= 48 else full[:47] + full[-1:] if path == "encoder" else full[:48]
+        assert row[:n].tolist() == cut
+        assert (row[n:] == tok.pad_token_id).all()
     assert out["labels"].tolist() == [i % 7 for i in range(len(batch))]
     if path == "llm":
         assert (ids[:, 0] == model.llm_tokenizer.bos_token_id).all()

@@ -22,13 +22,13 @@ def _env():
 
 
 def _single(out: Path, *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mtllm.cli", *COMMON, "--output_dir", str(out), *extra],
+    return subprocess.run([sys.executable, "-m", "mtllm", *COMMON, "--output_dir", str(out), *extra],
                           cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
 
 
 def _two(out: Path, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           "-m", "mtllm.cli", *COMMON, "--output_dir", str(out), *extra],
+                           "-m", "mtllm", *COMMON, "--output_dir", str(out), *extra],
                           cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
 
 
@@ -81,11 +81,11 @@ def test_distillation_runs_under_torchrun(tmp_path):
     args = ["distill", "--config", str(ROOT / "configs" / "tiny.yaml"), "--task", "sib200", "--data_dir", data,
             "--objective", "ce", "--max_steps", "6", "--batch_size", "4", "--progress", "false",
             "--report_to", "none", "--eval_batch_size", "8"]
-    one = subprocess.run([sys.executable, "-m", "mtllm.cli", *args, "--output_dir", str(tmp_path / "one")],
+    one = subprocess.run([sys.executable, "-m", "mtllm", *args, "--output_dir", str(tmp_path / "one")],
                          cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
     assert one.returncode == 0, one.stderr[-3000:]
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          "-m", "mtllm.cli", *args, "--output_dir", str(tmp_path / "two")],
+                          "-m", "mtllm", *args, "--output_dir", str(tmp_path / "two")],
                          cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
     assert two.returncode == 0, two.stderr[-3000:]
     a, b = _curve(tmp_path / "one"), _curve(tmp_path / "two")

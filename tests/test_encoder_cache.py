@@ -10,12 +10,14 @@ import pytest
 import torch
 
 from mtllm import LoraSettings, MTLLMModel
-from mtllm.collate import collate_examples
+from mtllm.data.collate import collate_examples
 from mtllm.tasks import Example
 from mtllm.training.encoder_cache import EncoderCache, encoder_input_texts
 from mtllm.training.loop import TrainingArgs
-from mtllm.training.stage1 import ModelSettings, Stage1Settings, run_stage1
-from mtllm.training.stage2 import DistillSettings, TaskSettings, run_distill
+from mtllm.settings import ModelSettings
+from mtllm.training.stage1 import Stage1Settings, run_stage1
+from mtllm.training.distill import DistillSettings, run_distill
+from mtllm.training.finetune import TaskSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 ENGLISH = str(ROOT / "tests" / "fixtures" / "english.txt")
@@ -112,7 +114,10 @@ def test_cache_is_rebuilt_when_texts_or_settings_change(model, english_texts, tm
         short = EncoderCache(model, english_texts, cache_dir=tmp_path)
     finally:
         model.config.max_seq_length = old
-    assert short.built and short.key != base.key and short.lengths.max() <= 8 and short.n_truncated > 0
+    assert short.built and short.key != base.key
+    full = [len(model.encoder_tokenizer(t)["input_ids"]) for t in english_texts]  # untruncated token counts
+    assert short.lengths.tolist() == [min(n, 8) for n in full]
+    assert short.n_truncated == sum(n > 8 for n in full) > 0
     # other encoder weights: another key
     other = MTLLMModel.from_encoder_and_llm("tiny:xlmr", "tiny:gemma3", lora=None, max_seq_length=128)
     with torch.no_grad():

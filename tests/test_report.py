@@ -201,7 +201,7 @@ def test_merge_conflicts():
         a.merge(_results(metric="f1"))
     with pytest.raises(ValueError, match="trained on"):
         a.merge(_results(train_lang="fra_Latn"))
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="can only merge EvalResults, not dict"):
         a.merge({"task": "sib200"})
 
 
@@ -265,14 +265,22 @@ def test_plot_is_a_png_whose_width_scales_with_the_languages(tmp_path):
 
 def test_plot_options_and_edge_cases(tmp_path):
     r = _results()
-    p = plot_results(r, tmp_path / "by_lang.png", sort_by="lang", chance=0.5, chance_label="majority", title="T")
-    assert _png_size(p)[0] > 0
-    plot_results(r, tmp_path / "key.png", sort_by=lambda lang: lang[::-1])
-    plot_results(EvalResults(task="empty"), tmp_path / "empty.png")
-    plot_results(EvalResults(task="t", systems={"a": {}}, n_examples={"x": 1}), tmp_path / "nolang.png")
-    assert all((tmp_path / f).exists() for f in ("by_lang.png", "key.png", "empty.png", "nolang.png"))
+    plots = {"default.png": (r, {}),
+             "by_lang.png": (r, dict(sort_by="lang", chance=0.5, chance_label="majority", title="T")),
+             "key.png": (r, dict(sort_by=lambda lang: lang[::-1])),
+             "empty.png": (EvalResults(task="empty"), {}),
+             "nolang.png": (EvalResults(task="t", systems={"a": {}}, n_examples={"x": 1}), {})}
+    for name, (res, kwargs) in plots.items():
+        path = plot_results(res, tmp_path / name, **kwargs)
+        assert path == tmp_path / name
+        w_in, h_in = plot_figure_size(len(res.languages))  # a PNG of the documented size, whatever the options
+        assert _png_size(path) == (round(w_in * DPI), round(h_in * DPI)), name
+    # the options change what is drawn
+    pixels = {name: (tmp_path / name).read_bytes() for name in plots}
+    assert len({pixels["default.png"], pixels["by_lang.png"], pixels["key.png"]}) == 3
     with pytest.raises(ValueError, match="sort_by"):
         plot_results(r, tmp_path / "bad.png", sort_by="nope")
+    assert not (tmp_path / "bad.png").exists()
 
 
 def test_language_order():

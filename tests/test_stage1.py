@@ -16,7 +16,8 @@ from safetensors.torch import load_file
 
 from mtllm.training import loop
 from mtllm.training.loop import CheckpointError, TrainingArgs, TrainingDiverged, latest_valid_checkpoint
-from mtllm.training.stage1 import ModelSettings, Stage1Settings, run_stage1
+from mtllm.settings import ModelSettings
+from mtllm.training.stage1 import Stage1Settings, run_stage1
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = str(ROOT / "tests" / "fixtures" / "english.txt")
@@ -88,7 +89,7 @@ def test_kill_9_mid_run_then_resume_matches(tmp_path):
     env = dict(os.environ, PYTHONHASHSEED="0")
     common = ["--config", str(ROOT / "configs" / "tiny.yaml"), "--data", f"[{DATA}]", "--max_steps", "300",
               "--save_steps", "25", "--progress", "false", "--report_to", "none", "--log_steps", "100"]
-    cmd = [sys.executable, "-m", "mtllm.cli", "adapt"]
+    cmd = [sys.executable, "-m", "mtllm", "adapt"]
     subprocess.run(cmd + common + ["--output_dir", str(tmp_path / "full")], check=True, env=env, cwd=ROOT,
                    capture_output=True)
     proc = subprocess.Popen(cmd + common + ["--output_dir", str(tmp_path / "cut")], env=env, cwd=ROOT,
@@ -122,7 +123,7 @@ def test_truncated_checkpoint_falls_back_to_previous(tmp_path):
 
 
 def test_nan_loss_stops_and_names_step_keeping_checkpoint(tmp_path, monkeypatch):
-    from mtllm.modeling import MTLLMModel
+    from mtllm.modeling.model import MTLLMModel
 
     real_forward = MTLLMModel.forward
     calls = {"n": 0}
@@ -150,13 +151,15 @@ def test_full_disk_on_checkpoint_is_clear_and_keeps_old_ones(tmp_path, monkeypat
     def no_space(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(loop, "save_file", no_space, raising=False)
     import safetensors.torch
 
+    # the checkpoint writer imports safetensors.torch.save_file when it writes (raising=True: must exist)
     monkeypatch.setattr(safetensors.torch, "save_file", no_space)
+    accelerator = loop.make_accelerator(TrainingArgs(output_dir=str(tmp_path), report_to="none"))
+    layer = torch.nn.Linear(2, 1)
+    model, optimizer = accelerator.prepare(layer, torch.optim.SGD(layer.parameters(), lr=0.1))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
     with pytest.raises(CheckpointError, match="No space left on device.*--resume"):
-        loop._write_checkpoint(tmp_path / "checkpoints" / "step-0000099", trainables={"x": torch.ones(1)},
-                               optimizer=torch.optim.SGD([torch.nn.Parameter(torch.ones(1))], lr=0.1),
-                               scheduler=None, state={"step": 99})
+        loop._save_checkpoint(accelerator, model, optimizer, scheduler, tmp_path, 99, [], 2)
     assert latest_valid_checkpoint(tmp_path) == before
-    assert not any(p.name.startswith(".tmp-") for p in (tmp_path / "checkpoints").iterdir())
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.startswith(".")] == []  # no temporary

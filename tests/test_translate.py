@@ -1,15 +1,15 @@
-"""Translate-test support (mtllm.translate) on the tiny random M2M100/NLLB-shaped model."""
+"""Translate-test support (mtllm.baselines.translate_test) on the tiny random M2M100/NLLB-shaped model."""
 from __future__ import annotations
 
 import copy
 import json
-from dataclasses import dataclass
 
 import pytest
 import torch
 
-from mtllm.tiny import TINY_LANG_CODES, build_tiny_seq2seq
-from mtllm.translate import (
+from mtllm.tasks import Example
+from mtllm.sources.tiny import TINY_LANG_CODES, build_tiny_seq2seq
+from mtllm.baselines.translate_test import (
     TranslateSettings,
     Translator,
     UnsupportedLanguageError,
@@ -206,13 +206,12 @@ def test_unknown_language_errors(tiny_mt, tmp_path):
     with pytest.raises(UnsupportedLanguageError, match="hin_Deva") as err:
         tr.translate(["Le chat."], "hin_Deva", progress=False)
     assert "fra_Latn" in str(err.value)  # the message lists languages the model does know
-    with pytest.raises(ValueError, match="not-a-language"):  # a typo: mtllm.languages' error
+    with pytest.raises(ValueError, match="not-a-language"):  # a typo: mtllm.data.languages' error
         tr.translate(["Le chat."], "not-a-language", progress=False)
     with pytest.raises(UnsupportedLanguageError, match="target language 'hin_Deva'"):
         make(tiny_mt, tmp_path, target_lang="hin_Deva")
     assert not tr.settings.resolved_cache_dir().exists() or not any(tr.settings.resolved_cache_dir().glob("*.jsonl"))
-    # a wrongly spelled but unambiguous code is canonicalised where mtllm.languages is available
-    pytest.importorskip("mtllm.languages")
+    # a wrongly spelled but unambiguous code is canonicalised (mtllm.data.languages)
     assert tr._source_setup("FRA-latn")[0] == "fra_Latn" and tr.tokenizer.src_lang == "fra_Latn"
 
 
@@ -286,14 +285,6 @@ def test_no_language_tokens_for_fixed_direction_models(tiny_mt, tmp_path, spy):
     assert "forced_bos_token_id" not in s.calls[0]["kwargs"]
 
 
-@dataclass(frozen=True)
-class Example:
-    id: str
-    texts: tuple[str, ...]
-    label: int
-    options: tuple[str, ...] = ()
-
-
 def test_translate_examples(tiny_mt, tmp_path, spy):
     tr = make(tiny_mt, tmp_path, batch_size=4)
     s = spy(echo=True)
@@ -308,16 +299,21 @@ def test_translate_examples(tiny_mt, tmp_path, spy):
     assert out[0].texts[1] == "Un chien court."  # echo model: translation == detokenised source
     assert examples[0].texts[0] == "Le chat dort."  # inputs untouched
     assert len(s.calls) == 1  # everything in one deduplicated call (4 distinct texts)
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="needs dataclass instances, got dict"):
         translate_examples(tr, [{"texts": ("x",)}], "fra_Latn", progress=False)
 
 
-def test_from_pretrained_tiny_source(tmp_path, monkeypatch):
+def test_from_pretrained_tiny_source(tiny_mt, tmp_path, monkeypatch):
     monkeypatch.setenv("MTLLM_CACHE", str(tmp_path))
-    tr = Translator.from_pretrained("tiny:m2m100", TranslateSettings(mt_model="tiny:m2m100", max_new_tokens=4))
+    settings = TranslateSettings(mt_model="tiny:m2m100", max_new_tokens=4)
+    tr = Translator.from_pretrained("tiny:m2m100", settings)
+    # "tiny:m2m100" resolves to the same seeded model the fixture builds: same weights, same translations
+    same = Translator(*tiny_mt, settings=TranslateSettings(mt_model="tiny:m2m100", max_new_tokens=4,
+                                                            cache_dir=str(tmp_path / "other")))
+    assert tr.fingerprint == same.fingerprint
     out = tr.translate(["Le chat dort."], "fra_Latn", progress=False)
-    assert len(out) == 1
-    assert tr.last_stats.cache_file.startswith(str(tmp_path / "translations"))
+    assert out == same.translate(["Le chat dort."], "fra_Latn", progress=False)
+    assert tr.last_stats.cache_file.startswith(str(tmp_path / "translations"))  # the default cache: $MTLLM_CACHE
 
 
 def test_fingerprint_of_a_parameter_larger_than_float32_precision():
@@ -325,7 +321,7 @@ def test_fingerprint_of_a_parameter_larger_than_float32_precision():
     250k x 384 embedding), where a float linspace rounds past the last index."""
     import torch
 
-    from mtllm.translate import model_fingerprint
+    from mtllm.baselines.translate_test import model_fingerprint
 
     class Big(torch.nn.Module):
         def __init__(self):

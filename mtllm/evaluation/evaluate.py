@@ -5,7 +5,7 @@ Systems (``systems`` setting):
 * ``mtllm`` -- the distilled MT-LLM (``model``): target-language text through the encoder.
 * ``llm`` -- the fine-tuned teacher (``teacher``): the LLM alone on the raw target-language text.
 * ``encoder`` -- the MT-LLM's frozen encoder alone, mean-pooled, with a logistic-regression head
-  fitted on the English training set (:class:`mtllm.baselines.EncoderClassifier`).
+  fitted on the English training set (:class:`mtllm.baselines.encoder_probe.EncoderClassifier`).
 * ``translate_test`` -- every text translated to English with ``translate_model`` (cached), then
   classified by the teacher.
 
@@ -20,12 +20,17 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 import numpy as np
 import torch
 
+from mtllm.errors import ConfigError
+from mtllm.settings import Dtype, check_choices
+
 __all__ = ["EvaluateSettings", "run_evaluate", "retrieval_accuracy", "encoder_lang"]
+
+from mtllm.inference import predict_shared_encoder  # noqa: E402
 
 Predictor = Callable[[Sequence[Any], str], np.ndarray]
 
@@ -38,7 +43,7 @@ class EvaluateSettings:
     teacher: str | None = field(default=None, metadata={"help": "Fine-tuned teacher dir (finetune's DIR/best), for the llm and translate_test systems."})
     task: str = field(default="sib200", metadata={"help": "Task name, or 'retrieval' (parallel-sentence retrieval on SIB-200)."})
     langs: list[str] = field(default_factory=lambda: ["all"], metadata={"help": "'all' or FLORES-200 codes."})
-    systems: list[str] = field(default_factory=lambda: ["mtllm", "llm", "encoder"], metadata={"help": "Among mtllm, llm, encoder, translate_test."})
+    systems: list[Literal["mtllm", "llm", "encoder", "translate_test"]] = field(default_factory=lambda: ["mtllm", "llm", "encoder"], metadata={"help": "Among mtllm, llm, encoder, translate_test."})
     split: str = field(default="test", metadata={"help": "Split to evaluate."})
     data_dir: str | None = field(default=None, metadata={"help": "Local data root (else $MTLLM_DATA_DIR, else the hub)."})
     output_dir: str = field(default="runs/eval", metadata={"help": "Where results.json, results.md and the plot go."})
@@ -48,8 +53,15 @@ class EvaluateSettings:
     translate_model: str = field(default="facebook/nllb-200-distilled-600M", metadata={"help": "Seq2seq MT model for translate_test."})
     compare: list[str] = field(default_factory=list, metadata={"help": "Extra MT-LLMs as NAME=DIR (e.g. mtllm_before_stage1=runs/x/stage1/initial)."})
     fallbacks: dict = field(default_factory=dict, metadata={"help": "Explicit encoder-language fallbacks {code: code}."})
-    dtype: str = field(default="float32", metadata={"help": "Weights dtype."})
+    dtype: Dtype = field(default="float32", metadata={"help": "Weights dtype: float32, bfloat16 or float16."})
+    device: str | None = field(default=None, metadata={"help": "Where the models run: cpu, cuda, cuda:N or mps (default: $MTLLM_DEVICE, else cuda if available, else mps, else cpu)."})
     notes: list[str] = field(default_factory=list, metadata={"help": "Free-text notes written into results.md."})
+
+    def __post_init__(self) -> None:
+        check_choices(self)
+        for item in self.compare:
+            if not item.partition("=")[2]:
+                raise ConfigError(f"compare entries look like NAME=DIR, got {item!r}")
 
 
 def retrieval_accuracy(src_ND: torch.Tensor, tgt_ND: torch.Tensor) -> tuple[float, float]:
@@ -64,8 +76,8 @@ def retrieval_accuracy(src_ND: torch.Tensor, tgt_ND: torch.Tensor) -> tuple[floa
 
 def encoder_lang(model: Any, lang: str, fallbacks: dict | None = None) -> str:
     """The language code to give ``model``'s encoder for text in ``lang``: unchanged when the encoder
-    covers it, else an explicit, warned fallback (:func:`mtllm.languages.resolve_encoder_lang`)."""
-    from ..languages import resolve_encoder_lang
+    covers it, else an explicit, warned fallback (:func:`mtllm.data.languages.resolve_encoder_lang`)."""
+    from mtllm.data.languages import resolve_encoder_lang
 
     supported = model.config.encoder_languages
     if supported is None and model.config.encoder_lang_style == "nllb":
@@ -76,8 +88,8 @@ def encoder_lang(model: Any, lang: str, fallbacks: dict | None = None) -> str:
 
 
 def _languages(task: str, requested: Sequence[str], data_dir: str | None) -> list[str]:
-    from ..languages import validate_lang
-    from ..tasks import available_languages
+    from mtllm.data.languages import validate_lang
+    from mtllm.tasks import available_languages
 
     langs = available_languages(task, data_dir)
     if list(requested) in (["all"], []):
@@ -86,7 +98,7 @@ def _languages(task: str, requested: Sequence[str], data_dir: str | None) -> lis
     for code in requested:
         code = validate_lang(code)
         if code not in langs:
-            raise ValueError(f"{task} has no {code!r} data here; available: {', '.join(langs[:20])}"
+            raise ConfigError(f"{task} has no {code!r} data here; available: {', '.join(langs[:20])}"
                              + (" ..." if len(langs) > 20 else ""))
         out.append(code)
     return out
@@ -97,7 +109,7 @@ def run_evaluate(settings: EvaluateSettings, *, models: dict[str, Any] | None = 
     """Evaluate and write ``results.json``, ``results.md`` and ``results.png`` into ``output_dir``.
 
     ``models`` may pass already-loaded models by role (``mtllm``, ``teacher``) to skip loading."""
-    from ..evaluation.report import EvalResults, format_summary_lines, write_results
+    from mtllm.evaluation.report import EvalResults, format_summary_lines, write_results
 
     models = dict(models or {})
     if settings.task == "retrieval":
@@ -113,85 +125,40 @@ def run_evaluate(settings: EvaluateSettings, *, models: dict[str, Any] | None = 
     return results
 
 
-def _load_mtllm(path: str, dtype: torch.dtype):
-    from ..modeling import MTLLMModel
+def _load_mtllm(path: str, dtype: torch.dtype, device: str | None):
+    from mtllm.modeling.model import MTLLMModel
 
     # inference only: LoRA folded into the weights (one matmul per linear layer instead of three)
-    return MTLLMModel.from_pretrained(path, dtype=dtype, merge_adapters=True)
+    return MTLLMModel.from_pretrained(path, dtype=dtype, merge_adapters=True, device=device)
 
 
-@torch.no_grad()
-def predict_shared_encoder(model: Any, probe: Any, examples: Sequence[Any], *, lang: str | None,
-                           batch_size: int = 32) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
-    """The ``mtllm`` and ``encoder`` systems in one pass over ``examples``: per length-sorted batch the
-    frozen encoder runs once, and its states ``(N, L, E)`` feed both the MT-LLM (projection, LLM, head)
-    and the encoder baseline's head (``probe``, a fitted :class:`~mtllm.baselines.EncoderClassifier`
-    on the same encoder). Returns (MT-LLM predictions, encoder predictions, seconds per part:
-    ``tokenize``, ``encoder_forward``, ``mtllm_after_encoder``, ``encoder_head``)."""
-    from ..collate import collate_examples, example_lengths
-
-    if model.head is None:
-        raise ValueError("the model has no task head: fine-tune (mtllm finetune) or distil it first")
-    was_training = model.training
-    model.eval()
-    order = np.argsort(example_lengths(examples), kind="stable")
-    device = next(model.parameters()).device
-    preds = np.empty(len(examples), dtype=np.int64)
-    feats: list[torch.Tensor | None] = [None] * len(examples)
-    secs = dict.fromkeys(("tokenize", "encoder_forward", "mtllm_after_encoder", "encoder_head"), 0.0)
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
-        t0 = time.perf_counter()
-        batch = collate_examples(model, [examples[i] for i in idx], path="encoder", lang=lang)
-        mask_NL = batch["attention_mask"].to(device)
-        t1 = time.perf_counter()
-        hidden_NLE = model.encoder(input_ids=batch["input_ids"].to(device), attention_mask=mask_NL).last_hidden_state
-        t2 = time.perf_counter()
-        spans = batch["option_spans"].to(device) if "option_spans" in batch else None
-        logits = model(attention_mask=mask_NL, encoder_hidden_states=hidden_NLE, option_spans=spans).logits
-        preds[idx] = logits.argmax(-1).cpu().numpy()
-        t3 = time.perf_counter()
-        pooled = probe.pool(batch, hidden_NLE)
-        for j, i in enumerate(idx):
-            feats[int(i)] = pooled[j]
-        t4 = time.perf_counter()
-        for key, dt in zip(secs, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
-            secs[key] += dt
-    t0 = time.perf_counter()
-    enc_preds = probe.predict_features(torch.stack(feats))
-    secs["encoder_head"] += time.perf_counter() - t0
-    model.train(was_training)
-    return preds, enc_preds, secs
 
 
 def _run_task(s: EvaluateSettings, models: dict[str, Any], progress: bool, translate_settings: Any = None):
-    from ..baselines import EncoderClassifier
-    from ..evaluation.report import EvalResults
-    from ..tasks import get_task, load_examples
-    from ..training.stage2 import predict
+    from mtllm.baselines.encoder_probe import EncoderClassifier
+    from mtllm.evaluation.report import EvalResults
+    from mtllm.tasks import get_task, load_examples
+    from mtllm.inference import predict
 
     spec = get_task(s.task)
-    unknown = set(s.systems) - {"mtllm", "llm", "encoder", "translate_test"}
-    if unknown:
-        raise ValueError(f"unknown system(s) {sorted(unknown)}: choose among mtllm, llm, encoder, translate_test")
     langs = _languages(spec.name, s.langs, s.data_dir)
-    from ..training.stage1 import parse_dtype
+    from mtllm.settings import parse_dtype
 
     dtype = parse_dtype(s.dtype)
     mtllm = models.get("mtllm")
     if mtllm is None and {"mtllm", "encoder"} & set(s.systems):
         if not s.model:
-            raise ValueError("systems mtllm/encoder need model: the MT-LLM directory (distill's DIR/final)")
-        mtllm = _load_mtllm(s.model, dtype)
+            raise ConfigError("systems mtllm/encoder need model: the MT-LLM directory (distill's DIR/final)")
+        mtllm = _load_mtllm(s.model, dtype, s.device)
     teacher = models.get("teacher")
     if teacher is None and {"llm", "translate_test"} & set(s.systems):
         if not s.teacher:
-            raise ValueError("systems llm/translate_test need teacher: the fine-tuned LLM (finetune's DIR/best)")
-        teacher = _load_mtllm(s.teacher, dtype)
+            raise ConfigError("systems llm/translate_test need teacher: the fine-tuned LLM (finetune's DIR/best)")
+        teacher = _load_mtllm(s.teacher, dtype, s.device)
     n_labels = len(spec.label_names)
     head_labels = (mtllm or teacher).config.label_names
     if spec.kind != "multiple_choice" and list(head_labels) != list(spec.label_names):
-        raise ValueError(f"the model's head was trained on labels {head_labels}, but {spec.name} has "
+        raise ConfigError(f"the model's head was trained on labels {head_labels}, but {spec.name} has "
                          f"{list(spec.label_names)}: evaluate it on the task it was trained for")
 
     predictors: dict[str, Predictor] = {}
@@ -207,7 +174,7 @@ def _run_task(s: EvaluateSettings, models: dict[str, Any], progress: bool, trans
     if "encoder" in s.systems:
         t0 = time.perf_counter()
         probe = EncoderClassifier(mtllm)
-        from ..tasks import load_train_examples
+        from mtllm.tasks import load_train_examples
 
         train_ex = (load_train_examples(spec, data_dir=s.data_dir) if s.train_lang == "eng_Latn"
                     else load_examples(spec, s.train_lang, "train", data_dir=s.data_dir))
@@ -218,10 +185,11 @@ def _run_task(s: EvaluateSettings, models: dict[str, Any], progress: bool, trans
         if not shared:
             predictors["encoder"] = lambda ex, lang: probe.predict(ex, lang=encoder_lang(mtllm, lang, s.fallbacks))
     if "translate_test" in s.systems:
-        from ..translate import TranslateSettings, Translator, translate_examples
+        from mtllm.baselines.translate_test import TranslateSettings, Translator, translate_examples
 
         translator = Translator.from_pretrained(s.translate_model,
-                                                translate_settings or TranslateSettings(mt_model=s.translate_model))
+                                                translate_settings or TranslateSettings(mt_model=s.translate_model),
+                                                device=s.device)
 
         def translate_test(ex, lang):
             if lang == s.train_lang:
@@ -282,7 +250,7 @@ def _coverage_notes(model: Any, langs: Sequence[str]) -> list[str]:
         return []
     if getattr(model.encoder.config, "model_type", "") != "xlm-roberta":
         return []
-    from ..languages import XLMR_LANGUAGES
+    from mtllm.data.languages import XLMR_LANGUAGES
 
     outside = [c for c in langs if c not in XLMR_LANGUAGES]
     return [f"the encoder ({model.config.encoder_name_or_path}) is an XLM-R-family model, not an MT encoder; "
@@ -291,50 +259,53 @@ def _coverage_notes(model: Any, langs: Sequence[str]) -> list[str]:
 
 
 def _run_retrieval(s: EvaluateSettings, models: dict[str, Any], progress: bool):
-    from ..evaluation.report import EvalResults
-    from ..modeling import MTLLMModel
-    from ..pooling import mean_pool
-    from ..tasks import load_examples
+    from mtllm.evaluation.report import EvalResults
+    from mtllm.modeling.model import MTLLMModel
+    from mtllm.device import module_device, to_device
+    from mtllm.inference.batching import run_batched
+    from mtllm.modeling.pooling import mean_pool
+    from mtllm.tasks import load_examples
 
-    from ..training.stage1 import parse_dtype
+    from mtllm.settings import parse_dtype
 
     dtype = parse_dtype(s.dtype)
     langs = [c for c in _languages("sib200", s.langs, s.data_dir) if c != s.train_lang]
     mtllms: dict[str, Any] = {}
     if "mtllm" in s.systems:
-        mtllms["mtllm"] = models.get("mtllm") or _load_mtllm(s.model, dtype)
+        mtllms["mtllm"] = models.get("mtllm") or _load_mtllm(s.model, dtype, s.device)
     for item in s.compare:
         name, _, path = item.partition("=")
-        if not path:
-            raise ValueError(f"compare entries look like NAME=DIR, got {item!r}")
-        mtllms[name] = models.get(name) or _load_mtllm(path, dtype)
+        mtllms[name] = models.get(name) or _load_mtllm(path, dtype, s.device)
     any_model = next(iter(mtllms.values()), None)
     if any_model is None and s.model:
-        any_model = _load_mtllm(s.model, dtype)
+        any_model = _load_mtllm(s.model, dtype, s.device)
     embedders: dict[str, Callable[[list[str], str], torch.Tensor]] = {}
     for name, m in mtllms.items():
         embedders[name] = (lambda m: lambda texts, lang: m.encode(texts, lang=encoder_lang(m, lang, s.fallbacks),
                                                                     batch_size=s.batch_size))(m)
     if "llm" in s.systems:
         if any_model is None:
-            raise ValueError("the llm system needs model (its LLM is used without adapters)")
+            raise ConfigError("the llm system needs model (its LLM is used without adapters)")
         llm = models.get("llm") or MTLLMModel.llm_only(any_model.config.llm_name_or_path if not str(
             any_model.config.llm_name_or_path).startswith("./") else str(Path(s.model) / any_model.config.llm_name_or_path[2:]),
             lora=None, pooling=any_model.config.pooling, bidirectional=any_model.config.bidirectional,
-            llm_adapters_to_merge=any_model.config.llm_adapters_to_merge, dtype=dtype)
+            llm_adapters_to_merge=any_model.config.llm_adapters_to_merge, dtype=dtype, device=s.device)
         embedders["llm"] = lambda texts, lang: llm.encode(texts, path="llm", batch_size=s.batch_size)
     if "encoder" in s.systems:
         if any_model is None:
-            raise ValueError("the encoder system needs model (its encoder is used)")
+            raise ConfigError("the encoder system needs model (its encoder is used)")
 
         @torch.inference_mode()
         def enc(texts, lang, m=any_model):
-            out = []
-            for start in range(0, len(texts), s.batch_size):
-                batch = m.tokenize(texts[start:start + s.batch_size], lang=encoder_lang(m, lang, s.fallbacks))
+            device, code = module_device(m.encoder), encoder_lang(m, lang, s.fallbacks)
+
+            def step(batch_texts):
+                batch = to_device(m.tokenize(batch_texts, lang=code), device)
                 hidden = m.encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-                out.append(mean_pool(hidden, batch["attention_mask"]).float())
-            return torch.cat(out)
+                return mean_pool(hidden, batch["attention_mask"]).float().cpu()
+
+            # batches in input order (no length sort), as this probe has always been run
+            return torch.stack(run_batched(texts, step, batch_size=s.batch_size))
 
         embedders["encoder"] = enc
     english = {e.id: e.texts[0] for e in load_examples("sib200", s.train_lang, s.split, data_dir=s.data_dir, limit=s.max_examples)}

@@ -30,10 +30,11 @@ from __future__ import annotations
 import json
 import math
 import numbers
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
+
+from mtllm._io import atomic_path, atomic_write_text
 
 __all__ = ["EvalResults", "write_results", "read_results", "format_summary_lines", "render_markdown",
            "plot_results", "plot_figure_size", "sort_languages", "RESULTS_JSON", "RESULTS_MD", "RESULTS_PNG"]
@@ -382,9 +383,8 @@ def plot_results(results: EvalResults, path: str | Path, *, sort_by: str | Calla
     label_inches = 0.35 + 0.011 * fontsize * max((len(l) for l in langs), default=4)
     fig.subplots_adjust(left=_LEFT / width, right=1 - (LEGEND_WIDTH - 0.1) / width, top=1 - 0.45 / height,
                         bottom=min(0.5, label_inches / height))
-    tmp = path.with_name(path.name + ".tmp")
-    fig.savefig(tmp, format="png", dpi=DPI)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=DPI)
     return path
 
 
@@ -399,12 +399,6 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"results meta holds {type(obj).__name__} ({obj!r}), which JSON cannot store")
 
 
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def write_results(results: EvalResults, out_dir: str | Path, *, plot: bool = True,
                   sort_by: str | Callable[[str], Any] | None = None, chance: float | None = None) -> dict[str, Path]:
     """Write ``results.json``, ``results.md`` and (``plot=True``) ``results.png`` into ``out_dir``
@@ -416,8 +410,8 @@ def write_results(results: EvalResults, out_dir: str | Path, *, plot: bool = Tru
     except ValueError as e:     # NaN or infinity in meta
         raise ValueError(f"results meta cannot be written as JSON: {e}") from None
     paths = {"json": out_dir / RESULTS_JSON, "markdown": out_dir / RESULTS_MD}
-    _write_text(paths["json"], text + "\n")
-    _write_text(paths["markdown"], render_markdown(results))
+    atomic_write_text(paths["json"], text + "\n")
+    atomic_write_text(paths["markdown"], render_markdown(results))
     if plot:
         paths["plot"] = plot_results(results, out_dir / RESULTS_PNG, sort_by=sort_by, chance=chance)
     return paths

@@ -23,14 +23,15 @@ states equal the uncached encoder's up to fp16 rounding (relative error ~1e-3).
 """
 from __future__ import annotations
 
-import hashlib
-import json
-import shutil
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
+
+from mtllm.device import module_device, to_device
+from mtllm.training.caches import ArrayCache, cache_key
+from mtllm.inference.batching import run_batched
 
 __all__ = ["EncoderCache", "encoder_input_texts"]
 
@@ -38,10 +39,10 @@ _FORMAT = 1
 
 
 def encoder_input_texts(model: Any, examples: Sequence[Any]) -> list[str]:
-    """The one string per task example that :func:`mtllm.collate.collate_examples` feeds the encoder
+    """The one string per task example that :func:`mtllm.data.collate.collate_examples` feeds the encoder
     path (text pairs joined with ``config.pair_separator``; multiple choice in its one-sequence
     layout), so an :class:`EncoderCache` over them matches that collate token for token."""
-    from ..multiple_choice import format_multiple_choice
+    from mtllm.data.multiple_choice import format_multiple_choice
 
     out = []
     for e in examples:
@@ -56,16 +57,11 @@ def encoder_input_texts(model: Any, examples: Sequence[Any]) -> list[str]:
 
 
 def _cache_key(model: Any, texts: Sequence[str], lang: str | None) -> str:
-    from ..translate import model_fingerprint
+    from mtllm.baselines.translate_test import model_fingerprint
 
     cfg = model.config
-    digest = hashlib.sha256()
-    digest.update(json.dumps([_FORMAT, model_fingerprint(model.encoder, model.encoder_tokenizer),
-                              cfg.encoder_lang_style, cfg.encoder_text_prefix, lang, cfg.max_seq_length]).encode())
-    for text in texts:
-        digest.update(text.encode("utf-8"))
-        digest.update(b"\0")
-    return digest.hexdigest()[:20]
+    return cache_key([_FORMAT, model_fingerprint(model.encoder, model.encoder_tokenizer), cfg.encoder_lang_style,
+                      cfg.encoder_text_prefix, lang, cfg.max_seq_length], texts)
 
 
 class EncoderCache:
@@ -85,7 +81,8 @@ class EncoderCache:
             raise ValueError("EncoderCache got no texts")
         self.lang = lang
         self.key = _cache_key(model, self.texts, lang)
-        self.root = Path(cache_dir) / f"encoder-{self.key}"
+        self._cache = ArrayCache(cache_dir, "encoder", self.key)
+        self.root = self._cache.root
         self.built = False
         if not self._load():
             self._build(model, batch_size, show_progress)
@@ -95,27 +92,25 @@ class EncoderCache:
 
     # ------------------------------------------------------------------ storage
     def _load(self) -> bool:
-        meta_path, hid_path, off_path = self.root / "meta.json", self.root / "hidden.npy", self.root / "offsets.npy"
-        if not (meta_path.exists() and hid_path.exists() and off_path.exists()):
+        n = len(self.texts)
+
+        def consistent(meta: Any, arrays: Any) -> bool:
+            offsets = arrays["offsets"]
+            return meta.get("n_texts") == n and len(offsets) == n + 1 and int(offsets[-1]) == arrays["hidden"].shape[0]
+
+        hit = self._cache.load(["hidden", "offsets"], check=consistent)
+        if hit is None:
             return False
-        try:
-            meta = json.loads(meta_path.read_text())
-            hidden = np.load(hid_path, mmap_mode="r")
-            offsets = np.load(off_path)
-        except (ValueError, OSError):
-            return False
-        if (meta.get("key") != self.key or meta.get("n_texts") != len(self.texts) or len(offsets) != len(self.texts) + 1
-                or list(hidden.shape) != meta.get("shape") or int(offsets[-1]) != hidden.shape[0]):
-            return False
-        self.hidden, self.offsets = hidden, offsets
-        self.lengths = np.diff(offsets)
+        arrays, meta = hit
+        self.hidden, self.offsets = arrays["hidden"], np.asarray(arrays["offsets"])
+        self.lengths = np.diff(self.offsets)
         self.n_truncated = int(meta.get("n_truncated", 0))
-        self.hidden_size = int(hidden.shape[1])
+        self.hidden_size = int(self.hidden.shape[1])
         return True
 
     @torch.inference_mode()
     def _build(self, model: Any, batch_size: int, show_progress: bool) -> None:
-        device = next(model.encoder.parameters()).device
+        device = module_device(model.encoder)
         # token counts first (cheap), so the array can be allocated on disk and filled batch by batch
         lengths = np.zeros(len(self.texts), dtype=np.int64)
         for start in range(0, len(self.texts), 256):
@@ -123,36 +118,30 @@ class EncoderCache:
             lengths[start:start + len(mask)] = mask.sum(1).numpy()
         offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
         hidden_size = model.config.encoder_hidden_size
-        tmp = self.root.with_name(self.root.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        arr = np.lib.format.open_memmap(tmp / "hidden.npy", mode="w+", dtype=np.float16,
-                                        shape=(int(offsets[-1]), hidden_size))
-        order = np.argsort(lengths, kind="stable")
-        starts = range(0, len(order), batch_size)
-        if show_progress:
-            from tqdm.auto import tqdm
+        meta = {"format": _FORMAT, "n_texts": len(self.texts), "dtype": "float16", "lang": self.lang,
+                "encoder": model.config.encoder_name_or_path, "max_seq_length": model.config.max_seq_length}
+        with self._cache.writing(meta) as tmp:
+            hidden = np.lib.format.open_memmap(tmp / "hidden.npy", mode="w+", dtype=np.float16,
+                                               shape=(int(offsets[-1]), hidden_size))
 
-            starts = tqdm(starts, desc="encoder cache", unit="batch")
-        n_truncated = 0
-        for start in starts:
-            idx = order[start:start + batch_size]
-            batch = model.tokenize([self.texts[i] for i in idx], lang=self.lang)
-            n_truncated += batch["n_truncated"]
-            out = model.encoder(input_ids=batch["input_ids"].to(device),
-                                attention_mask=batch["attention_mask"].to(device)).last_hidden_state
-            out = out.float().cpu().numpy().astype(np.float16)
-            for j, i in enumerate(idx):
-                arr[offsets[i]:offsets[i + 1]] = out[j, :lengths[i]]
-        arr.flush()
-        del arr
-        np.save(tmp / "offsets.npy", offsets)
-        (tmp / "meta.json").write_text(json.dumps({
-            "key": self.key, "format": _FORMAT, "n_texts": len(self.texts), "shape": [int(offsets[-1]), hidden_size],
-            "dtype": "float16", "lang": self.lang, "n_truncated": n_truncated,
-            "encoder": model.config.encoder_name_or_path, "max_seq_length": model.config.max_seq_length}))
-        shutil.rmtree(self.root, ignore_errors=True)
-        tmp.replace(self.root)
+            n_truncated = 0
+
+            def step(idx: list[int]) -> None:  # writes its batch's rows straight into the memory-mapped array
+                nonlocal n_truncated
+                batch = model.tokenize([self.texts[i] for i in idx], lang=self.lang)
+                n_truncated += batch["n_truncated"]
+                inputs = to_device(batch, device)
+                out = model.encoder(input_ids=inputs["input_ids"],
+                                    attention_mask=inputs["attention_mask"]).last_hidden_state
+                out = out.float().cpu().numpy().astype(np.float16)
+                for j, i in enumerate(idx):
+                    hidden[offsets[i]:offsets[i + 1]] = out[j, :lengths[i]]
+
+            run_batched(range(len(self.texts)), step, batch_size=batch_size, lengths=lengths,
+                                    progress=show_progress, desc="encoder cache", unit="text")
+            hidden.flush()
+            np.save(tmp / "offsets.npy", offsets)
+            meta["n_truncated"] = int(n_truncated)
 
     # ------------------------------------------------------------------ batches
     def __len__(self) -> int:

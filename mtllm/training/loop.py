@@ -2,8 +2,9 @@
 
 What it does for all stages: global batches in a seeded order (optionally grouped by length),
 gradient accumulation and multi-process data parallelism (``accelerate launch`` / ``torchrun``) at
-a fixed *global* batch size, mixed precision, warmup + linear decay, crash-safe checkpoints with
-optimizer/scheduler/RNG/data position, resume (also with another number of processes), NaN/inf
+a fixed *global* batch size, mixed precision, warmup + linear decay, crash-safe checkpoints
+(:mod:`mtllm.training.checkpoint`: trainable tensors, optimizer, scheduler, every process's random states,
+data position), exact resume (also with another number of processes, then not bit-exact), NaN/inf
 detection, and logs to stdout, ``metrics.jsonl`` and TensorBoard/W&B when installed.
 """
 from __future__ import annotations
@@ -13,22 +14,23 @@ import logging
 import math
 import os
 import random
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from .._io import file_sha256
+from mtllm._io import atomic_write_text
+from mtllm.errors import CheckpointError, ConfigError, TrainingDiverged  # noqa: F401 (raised here, re-exported)
+from mtllm.settings import check_choices
+from mtllm.training.checkpoint import (CHECKPOINT_DIR, checkpoint_path, latest_valid_checkpoint,  # noqa: F401
+                                       list_checkpoints, load_checkpoint, prune_checkpoints, save_checkpoint,
+                                       verify_checkpoint)
 
 logger = logging.getLogger(__name__)
-
-CHECKPOINT_DIR = "checkpoints"
-MANIFEST = "manifest.json"
 
 
 @dataclass
@@ -47,7 +49,7 @@ class TrainingArgs:
     micro_batch_size: int | None = field(default=None, metadata={"help": "Examples per forward pass per process (default: batch_size / processes)."})
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm (0 = off)."})
     seed: int = field(default=0, metadata={"help": "Seed for initialisation, data order and dropout."})
-    mixed_precision: str = field(default="no", metadata={"help": "'no', 'bf16' or 'fp16' (Accelerate)."})
+    mixed_precision: Literal["no", "bf16", "fp16"] = field(default="no", metadata={"help": "'no', 'bf16' or 'fp16' (Accelerate)."})
     group_by_length: bool = field(default=True, metadata={"help": "Batch texts of similar length together (less padding)."})
     log_steps: int = field(default=10, metadata={"help": "Log every N optimizer steps."})
     save_steps: int = field(default=0, metadata={"help": "Checkpoint every N steps (0 = only at the end)."})
@@ -56,18 +58,18 @@ class TrainingArgs:
     report_to: str = field(default="auto", metadata={"help": "'auto' (TensorBoard/W&B if installed), 'none', or a tracker name."})
     progress: bool = field(default=True, metadata={"help": "Show a tqdm progress bar."})
 
+    def __post_init__(self) -> None:
+        from accelerate.utils import LoggerType
+
+        check_choices(self)
+        trackers = ["auto", "none", *(t.value for t in LoggerType)]
+        if self.report_to not in trackers:
+            raise ConfigError(f"report_to must be one of {', '.join(trackers)}, not {self.report_to!r}")
+
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainingArgs":
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in values.items() if k in known})
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or inf."""
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint could not be written or read."""
 
 
 # ---------------------------------------------------------------------- batching
@@ -90,92 +92,6 @@ def batch_order(n_examples: int, batch_size: int, *, epoch: int, seed: int,
         order = torch.randperm(len(batches), generator=gen).tolist()
         batches = [batches[i] for i in order]
     return batches
-
-
-# ---------------------------------------------------------------------- checkpoints
-def verify_checkpoint(path: Path) -> None:
-    """Raise :class:`CheckpointError` unless every file listed in the manifest is intact."""
-    manifest = path / MANIFEST
-    if not manifest.exists():
-        raise CheckpointError(f"{path}: no {MANIFEST} (the checkpoint was not finished)")
-    entries = json.loads(manifest.read_text())["files"]
-    for name, meta in entries.items():
-        file = path / name
-        if not file.exists() or file.stat().st_size != meta["size"] or file_sha256(file) != meta["sha256"]:
-            raise CheckpointError(f"{path}: {name} is missing, truncated or altered (size/sha256 mismatch)")
-
-
-def list_checkpoints(output_dir: str | Path) -> list[Path]:
-    root = Path(output_dir) / CHECKPOINT_DIR
-    if not root.exists():
-        return []
-    return sorted((p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-")),
-                  key=lambda p: int(p.name.split("-")[1]))
-
-
-def latest_valid_checkpoint(output_dir: str | Path) -> Path | None:
-    """The newest checkpoint that verifies; broken ones are reported and skipped."""
-    for path in reversed(list_checkpoints(output_dir)):
-        try:
-            verify_checkpoint(path)
-            return path
-        except CheckpointError as err:
-            logger.warning("skipping a broken checkpoint: %s; falling back to the previous one", err)
-    return None
-
-
-def _rng_state() -> dict[str, Any]:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-
-
-def _write_checkpoint(path: Path, *, trainables: dict[str, torch.Tensor], optimizer, scheduler,
-                      state: dict[str, Any]) -> None:
-    """Write to ``.tmp-<name>`` then rename: a crash leaves either the old or the new checkpoint."""
-    from safetensors.torch import save_file
-
-    tmp = path.with_name(".tmp-" + path.name)
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        tmp.mkdir(parents=True)
-        save_file({k: v.detach().contiguous().cpu() for k, v in trainables.items()}, str(tmp / "trainables.safetensors"))
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        py_state = random.getstate()
-        np_state = np.random.get_state()
-        save_file({"torch": torch.get_rng_state(), "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64))},
-                  str(tmp / "rng.safetensors"))
-        state = dict(state, python_rng=[py_state[0], list(py_state[1]), py_state[2]],
-                     numpy_rng=[np_state[0], int(np_state[2]), int(np_state[3]), float(np_state[4])])
-        (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1))
-        files = {p.name: {"size": p.stat().st_size, "sha256": file_sha256(p)} for p in sorted(tmp.iterdir())}
-        (tmp / MANIFEST).write_text(json.dumps({"files": files}, indent=1))
-        with open(tmp / MANIFEST) as fh:
-            os.fsync(fh.fileno())
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    except OSError as err:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise CheckpointError(
-            f"could not write checkpoint {path} ({err.strerror or err}); the previous checkpoints are "
-            f"untouched — free disk space (or point output_dir elsewhere) and rerun with --resume") from err
-
-
-def _read_checkpoint(path: Path, optimizer, scheduler) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    from safetensors.torch import load_file
-
-    verify_checkpoint(path)
-    trainables = load_file(str(path / "trainables.safetensors"))
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
-    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
-    state = json.loads((path / "trainer_state.json").read_text())
-    rng = load_file(str(path / "rng.safetensors"))
-    torch.set_rng_state(rng["torch"])
-    version, keys, gauss_next = state["python_rng"]
-    random.setstate((version, tuple(keys), gauss_next))
-    kind, pos, has_gauss, cached = state["numpy_rng"]
-    np.random.set_state((kind, rng["numpy_keys"].numpy().astype(np.uint32), pos, has_gauss, cached))
-    return trainables, state
 
 
 # ---------------------------------------------------------------------- the loop
@@ -211,13 +127,26 @@ def _trackers(report_to: str) -> list[str]:
 
 
 def make_accelerator(args: TrainingArgs):
-    """An :class:`accelerate.Accelerator` for ``args``. Without a GPU it runs on the CPU, and under
-    ``torchrun``/``accelerate launch`` with several processes it uses DDP over gloo there."""
+    """An :class:`accelerate.Accelerator` for ``args`` on the device of the one device policy,
+    :func:`mtllm.device.resolve_device` (``$MTLLM_DEVICE``, else cuda, else mps, else cpu): Accelerate
+    is asked for the CPU exactly when the policy says CPU, picks the GPU itself otherwise (``cuda:LOCAL_RANK``
+    per process under ``torchrun``/``accelerate launch``), and a disagreement is a ConfigError. On the
+    CPU, several processes use DDP over gloo."""
     from accelerate import Accelerator
 
-    has_gpu = torch.cuda.is_available() or (hasattr(torch.backends, "mps") and torch.backends.mps.is_available())
-    return Accelerator(mixed_precision=args.mixed_precision, log_with=_trackers(args.report_to) or None,
-                       project_dir=str(args.output_dir), cpu=not has_gpu)
+    from mtllm.device import resolve_device
+    from mtllm.errors import ConfigError
+
+    device = resolve_device()
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # a single process's "cuda" in Accelerate is the current device
+    accelerator = Accelerator(mixed_precision=args.mixed_precision, log_with=_trackers(args.report_to) or None,
+                              project_dir=str(args.output_dir), cpu=device.type == "cpu")
+    if resolve_device(accelerator.device) != device:
+        raise ConfigError(f"the device policy says {device} ($MTLLM_DEVICE={os.environ.get('MTLLM_DEVICE')!r}), "
+                          f"but Accelerate runs on {accelerator.device}: training can only run where Accelerate "
+                          f"puts it; set MTLLM_DEVICE to cpu, cuda[:N] or mps, or unset it")
+    return accelerator
 
 
 def train(
@@ -251,11 +180,11 @@ def train(
     world = accelerator.num_processes
     micro = args.micro_batch_size or max(1, args.batch_size // world)
     if args.batch_size % (micro * world):
-        raise ValueError(f"batch_size {args.batch_size} is not a multiple of micro_batch_size {micro} x "
+        raise ConfigError(f"batch_size {args.batch_size} is not a multiple of micro_batch_size {micro} x "
                          f"{world} processes; change batch_size or micro_batch_size")
     accum = args.batch_size // (micro * world)
     if n_examples < args.batch_size:
-        raise ValueError(f"{stage}: only {n_examples} examples for a batch of {args.batch_size}; "
+        raise ConfigError(f"{stage}: only {n_examples} examples for a batch of {args.batch_size}; "
                          f"lower batch_size or add data")
     steps_per_epoch = n_examples // args.batch_size
     max_steps = args.max_steps or max(1, math.ceil(args.num_epochs * steps_per_epoch))
@@ -263,28 +192,22 @@ def train(
     set_seed(args.seed)
     optimizer = torch.optim.AdamW(param_groups, lr=args.learning_rate, weight_decay=args.weight_decay)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(args.warmup_ratio * max_steps), max_steps)
-    trainable_names = [n for n, p in model.named_parameters() if p.requires_grad]
 
+    model, optimizer = accelerator.prepare(model, optimizer)
     step, history = 0, []
     if args.resume:
         ckpt = latest_valid_checkpoint(out)
         if ckpt is not None:
-            trainables, state = _read_checkpoint(ckpt, optimizer, scheduler)
-            missing = set(trainable_names) - set(trainables)
-            if missing:
-                raise CheckpointError(f"{ckpt} does not match this model: {len(missing)} trainable tensors "
-                                      f"missing (e.g. {sorted(missing)[:3]}); was it written by another config?")
-            with torch.no_grad():
-                params = dict(model.named_parameters())
-                for name in trainable_names:
-                    params[name].copy_(trainables[name])
+            state = load_checkpoint(accelerator, model, scheduler, ckpt)
             step, history = state["step"], state.get("history", [])
             if accelerator.is_main_process:
                 print(f"[{stage}] resumed from {ckpt} at step {step}", flush=True)
+                if state.get("num_processes", world) != world:
+                    print(f"[{stage}] the checkpoint was written by {state['num_processes']} processes, this run "
+                          f"has {world}: same global batches, but not bit-identical to an uninterrupted run",
+                          flush=True)
         elif accelerator.is_main_process:
             print(f"[{stage}] --resume: no valid checkpoint in {out / CHECKPOINT_DIR}; starting fresh", flush=True)
-
-    model, optimizer = accelerator.prepare(model, optimizer)
     trackers = bool(accelerator.log_with)
     if trackers:
         accelerator.init_trackers(stage, config={k: v for k, v in asdict(args).items() if v is not None})
@@ -293,8 +216,8 @@ def train(
         if config_to_save is not None:
             (out / f"{stage}_config.json").write_text(json.dumps(config_to_save, indent=1, default=str))
     metrics_path = out / "metrics.jsonl"
-    if accelerator.is_main_process and step == 0 and metrics_path.exists():
-        metrics_path.unlink()
+    if accelerator.is_main_process:
+        _truncate_metrics(metrics_path, step)
 
     bar = None
     if args.progress and accelerator.is_main_process:
@@ -375,16 +298,37 @@ def train(
 
 
 def _save_checkpoint(accelerator, model, optimizer, scheduler, out: Path, step: int, history, keep: int) -> None:
+    """Checkpoint ``step`` under ``out`` (every process calls this) and keep the ``keep`` newest.
+
+    ``model`` and ``optimizer`` are the ones ``accelerator.prepare`` returned: Accelerate saves the optimizers
+    it prepared, so an optimizer it does not know would silently be left out."""
+    from accelerate.optimizer import AcceleratedOptimizer
+
+    if not isinstance(optimizer, AcceleratedOptimizer):
+        raise TypeError("pass the optimizer returned by accelerator.prepare: only that one is checkpointed")
     accelerator.wait_for_everyone()
+    save_checkpoint(accelerator, model, scheduler, checkpoint_path(out, step), {"step": step, "history": history})
     if accelerator.is_main_process:
-        unwrapped = accelerator.unwrap_model(model)
-        trainables = {n: p for n, p in unwrapped.named_parameters() if p.requires_grad}
-        path = out / CHECKPOINT_DIR / f"step-{step:07d}"
-        _write_checkpoint(path, trainables=trainables, optimizer=optimizer, scheduler=scheduler,
-                          state={"step": step, "history": history})
-        for old in list_checkpoints(out)[:-keep] if keep > 0 else []:
-            shutil.rmtree(old, ignore_errors=True)
+        prune_checkpoints(out, keep)
     accelerator.wait_for_everyone()
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Keep the records of ``metrics.jsonl`` up to ``step`` (those a resumed run does not redo); drop the
+    rest, and a line cut short by a crash. Step 0 removes the file."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line)
+        except (ValueError, KeyError, TypeError):
+            continue
+    if kept:
+        atomic_write_text(path, "\n".join(kept) + "\n")
+    else:
+        path.unlink()
 
 
 class _null:

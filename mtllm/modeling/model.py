@@ -7,7 +7,6 @@ without an encoder (``MTLLMModel.llm_only``) has only that path.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -19,9 +18,10 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
-from .config import LoraSettings, MTLLMConfig
-from .pooling import get_pooler, span_mean_pool
-from .sources import load_encoder, load_llm, load_tokenizer
+from mtllm.device import module_device, place, to_device
+from mtllm.modeling.config import LoraSettings, MTLLMConfig
+from mtllm.modeling.pooling import get_pooler, span_mean_pool
+from mtllm.sources import load_encoder, load_llm, load_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -123,10 +123,13 @@ class MTLLMModel(PreTrainedModel):
         max_seq_length: int = 512,
         prepend_llm_bos: bool = True,
         attn_implementation: str | None = None,
+        device: str | torch.device | None = None,
     ) -> "MTLLMModel":
         """Stack ``encoder`` into ``llm``. Each may be a hub id, a local directory, ``pocket:NAME``,
         ``tiny:NAME`` or a model instance (then pass its tokenizer too). The encoder is frozen, the
-        up-projection freshly initialised, and a fresh LoRA (``lora``; ``None`` for none) added."""
+        up-projection freshly initialised, and a fresh LoRA (``lora``; ``None`` for none) added. The
+        model is put on ``device`` (:func:`mtllm.device.resolve_device`: ``$MTLLM_DEVICE``, else cuda,
+        else mps, else cpu)."""
         encoder_source = _source_name(encoder)
         enc = load_encoder(encoder, dtype=dtype)
         if encoder_tokenizer is None:
@@ -139,26 +142,27 @@ class MTLLMModel(PreTrainedModel):
             encoder_lang_style=encoder_lang_style or style,
             encoder_text_prefix=prefix if encoder_text_prefix is None else encoder_text_prefix,
             encoder_languages=encoder_languages, max_seq_length=max_seq_length,
-            prepend_llm_bos=prepend_llm_bos, attn_implementation=attn_implementation)
+            prepend_llm_bos=prepend_llm_bos, attn_implementation=attn_implementation, device=device)
 
     @classmethod
     def llm_only(cls, llm: str | Path | nn.Module, *, llm_tokenizer: Any = None, bidirectional: bool = False,
                  lora: LoraSettings | dict | None = LoraSettings(), pooling: str = "mean",
                  load_in_4bit: bool = False, dtype: torch.dtype | None = None,
                  llm_adapters_to_merge: Sequence[str] = (), max_seq_length: int = 512,
-                 attn_implementation: str | None = None) -> "MTLLMModel":
-        """The LLM on its own tokens, pooled: a stage-2 teacher or the "LLM alone" baseline."""
+                 attn_implementation: str | None = None, device: str | torch.device | None = None) -> "MTLLMModel":
+        """The LLM on its own tokens, pooled: a stage-2 teacher or the "LLM alone" baseline (on
+        ``device``, as :meth:`from_encoder_and_llm`)."""
         return cls._build(
             encoder=None, encoder_source=None, encoder_tokenizer=None, llm=llm, llm_tokenizer=llm_tokenizer,
             bidirectional=bidirectional, lora=lora, pooling=pooling, load_in_4bit=load_in_4bit, dtype=dtype,
             llm_adapters_to_merge=llm_adapters_to_merge, encoder_lang_style="none", encoder_text_prefix="",
             encoder_languages=None, max_seq_length=max_seq_length, prepend_llm_bos=True,
-            attn_implementation=attn_implementation)
+            attn_implementation=attn_implementation, device=device)
 
     @classmethod
     def _build(cls, *, encoder, encoder_source, encoder_tokenizer, llm, llm_tokenizer, bidirectional, lora,
                pooling, load_in_4bit, dtype, llm_adapters_to_merge, encoder_lang_style, encoder_text_prefix,
-               encoder_languages, max_seq_length, prepend_llm_bos, attn_implementation) -> "MTLLMModel":
+               encoder_languages, max_seq_length, prepend_llm_bos, attn_implementation, device) -> "MTLLMModel":
         llm_source = _source_name(llm)
         base_llm = load_llm(llm, dtype=dtype, load_in_4bit=load_in_4bit, adapters_to_merge=llm_adapters_to_merge,
                             attn_implementation=attn_implementation)
@@ -184,8 +188,8 @@ class MTLLMModel(PreTrainedModel):
         model = cls(config, llm=base_llm, encoder=encoder, llm_tokenizer=llm_tokenizer,
                     encoder_tokenizer=encoder_tokenizer)
         if model.projection is not None:
-            model.projection.to(device=_device_of(base_llm), dtype=_float_dtype(base_llm))
-        return model
+            model.projection.to(device=module_device(base_llm), dtype=_float_dtype(base_llm))
+        return place(model, device)
 
     # ------------------------------------------------------------------ parts
     def _make_head(self, kind: str, label_names: Sequence[str]) -> None:
@@ -205,9 +209,9 @@ class MTLLMModel(PreTrainedModel):
         """Add a fresh task head (``classification`` over ``label_names`` or ``multiple_choice``), or a
         copy of ``init_from`` (stage 2 copies the teacher's head into the MT-LLM)."""
         self._make_head(kind, label_names)
+        self.head.to(device=module_device(self.llm), dtype=_float_dtype(self.llm))
         if init_from is not None:
             self.head.load_state_dict(init_from.state_dict())
-        self.head.to(device=_device_of(self.llm), dtype=_float_dtype(self.llm))
         return self.head
 
     @property
@@ -259,7 +263,7 @@ class MTLLMModel(PreTrainedModel):
         style = self.config.encoder_lang_style
         tok = self.encoder_tokenizer
         if lang is not None:
-            from .languages import validate_lang
+            from mtllm.data.languages import validate_lang
 
             lang = validate_lang(lang)
             allowed = self.config.encoder_languages
@@ -273,12 +277,19 @@ class MTLLMModel(PreTrainedModel):
                                  "(a FLORES-200 code such as 'eng_Latn').")
             if tok.convert_tokens_to_ids(lang) in (None, tok.unk_token_id):
                 raise ValueError(f"the encoder's tokenizer has no language token {lang!r}; map it to a covered "
-                                 f"language explicitly (see mtllm.languages.resolve_encoder_lang).")
+                                 f"language explicitly (see mtllm.data.languages.resolve_encoder_lang).")
             tok.src_lang = lang
             if hasattr(tok, "set_src_lang_special_tokens"):
                 tok.set_src_lang_special_tokens(lang)
-        prefix = self.config.encoder_text_prefix if style == "prefix" else ""
+        prefix = self.encoder_prefix
         return [prefix + t for t in texts]
+
+    @property
+    def encoder_prefix(self) -> str:
+        """The text put before every encoder input (e5's ``"query: "``; empty unless
+        ``encoder_lang_style == "prefix"``). The one place this rule lives: tokenisation, length
+        checks and character offsets all read it here."""
+        return self.config.encoder_text_prefix if self.config.encoder_lang_style == "prefix" else ""
 
     def tokenize(self, texts: Sequence[str], *, lang: str | None = None, pairs: Sequence[str] | None = None,
                  path: str = "encoder", max_length: int | None = None, return_offsets: bool = False):
@@ -453,32 +464,26 @@ class MTLLMModel(PreTrainedModel):
             raise ValueError(f"{len(empty)} of {len(texts)} texts are empty, whitespace-only or not strings (indices "
                              f"{empty[:10]}{' ...' if len(empty) > 10 else ''}): they have nothing to embed. Drop them "
                              f"(or replace them) before calling encode; nothing was computed.")
-        n_truncated = 0
+        from mtllm.data.collate import model_inputs
+        from mtllm.inference.batching import run_batched
+
         path = path or ("encoder" if self.encoder is not None else "llm")
         was_training = self.training
         self.eval()
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        out: list[torch.Tensor | None] = [None] * len(texts)
-        device = _device_of(self.llm)
-        starts = range(0, len(order), batch_size)
-        if show_progress:
-            from tqdm.auto import tqdm
+        device = module_device(self)
+        n_truncated = 0
 
-            starts = tqdm(starts, desc="encode", unit="batch")
-        for start in starts:
-            idx = order[start:start + batch_size]
-            batch = self.tokenize([texts[i] for i in idx], lang=lang if path == "encoder" else None, path=path)
+        def step(batch_texts: list[str]) -> torch.Tensor:
+            nonlocal n_truncated
+            batch = self.tokenize(batch_texts, lang=lang if path == "encoder" else None, path=path)
             n_truncated += batch["n_truncated"]
-            if path == "encoder":
-                res = self(batch["input_ids"].to(device), batch["attention_mask"].to(device))
-            else:
-                res = self(llm_input_ids=batch["input_ids"].to(device),
-                           llm_attention_mask=batch["attention_mask"].to(device))
-            pooled = res.pooled.float()
+            pooled = self(**to_device(model_inputs(batch, path), device)).pooled.float()
             if normalize:
                 pooled = nn.functional.normalize(pooled, dim=-1)
-            for j, i in enumerate(idx):
-                out[i] = pooled[j].cpu()
+            return pooled.cpu()
+
+        out = run_batched(texts, step, batch_size=batch_size, lengths=[len(t) for t in texts],
+                          progress=show_progress, desc="encode", unit="text")
         self.train(was_training)
         if n_truncated:
             import warnings
@@ -549,11 +554,12 @@ class MTLLMModel(PreTrainedModel):
                         encoder: nn.Module | None = None, llm: nn.Module | None = None,
                         encoder_tokenizer: Any = None, llm_tokenizer: Any = None,
                         attn_implementation: str | None = None, merge_adapters: bool = False,
-                        **_: Any) -> "MTLLMModel":
+                        device: str | torch.device | None = None, **_: Any) -> "MTLLMModel":
         """Load a model saved by :meth:`save_pretrained` (a local directory or a hub id). The saved base
         model references are used unless ``encoder``/``llm`` instances are passed; a mismatch between
         them and the saved sizes is a clear error. ``merge_adapters=True`` folds LoRA into the weights
-        for faster inference (:meth:`merge_adapters`; not with ``is_trainable``)."""
+        for faster inference (:meth:`merge_adapters`; not with ``is_trainable``). The model is put on
+        ``device`` (:func:`mtllm.device.resolve_device`: ``$MTLLM_DEVICE``, else cuda, else mps, else cpu)."""
         if merge_adapters and is_trainable:
             raise ValueError("merge_adapters=True is for inference; a trainable model keeps its LoRA adapter "
                              "separate (drop one of is_trainable / merge_adapters)")
@@ -561,6 +567,11 @@ class MTLLMModel(PreTrainedModel):
 
         root = Path(pretrained_model_name_or_path)
         if not root.exists():
+            if looks_local(pretrained_model_name_or_path):
+                from mtllm.errors import ConfigError
+
+                raise ConfigError(f"{pretrained_model_name_or_path}: no such model folder (it looks like a local path, "
+                                  f"so the hub is not asked); check the path, e.g. a run's DIR/final or DIR/best")
             from huggingface_hub import snapshot_download
 
             root = Path(snapshot_download(str(pretrained_model_name_or_path)))
@@ -602,7 +613,7 @@ class MTLLMModel(PreTrainedModel):
             raise FileNotFoundError(f"{weights} is missing: {root} is not a complete mtllm model directory "
                                     f"(save it with MTLLMModel.save_pretrained)")
         state = load_file(str(weights))
-        model.to(device=_device_of(base))
+        model.to(device=module_device(base))
         if model.projection is not None:
             model.projection.load_state_dict({k[len("projection."):]: v for k, v in state.items()
                                               if k.startswith("projection.")})
@@ -615,7 +626,7 @@ class MTLLMModel(PreTrainedModel):
             model.eval()
         if merge_adapters:
             model.merge_adapters()
-        return model
+        return place(model, device)
 
     # ------------------------------------------------------------------ projection calibration
     @torch.no_grad()
@@ -629,17 +640,15 @@ class MTLLMModel(PreTrainedModel):
         if self.projection is None:
             raise ValueError("this model has no encoder/projection to calibrate")
         emb = self.base_llm.get_input_embeddings()
-        device = _device_of(self.llm)
-        ids = self.tokenize(list(texts)[:256], path="llm")
-        real = ids["attention_mask"].bool()
-        target = emb(ids["input_ids"].to(device))[real.to(device)].float().pow(2).mean().sqrt().item()
+        ids = to_device(self.tokenize(list(texts)[:256], path="llm"), module_device(emb))
+        target = emb(ids["input_ids"])[ids["attention_mask"].bool()].float().pow(2).mean().sqrt().item()
         sq, count = 0.0, 0
         for start in range(0, min(len(texts), 256), batch_size):
-            batch = self.tokenize(list(texts)[start:start + batch_size], lang=lang, path="encoder")
+            batch = to_device(self.tokenize(list(texts)[start:start + batch_size], lang=lang, path="encoder"),
+                              module_device(self.encoder))
             with torch.no_grad():
-                enc = self.encoder(input_ids=batch["input_ids"].to(device),
-                                   attention_mask=batch["attention_mask"].to(device)).last_hidden_state
-            out = self.projection(enc.to(self.projection.weight.dtype))[batch["attention_mask"].bool().to(device)]
+                enc = self.encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+            out = self.projection(enc.to(self.projection.weight.dtype))[batch["attention_mask"].bool()]
             sq += out.float().pow(2).sum().item()
             count += out.numel()
         before = (sq / max(count, 1)) ** 0.5
@@ -669,10 +678,6 @@ def _hidden_size(model: nn.Module) -> int:
     raise ValueError(f"cannot tell the hidden size of {type(model).__name__}")
 
 
-def _device_of(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
 def _float_dtype(model: nn.Module) -> torch.dtype:
     for p in model.parameters():
         if p.dtype.is_floating_point:
@@ -693,6 +698,13 @@ def _require_source(source: Any, what: str) -> str:
     if name:
         return name
     raise ValueError(f"a model instance was passed without a source path: pass {what}= as well")
+
+
+def looks_local(ref: str | os.PathLike) -> bool:
+    """Whether ``ref`` can only be a local path, not a hub id (``owner/name``): absolute, relative
+    with ``./``/``../``/``~``, or with more than one ``/``. Such a path is never sent to the hub."""
+    text = os.fspath(ref)
+    return (os.path.isabs(text) or text.startswith((".", "~")) or text.count("/") > 1 or os.sep != "/" and os.sep in text)
 
 
 def _is_loadable_ref(ref: str | None) -> bool:

@@ -15,8 +15,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from .collate import collate_examples, example_lengths
-from .pooling import mean_pool, span_mean_pool
+from mtllm.data.collate import collate_examples, example_lengths
+from mtllm.device import module_device, to_device
+from mtllm.inference.batching import run_batched
+from mtllm.modeling.pooling import mean_pool, span_mean_pool
+from mtllm.training.objectives import TargetStats, standardize, target_stats
 
 __all__ = ["EncoderClassifier"]
 
@@ -31,25 +34,23 @@ class EncoderClassifier:
         self.weight_decay = weight_decay
         self.max_iter = max_iter
         self.head: nn.Linear | None = None
-        self.mean_D: torch.Tensor | None = None
-        self.std_D: torch.Tensor | None = None
+        self.stats: TargetStats | None = None  # per-dimension standardisation of the features
         self.label_names: list[str] = []
 
     @torch.inference_mode()
     def features(self, examples: Sequence[Any], *, lang: str | None, batch_size: int = 64) -> torch.Tensor:
-        """Mean-pooled encoder states ``(N, D_enc)`` (multiple choice: per option, ``(N, K, D_enc)``)."""
-        order = np.argsort(example_lengths(examples), kind="stable")
-        out: list[torch.Tensor | None] = [None] * len(examples)
-        device = next(self.model.encoder.parameters()).device
-        for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
-            batch = collate_examples(self.model, [examples[i] for i in idx], path="encoder", lang=lang)
-            hidden_NLE = self.model.encoder(input_ids=batch["input_ids"].to(device),
-                                            attention_mask=batch["attention_mask"].to(device)).last_hidden_state
-            pooled = self.pool(batch, hidden_NLE)
-            for j, i in enumerate(idx):
-                out[int(i)] = pooled[j]
-        return torch.stack(out)
+        """Mean-pooled encoder states ``(N, D_enc)`` (multiple choice: per option, ``(N, K, D_enc)``),
+        from length-sorted batches on the encoder's device."""
+        device = module_device(self.model.encoder)
+
+        def step(batch_examples: list[Any]) -> torch.Tensor:
+            batch = collate_examples(self.model, batch_examples, path="encoder", lang=lang)
+            inputs = to_device(batch, device)
+            hidden_NLE = self.model.encoder(input_ids=inputs["input_ids"],
+                                            attention_mask=inputs["attention_mask"]).last_hidden_state
+            return self.pool(batch, hidden_NLE)
+
+        return torch.stack(run_batched(examples, step, batch_size=batch_size, lengths=example_lengths(examples)))
 
     @staticmethod
     def pool(batch: dict[str, Any], hidden_NLE: torch.Tensor) -> torch.Tensor:
@@ -65,9 +66,8 @@ class EncoderClassifier:
         """Train the head (full-batch L-BFGS on standardised features). Returns the training accuracy."""
         X = self.features(examples, lang=lang)
         y = torch.tensor([e.label for e in examples])
-        flat = X.reshape(-1, X.shape[-1])
-        self.mean_D, self.std_D = flat.mean(0), flat.std(0).clamp_min(1e-6)
-        Z = (X - self.mean_D) / self.std_D
+        self.stats = target_stats(X)
+        Z = standardize(X, self.stats)
         is_mc = Z.dim() == 3
         self.label_names = list(label_names)
         torch.manual_seed(0)
@@ -101,8 +101,7 @@ class EncoderClassifier:
         """Predicted label indices from features ``X`` of :meth:`features` / :meth:`pool`."""
         if self.head is None:
             raise ValueError("call fit() (or load()) before predict()")
-        Z = (X - self.mean_D) / self.std_D
-        return self._logits(Z).argmax(-1).numpy()
+        return self._logits(standardize(X, self.stats)).argmax(-1).numpy()
 
     def save(self, directory: str | Path) -> None:
         from safetensors.torch import save_file
@@ -110,7 +109,7 @@ class EncoderClassifier:
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
         save_file({"weight": self.head.weight.detach().contiguous(), "bias": self.head.bias.detach().contiguous(),
-                   "mean": self.mean_D.contiguous(), "std": self.std_D.contiguous()}, str(out / "encoder_head.safetensors"))
+                   "mean": self.stats.mean_D.contiguous(), "std": self.stats.std_D.contiguous()}, str(out / "encoder_head.safetensors"))
         (out / "encoder_head.json").write_text(json.dumps({"label_names": self.label_names}))
 
     def load(self, directory: str | Path) -> "EncoderClassifier":
@@ -120,5 +119,5 @@ class EncoderClassifier:
         self.label_names = json.loads((Path(directory) / "encoder_head.json").read_text())["label_names"]
         self.head = nn.Linear(state["weight"].shape[1], state["weight"].shape[0])
         self.head.load_state_dict({"weight": state["weight"], "bias": state["bias"]})
-        self.mean_D, self.std_D = state["mean"], state["std"]
+        self.stats = TargetStats(mean_D=state["mean"], std_D=state["std"], total_var=state["std"].pow(2).sum())
         return self

@@ -22,7 +22,7 @@ def resolve_source(source: str | Path) -> str:
     """Turn ``pocket:NAME`` / ``tiny:NAME`` into a local directory; hub ids and paths pass through."""
     source = str(source)
     if source.startswith(POCKET_PREFIX):
-        from .pocket import pocket_path
+        from mtllm.sources.pocket import pocket_path
 
         return str(pocket_path(source[len(POCKET_PREFIX):]))
     if source.startswith(TINY_PREFIX):
@@ -32,23 +32,19 @@ def resolve_source(source: str | Path) -> str:
 
 def tiny_path(name: str) -> Path:
     """Build (once) and return the directory of the toy model ``name`` (``xlmr``, ``gemma3``, ``llama``, ``m2m100``)."""
-    from .pocket import cache_dir
-    from .tiny import TINY_BUILDERS
+    from mtllm.sources.pocket import cache_dir
+    from mtllm.sources.tiny import TINY_BUILDERS
 
     if name not in TINY_BUILDERS:
-        raise ValueError(f"unknown tiny model {name!r}: choose one of {sorted(TINY_BUILDERS)}")
+        from mtllm.errors import ConfigError
+
+        raise ConfigError(f"unknown tiny model {name!r}: choose one of {sorted(TINY_BUILDERS)}")
     out = cache_dir() / "tiny" / name
     if not (out / "config.json").exists():
-        import os
-        import shutil
+        from mtllm._io import atomic_path
 
-        tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        TINY_BUILDERS[name](tmp)
-        try:
-            os.replace(tmp, out)
-        except OSError:  # another process finished first: keep its copy
-            shutil.rmtree(tmp, ignore_errors=True)
+        with atomic_path(out, keep_existing=True) as tmp:  # another process may build it at the same time
+            TINY_BUILDERS[name](tmp)
     return out
 
 

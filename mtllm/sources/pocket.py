@@ -48,7 +48,7 @@ from typing import Any
 
 import numpy as np
 
-from ._io import file_sha256
+from mtllm._io import atomic_path, file_sha256
 
 __all__ = [
     "POCKET_MODELS",
@@ -637,7 +637,7 @@ def _convert_into(spec: PocketSpec, package_version: str, target: Path) -> None:
             shutil.rmtree(stale, ignore_errors=True)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix=f".{target.name}.work-", dir=parent) as scratch, \
-         tempfile.TemporaryDirectory(prefix=f".{target.name}.tmp-", dir=parent) as tmp:
+         atomic_path(target) as out:
         source = spec.locate(Path(scratch))
         if not source.is_file():
             raise FileNotFoundError(f"pocket model {spec.name!r}: source file {source} not found")
@@ -647,16 +647,9 @@ def _convert_into(spec: PocketSpec, package_version: str, target: Path) -> None:
                 f"{source}: sha256 {source_sha} does not match the expected {spec.source_sha256} "
                 f"for {spec.requirement}; reinstall the package"
             )
-        out = Path(tmp) / "model"
         out.mkdir()
         summary = spec.convert(source, out)
         _write_manifest(out, spec, package_version, source, source_sha, time.perf_counter() - start, summary)
-        if target.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=parent))
-            os.replace(target, old / "model")
-        os.replace(out, target)
-    for stale in parent.glob(f".{target.name}.old-*"):
-        shutil.rmtree(stale, ignore_errors=True)
 
 
 def pocket_path(name: str, *, force: bool = False, verify: bool = False) -> Path:
@@ -672,7 +665,7 @@ def pocket_path(name: str, *, force: bool = False, verify: bool = False) -> Path
         ``cache_dir()/pocket/<name>-<package version>``, loadable with ``from_pretrained``.
 
     Raises:
-        KeyError: unknown ``name``.
+        ConfigError: unknown ``name``.
         ImportError: the package holding the weights is not installed.
         ValueError: the packaged source file is corrupt or not what was expected.
     """
@@ -681,7 +674,9 @@ def pocket_path(name: str, *, force: bool = False, verify: bool = False) -> Path
     try:
         spec = POCKET_MODELS[name]
     except KeyError:
-        raise KeyError(f"unknown pocket model {name!r}; known: {', '.join(sorted(POCKET_MODELS))}") from None
+        from mtllm.errors import ConfigError
+
+        raise ConfigError(f"unknown pocket model {name!r}; known: {', '.join(sorted(POCKET_MODELS))}") from None
     package_version = _installed_version(spec)
     root = cache_dir() / "pocket"
     target = root / f"{name}-{package_version}"

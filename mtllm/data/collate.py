@@ -3,7 +3,7 @@
 ``path="encoder"`` feeds the MT-LLM (text in language ``lang`` through the encoder), ``path="llm"``
 feeds the LLM its own tokens (the teacher, and the "LLM alone" baseline). Single texts, text pairs
 (joined with ``config.pair_separator``) and multiple choice (one sequence per example, one token span
-per option, see :mod:`mtllm.multiple_choice`) all come out as one dict the model's ``forward`` takes.
+per option, see :mod:`mtllm.data.multiple_choice`) all come out as one dict the model's ``forward`` takes.
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 import torch
 
-from .multiple_choice import format_multiple_choice, option_token_spans
+from mtllm.data.multiple_choice import format_multiple_choice, option_token_spans
 
 __all__ = ["collate_examples", "example_lengths", "model_inputs"]
 
@@ -49,9 +49,7 @@ def collate_examples(model: Any, examples: Sequence[Any], *, path: str, lang: st
             texts.append(text)
             spans.append(char_spans)
         batch = model.tokenize(texts, lang=lang, path=path, max_length=max_length, return_offsets=True)
-        prefix = 0
-        if path == "encoder" and model.config.encoder_lang_style == "prefix":
-            prefix = len(model.config.encoder_text_prefix)
+        prefix = len(model.encoder_prefix) if path == "encoder" else 0
         option_spans = option_token_spans(batch["offset_mapping"], spans, attention_mask=batch["attention_mask"],
                                           char_offset=prefix, allow_truncated=False)
     else:

@@ -32,19 +32,16 @@ from typing import Any, Iterable, Sequence
 
 import torch
 
+from mtllm.device import module_device, place, to_device
+from mtllm.errors import ConfigError, UnsupportedLanguageError  # noqa: F401 (raised here, re-exported)
+from mtllm.inference.batching import run_batched
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["TranslateSettings", "TranslateStats", "Translator", "translate_examples", "UnsupportedLanguageError",
            "model_fingerprint"]
 
 _CACHE_FORMAT = 1
-
-
-class UnsupportedLanguageError(ValueError):
-    """The MT model (its tokenizer) has no token for the requested language.
-
-    Codes that name no language at all (typos) raise ``mtllm.languages.UnknownLanguageError``
-    instead, with suggestions; both are ``ValueError``."""
 
 
 @dataclass
@@ -61,12 +58,12 @@ class TranslateSettings:
     max_new_tokens: int = field(default=256, metadata={"help": "Maximum length of a translation in tokens."})
     max_source_length: int = field(default=512, metadata={"help": "Source texts are truncated to this many tokens."})
     cache_dir: str | None = field(default=None, metadata={
-        "help": "Directory of the translation cache (default: mtllm.pocket.cache_dir()/translations)."})
+        "help": "Directory of the translation cache (default: mtllm.sources.pocket.cache_dir()/translations)."})
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "num_beams", "max_new_tokens", "max_source_length"):
             if int(getattr(self, name)) < 1:
-                raise ValueError(f"TranslateSettings.{name} must be >= 1, got {getattr(self, name)!r}")
+                raise ConfigError(f"TranslateSettings.{name} must be >= 1, got {getattr(self, name)!r}")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TranslateSettings":
@@ -76,7 +73,7 @@ class TranslateSettings:
     def resolved_cache_dir(self) -> Path:
         if self.cache_dir is not None:
             return Path(self.cache_dir).expanduser()
-        from .pocket import cache_dir
+        from mtllm.sources.pocket import cache_dir
 
         return cache_dir() / "translations"
 
@@ -150,9 +147,9 @@ def _lang_token_id(tokenizer: Any, code: str) -> int | None:
 
 def _validate_lang_code(code: str) -> str:
     """``code`` checked (and canonicalised, e.g. ``FRA-latn`` -> ``fra_Latn``) by
-    :func:`mtllm.languages.validate_lang`; unchanged where that module is not available."""
+    :func:`mtllm.data.languages.validate_lang`; unchanged where that module is not available."""
     try:
-        from .languages import validate_lang
+        from mtllm.data.languages import validate_lang
     except ImportError:
         return code
     return validate_lang(code)
@@ -162,7 +159,7 @@ def _resolve_lang(tokenizer: Any, code: str, role: str, model_name: str) -> tupl
     """``(code, token id)`` of language ``code`` in ``tokenizer``.
 
     A code the tokenizer knows is used as is (``fr`` for M2M100, ``fra_Latn`` for NLLB). Otherwise
-    the code is validated with :mod:`mtllm.languages` (typos raise its ``UnknownLanguageError``) and
+    the code is validated with :mod:`mtllm.data.languages` (typos raise its ``UnknownLanguageError``) and
     its canonical form tried; a valid language the model has no token for raises
     :class:`UnsupportedLanguageError`."""
     if callable(getattr(tokenizer, "get_lang_id", None)) and len(code) > 4 and code[:2] == code[-2:] == "__":
@@ -214,18 +211,17 @@ class Translator:
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike[str], settings: TranslateSettings | None = None, *,
                         device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> "Translator":
-        """Load ``name_or_path`` (hub id, directory, ``pocket:``/``tiny:`` source) with its tokenizer."""
+        """Load ``name_or_path`` (hub id, directory, ``pocket:``/``tiny:`` source) with its tokenizer, on
+        ``device`` (:func:`mtllm.device.resolve_device`: ``$MTLLM_DEVICE``, else cuda, else mps, else cpu)."""
         from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
-        from .sources import resolve_source
+        from mtllm.sources import resolve_source
 
         settings = settings or TranslateSettings(mt_model=str(name_or_path))
         path = resolve_source(name_or_path)
         tokenizer = AutoTokenizer.from_pretrained(path)
         kwargs = {"dtype": dtype} if dtype is not None else {}
-        model = AutoModelForSeq2SeqLM.from_pretrained(path, **kwargs)
-        if device is not None:
-            model = model.to(device)
+        model = place(AutoModelForSeq2SeqLM.from_pretrained(path, **kwargs), device)
         return cls(model, tokenizer, settings=settings, name=str(name_or_path))
 
     # ------------------------------------------------------------------ cache
@@ -331,41 +327,33 @@ class Translator:
             max_len = min(s.max_source_length, getattr(tok, "model_max_length", None) or s.max_source_length)
             enc = tok(todo, truncation=True, max_length=max_len - len(prefix), padding=False)
             ids = [prefix + list(x) for x in enc["input_ids"]]
-            order = sorted(range(len(todo)), key=lambda i: (-len(ids[i]), i))  # longest first: OOM shows early
-            batches = [order[i:i + s.batch_size] for i in range(0, len(order), s.batch_size)]
-            device = next(self.model.parameters()).device
+            device = module_device(self.model)
             gen_kwargs: dict[str, Any] = {"num_beams": s.num_beams, "max_new_tokens": s.max_new_tokens,
                                           "do_sample": False}
             if self._target_id is not None:
                 gen_kwargs["forced_bos_token_id"] = self._target_id
-            bar = None
-            if progress:
-                try:
-                    from tqdm.auto import tqdm
 
-                    bar = tqdm(total=len(todo), desc=f"translate {src_lang}->{s.target_lang}", unit="text")
-                except ImportError:
-                    bar = None
-            try:
-                for batch in batches:
-                    padded = tok.pad({"input_ids": [ids[i] for i in batch]}, padding=True, return_tensors="pt")
-                    with torch.inference_mode():
-                        out = self.model.generate(input_ids=padded["input_ids"].to(device),
-                                                  attention_mask=padded["attention_mask"].to(device), **gen_kwargs)
-                    decoded = tok.batch_decode(out, skip_special_tokens=True)
-                    records = []
-                    for i, translation in zip(batch, decoded):
-                        translation = translation.strip()
-                        result[todo[i]] = translation
-                        records.append((_sha1(todo[i]), translation))
-                    self._append_cache(path, records, src_lang)
-                    stats.batches += 1
-                    stats.translated += len(batch)
-                    if bar is not None:
-                        bar.update(len(batch))
+            def step(batch: list[int]) -> None:  # translations go to `result` and the cache, batch by batch
+                padded = to_device(tok.pad({"input_ids": [ids[i] for i in batch]}, padding=True, return_tensors="pt"),
+                                   device)
+                with torch.inference_mode():
+                    out = self.model.generate(input_ids=padded["input_ids"], attention_mask=padded["attention_mask"],
+                                              **gen_kwargs)
+                decoded = tok.batch_decode(out, skip_special_tokens=True)
+                records = []
+                for i, translation in zip(batch, decoded):
+                    translation = translation.strip()
+                    result[todo[i]] = translation
+                    records.append((_sha1(todo[i]), translation))
+                self._append_cache(path, records, src_lang)
+                stats.batches += 1
+                stats.translated += len(batch)
+
+            try:  # longest first: an out-of-memory batch shows early
+                run_batched(range(len(todo)), step, batch_size=s.batch_size, lengths=[len(x) for x in ids],
+                            longest_first=True, progress=progress, desc=f"translate {src_lang}->{s.target_lang}",
+                            unit="text")
             finally:
-                if bar is not None:
-                    bar.close()
                 self.last_stats = stats
         self.last_stats = stats
         if unique:

@@ -29,6 +29,8 @@ import re
 import warnings
 from typing import Collection, Mapping
 
+from mtllm.errors import UnknownLanguageError, UnsupportedLanguageError  # noqa: F401 (raised here, re-exported)
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -213,14 +215,6 @@ FALLBACK_REASONS: dict[str, str] = {
 
 
 # ------------------------------------------------------------------------------------------ errors
-class UnknownLanguageError(ValueError):
-    """A language code that is not in :data:`FLORES200`; the message lists close matches."""
-
-
-class UnsupportedLanguageError(ValueError):
-    """A valid language the encoder does not cover and that has no explicit fallback."""
-
-
 class LanguageFallbackWarning(UserWarning):
     """A language is fed to the encoder as another (related) language."""
 
@@ -296,7 +290,7 @@ def validate_lang(code: str) -> str:
     hint = f" Did you mean {', '.join(repr(m) for m in matches)}?" if matches else ""
     raise UnknownLanguageError(
         f"unknown language code {code!r}.{hint} Codes are FLORES-200 style, ISO 639-3 + script "
-        f"(e.g. 'eng_Latn', 'ell_Grek'); the full list is mtllm.languages.FLORES200.")
+        f"(e.g. 'eng_Latn', 'ell_Grek'); the full list is mtllm.data.languages.FLORES200.")
 
 
 def resolve_encoder_lang(code: str, supported: Collection[str] | None, *,

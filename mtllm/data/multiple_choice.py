@@ -1,6 +1,6 @@
 """Multiple choice (Belebele-style): lay out passage, question and options in ONE sequence and find the
 token span of every option, so that the model can score each option from the mean of its own tokens
-(:func:`mtllm.pooling.span_mean_pool`; ``MTLLMModel.forward(..., option_spans=spans_NK2)``).
+(:func:`mtllm.modeling.pooling.span_mean_pool`; ``MTLLMModel.forward(..., option_spans=spans_NK2)``).
 
 The default layout (:data:`DEFAULT_TEMPLATE`) is::
 

@@ -12,6 +12,9 @@ import re
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
+from mtllm._io import read_text_file
+from mtllm.errors import DataError  # noqa: F401 (raised here, re-exported)
+
 logger = logging.getLogger(__name__)
 
 FINEWEB = "fineweb"
@@ -20,28 +23,15 @@ FINEWEB_CONFIG = "sample-10BT"
 LOCAL_SUFFIXES = (".txt", ".jsonl", ".json", ".parquet", ".csv", ".tsv")
 
 
-class DataError(ValueError):
-    """A data file that cannot be read as asked; the message names the file and the fix."""
-
-
-def _read_text_file(path: Path) -> str:
-    raw = path.read_bytes()
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise DataError(f"{path} is not UTF-8 (invalid byte at offset {err.start}); re-encode it, e.g. "
-                        f"`iconv -f LATIN1 -t UTF-8 {path.name} > fixed.txt`") from None
-
-
 def _iter_file(path: Path, text_field: str) -> Iterator[str]:
     suffix = path.suffix.lower()
     if suffix == ".txt":
         # blank-line separated paragraphs; a file without blank lines gives one text per line
-        content = _read_text_file(path)
+        content = read_text_file(path)
         blocks = re.split(r"\n\s*\n", content) if re.search(r"\n\s*\n", content) else content.splitlines()
         yield from blocks
     elif suffix in (".jsonl", ".json"):
-        for n, line in enumerate(_read_text_file(path).splitlines(), 1):
+        for n, line in enumerate(read_text_file(path).splitlines(), 1):
             if not line.strip():
                 continue
             try:
@@ -53,7 +43,7 @@ def _iter_file(path: Path, text_field: str) -> Iterator[str]:
                                 f"to the field that holds the text")
             yield row[text_field]
     elif suffix in (".csv", ".tsv"):
-        content = _read_text_file(path)
+        content = read_text_file(path)
         reader = csv.DictReader(content.splitlines(), delimiter="\t" if suffix == ".tsv" else ",")
         if reader.fieldnames is None or text_field not in reader.fieldnames:
             raise DataError(f"{path}: no column {text_field!r} (found {reader.fieldnames}); set text_field to the "
@@ -105,7 +95,7 @@ TASK_PREFIX = "task:"
 
 
 def _iter_task(source: str, data_dir: str | None) -> Iterator[str]:
-    from .tasks import load_examples
+    from mtllm.tasks import load_examples
 
     parts = source[len(TASK_PREFIX):].split("/")
     if len(parts) != 3:

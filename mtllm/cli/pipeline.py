@@ -1,0 +1,353 @@
+"""``mtllm run``: the whole method end to end, resumable stage by stage.
+
+Stages, each in its own folder under ``output_dir``::
+
+    models     pocket models converted (or hub/local models resolved)
+    stage1/         self-distillation on English text        -> stage1/final, stage1/initial
+    retrieval/      alignment probe before vs after stage 1  -> results.json/.md/.png
+    teacher-TASK/   the LLM fine-tuned on the English task   -> teacher-TASK/best
+    distill-TASK/   task distillation into the MT-LLM        -> distill-TASK/final
+    eval-TASK/      mtllm, llm, encoder (, translate_test) on every language -> results.json/.md/.png
+
+Runs of several tasks can share one ``output_dir``: stage 1 and the retrieval probe are then done
+once and reused (same inputs, same hash).
+
+A run config is a flat preset (model and stage-1 keys, e.g. ``base: pocket.yaml``) plus one section
+per later stage (``finetune:``, ``distill:``, ``evaluate:``, ``retrieval:``) holding that stage's
+keys; ``--section.key value`` overrides one of them (``--finetune.num_epochs 2``). Every stage's
+settings are built from the config, and so checked, before the first stage starts (:func:`plan_run`).
+Every stage writes ``stage.json`` with a hash of its inputs (its settings as written in the config and
+the hashes of the stages it reads); a finished stage with the same hash is skipped, an unfinished one
+resumes from its last checkpoint, and a stage whose inputs changed is redone (with everything
+downstream).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+from mtllm._io import atomic_write_json
+from mtllm.errors import ConfigError
+from mtllm.evaluation.evaluate import EvaluateSettings, run_evaluate
+from mtllm.settings import ModelSettings, build_settings, check_choices, check_keys
+from mtllm.training.distill import DistillSettings, run_distill
+from mtllm.training.finetune import TaskSettings, run_finetune
+from mtllm.training.loop import TrainingArgs
+from mtllm.training.stage1 import Stage1Settings, run_stage1
+
+__all__ = ["PipelineSettings", "RunPlan", "plan_run", "run_pipeline", "STAGE1_SETTINGS", "SECTION_SETTINGS"]
+
+StageName = Literal["stage1", "retrieval", "teacher", "distill", "eval"]
+
+#: The flat keys of a run config besides :class:`PipelineSettings`: the models and stage 1.
+STAGE1_SETTINGS: tuple[type, ...] = (ModelSettings, Stage1Settings, TrainingArgs)
+#: The keys of each section of a run config.
+SECTION_SETTINGS: dict[str, tuple[type, ...]] = {
+    "finetune": (TaskSettings, TrainingArgs),
+    "distill": (TaskSettings, DistillSettings, TrainingArgs),
+    "evaluate": (EvaluateSettings,),
+    "retrieval": (EvaluateSettings,),
+}
+
+
+@dataclass
+class PipelineSettings:
+    """Top-level keys of ``mtllm run`` (besides the model/stage-1 keys and the per-stage sections)."""
+
+    task: str = field(default="sib200", metadata={"help": "Task to train the teacher on and evaluate."})
+    output_dir: str = field(default="runs/pocket-sib200", metadata={"help": "Root folder of the run."})
+    data_dir: str | None = field(default=None, metadata={"help": "Local data root (else $MTLLM_DATA_DIR, else the hub)."})
+    stages: list[StageName] = field(default_factory=lambda: ["stage1", "retrieval", "teacher", "distill", "eval"],
+                                    metadata={"help": "Stages to run, in order."})
+    notes: list[str] = field(default_factory=list, metadata={"help": "Notes for the results tables."})
+    seed: int = field(default=0, metadata={"help": "Seed for every stage."})
+
+    def __post_init__(self) -> None:
+        from mtllm.tasks import get_task
+
+        check_choices(self)
+        get_task(self.task)  # an unknown task fails now, not after stage 1
+
+
+def _split_sections(values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, dict[str, Any] | None]]:
+    """The flat keys, and each section's keys (``retrieval: null`` -> ``None``: skip the probe)."""
+    flat: dict[str, Any] = {}
+    sections: dict[str, dict[str, Any] | None] = {s: {} for s in SECTION_SETTINGS}
+    for key, value in values.items():
+        head, dot, rest = key.partition(".")
+        if dot and head in sections:
+            sections[head] = {**(sections[head] or {}), rest: value}
+        elif key in sections:
+            if value in (None, False) and key == "retrieval":
+                sections[key] = None
+            elif not isinstance(value, dict):
+                raise ConfigError(f"{key}: must be a mapping of that stage's keys, not {value!r}"
+                                  + (" (only retrieval can be null: skipped)" if value in (None, False) else ""))
+            else:
+                sections[key] = {**(sections[key] or {}), **value}
+        else:
+            flat[key] = value
+    return flat, sections
+
+
+def _hash(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+#: Keys that change how a stage runs or logs, not what it computes: left out of stage hashes, so that
+#: e.g. ``--save_steps`` or ``--micro_batch_size`` (gradient accumulation) never redo finished work.
+BOOKKEEPING_KEYS = frozenset({"output_dir", "resume", "log_steps", "save_steps", "keep_checkpoints", "progress",
+                              "report_to", "micro_batch_size", "eval_batch_size", "batch_size_eval"})
+
+
+def _args_key(values: Any) -> dict[str, Any]:
+    """``values`` (a settings dataclass or a section dict) without :data:`BOOKKEEPING_KEYS`."""
+    d = asdict(values) if not isinstance(values, dict) else dict(values)
+    return {k: v for k, v in d.items() if k not in BOOKKEEPING_KEYS}
+
+
+def _stage1_key(stage1_s: Any) -> dict[str, Any]:
+    """Stage-1 settings for the stage hash; ``cache_encoder_outputs`` only counts when on, so runs
+    started before that setting existed keep their hash (and are not redone)."""
+    key = asdict(stage1_s)
+    if not key.get("cache_encoder_outputs"):
+        key.pop("cache_encoder_outputs", None)
+    return key
+
+
+# ------------------------------------------------------------------------------------------ the plan
+@dataclass(frozen=True)
+class RunPlan:
+    """Every stage's settings, built from the run config before any stage runs.
+
+    ``model``, ``stage1`` and ``stage1_args`` are as configured (their hash is the stage-1 hash); the
+    stage-1 run adds the output folder, ``save_initial`` and the data folder. The sections' settings
+    hold their output folders and the paths of the stages they read; only ``resume`` is set when a
+    stage starts. ``sections`` keeps each section's keys as written, which the stage hashes cover."""
+
+    pipe: PipelineSettings
+    root: Path
+    data_dir: str | None
+    stages: tuple[str, ...]
+    dirs: dict[str, Path]
+    model: ModelSettings
+    stage1: Stage1Settings
+    stage1_args: TrainingArgs
+    teacher: tuple[TaskSettings, TrainingArgs]
+    distill: tuple[TaskSettings, DistillSettings, TrainingArgs]
+    evaluate: EvaluateSettings
+    retrieval: EvaluateSettings | None
+    sections: dict[str, dict[str, Any] | None]
+
+
+def _resolve_data_dir(data_dir: str | None) -> str | None:
+    """The run's data folder, absolute (else ``$MTLLM_DATA_DIR``, else None = the hub); a missing folder
+    is a :class:`mtllm.errors.DataError` now."""
+    from mtllm.tasks import resolve_data_dir
+
+    resolved = resolve_data_dir(str(Path(data_dir).expanduser().resolve()) if data_dir else None)
+    return str(resolved) if resolved else None
+
+
+def _section_settings(sections: dict[str, dict[str, Any] | None], name: str, defaults: dict[str, Any],
+                      out: Path) -> list[Any]:
+    """A section's settings: ``defaults`` (what the run gives the stage: task, data, the folders it reads),
+    then the section's keys, then the stage's own folder ``out``."""
+    return build_settings(SECTION_SETTINGS[name], {**defaults, **(sections[name] or {}), "output_dir": str(out)},
+                          where=f"{name}: ")
+
+
+def plan_run(values: dict[str, Any]) -> RunPlan:
+    """Build (and so check) every stage's settings from a run config's ``values``; writes nothing."""
+    flat, sections = _split_sections(values)
+    top_keys = {f.name for f in fields(PipelineSettings)}
+    check_keys(flat, (PipelineSettings, *STAGE1_SETTINGS), extra=tuple(SECTION_SETTINGS))
+    (pipe,) = build_settings((PipelineSettings,), {k: v for k, v in flat.items() if k in top_keys})
+    model, stage1, stage1_args = build_settings(
+        STAGE1_SETTINGS, {k: v for k, v in flat.items() if k not in top_keys or k == "seed"})
+    data_dir = _resolve_data_dir(pipe.data_dir)
+    root = Path(pipe.output_dir)
+    dirs = {"stage1": root / "stage1", "retrieval": root / "retrieval", "teacher": root / f"teacher-{pipe.task}",
+            "distill": root / f"distill-{pipe.task}", "eval": root / f"eval-{pipe.task}"}
+    common = {"task": pipe.task, "data_dir": data_dir}
+    ev_common = {"data_dir": data_dir, "notes": pipe.notes}
+    teacher = _section_settings(sections, "finetune", {**common, "seed": pipe.seed}, dirs["teacher"])
+    distill = _section_settings(sections, "distill", {
+        **common, "seed": pipe.seed, "stage1_model": str(dirs["stage1"] / "final"),
+        "teacher_model": str(dirs["teacher"] / "best")}, dirs["distill"])
+    (evaluate,) = _section_settings(sections, "evaluate", {
+        "task": pipe.task, "model": str(dirs["distill"] / "final"), "teacher": str(dirs["teacher"] / "best"),
+        **ev_common}, dirs["eval"])
+    retrieval = None
+    if sections["retrieval"] is not None:
+        (retrieval,) = _section_settings(sections, "retrieval", {
+            "task": "retrieval", "model": str(dirs["stage1"] / "final"), "systems": ["mtllm", "llm", "encoder"],
+            "compare": [f"mtllm_before_stage1={dirs['stage1'] / 'initial'}"], **ev_common}, dirs["retrieval"])
+    stages = tuple(s for s in pipe.stages if not (s == "retrieval" and retrieval is None))
+    return RunPlan(pipe, root, data_dir, stages, dirs, model, stage1, stage1_args, tuple(teacher), tuple(distill),
+                   evaluate, retrieval, sections)
+
+
+def _stage_inputs(plan: RunPlan, name: str, hashes: dict[str, str]) -> list[Any]:
+    """What stage ``name``'s hash covers: its settings (sections as written) and the hashes of the stages
+    it reads, when they ran earlier in this run."""
+    s, data_dir, pipe = plan.sections, plan.data_dir, plan.pipe
+    return {
+        "stage1": [asdict(plan.model), _stage1_key(plan.stage1), _args_key(plan.stage1_args)],
+        "retrieval": [hashes.get("stage1"), _args_key(s["retrieval"] or {}), data_dir],
+        "teacher": [asdict(plan.model), pipe.task, _args_key(s["finetune"]), data_dir, pipe.seed],
+        "distill": [hashes.get("stage1"), hashes.get("teacher"), _args_key(s["distill"]), data_dir, pipe.seed],
+        "eval": [hashes.get("distill"), hashes.get("teacher"), _args_key(s["evaluate"]), data_dir, pipe.task],
+    }[name]
+
+
+# ---------------------------------------------------------------------------------------- the stages
+StageResult = tuple[dict[str, str], Any]  # (artefact paths, summary)
+
+
+def _results_artefacts(out: Path) -> dict[str, str]:
+    return {"results": str(out / "results.json"), "table": str(out / "results.md"), "plot": str(out / "results.png")}
+
+
+def _run_stage1(plan: RunPlan, resume: bool) -> StageResult:
+    out = plan.dirs["stage1"]
+    summary = run_stage1(plan.model, replace(plan.stage1, save_initial=True, data_dir=plan.data_dir),
+                         replace(plan.stage1_args, output_dir=str(out), resume=resume))
+    return {"final": str(out / "final"), "initial": str(out / "initial"), "metrics": str(out / "metrics.jsonl")}, summary
+
+
+def _run_retrieval(plan: RunPlan, resume: bool) -> StageResult:
+    return _results_artefacts(plan.dirs["retrieval"]), run_evaluate(plan.retrieval).averages()
+
+
+def _run_teacher(plan: RunPlan, resume: bool) -> StageResult:
+    task, args = plan.teacher
+    summary = run_finetune(plan.model, task, replace(args, resume=resume))
+    return {"best": summary["best_dir"], "metrics": str(plan.dirs["teacher"] / "metrics.jsonl")}, summary["best"]
+
+
+def _run_distill(plan: RunPlan, resume: bool) -> StageResult:
+    task, distill, args = plan.distill
+    summary = run_distill(plan.model, task, distill, replace(args, resume=resume))
+    return ({"final": summary["final_dir"], "metrics": str(plan.dirs["distill"] / "metrics.jsonl")},
+            {k: summary[k] for k in ("evals", "steps", "seconds", "trainable")})
+
+
+def _run_eval(plan: RunPlan, resume: bool) -> StageResult:
+    return _results_artefacts(plan.dirs["eval"]), run_evaluate(plan.evaluate).averages()
+
+
+#: stage -> (what it does, for its header; how it runs)
+STAGES: dict[str, tuple[str, Callable[[RunPlan, bool], StageResult]]] = {
+    "stage1": ("self-distillation on English text", _run_stage1),
+    "retrieval": ("English<->X retrieval before vs after stage 1", _run_retrieval),
+    "teacher": ("fine-tune the LLM alone on English {task}", _run_teacher),
+    "distill": ("distil the teacher into the MT-LLM (English data only)", _run_distill),
+    "eval": ("zero-shot {task} on every language", _run_eval),
+}
+
+
+class _Stage:
+    """Bookkeeping of one stage folder: skip when done with the same inputs, else (re)run."""
+
+    def __init__(self, folder: Path, name: str, inputs_hash: str):
+        self.dir, self.name, self.hash = folder, name, inputs_hash
+        self.marker = self.dir / "stage.json"
+
+    def done(self) -> dict[str, Any] | None:
+        if self.marker.exists():
+            info = json.loads(self.marker.read_text())
+            if info.get("hash") == self.hash and info.get("status") == "done":
+                return info
+        return None
+
+    def begin(self) -> bool:
+        """Prepare the folder; returns whether an interrupted run with the same inputs can resume."""
+        if self.marker.exists():
+            info = json.loads(self.marker.read_text())
+            if info.get("hash") == self.hash:
+                return True
+            print(f"[run] {self.name}: inputs changed since the last run; redoing it", flush=True)
+            shutil.rmtree(self.dir)
+        elif self.dir.exists() and any(self.dir.iterdir()):
+            print(f"[run] {self.name}: {self.dir} holds files from an unknown run; redoing it", flush=True)
+            shutil.rmtree(self.dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(self.marker, {"hash": self.hash, "status": "running"})
+        return False
+
+    def finish(self, artefacts: dict[str, Any], seconds: float, summary: Any = None) -> dict[str, Any]:
+        info = {"hash": self.hash, "status": "done", "artefacts": artefacts, "seconds": round(seconds, 1),
+                "summary": summary}
+        atomic_write_json(self.marker, info, indent=1, default=str)
+        return info
+
+    def run(self, body: Callable[[RunPlan, bool], StageResult], plan: RunPlan) -> dict[str, Any]:
+        """Skip when done, else run ``body(plan, resume)`` and record what it wrote."""
+        info = self.done()
+        if info is not None:
+            print(f"[run] {self.name}: already done with the same inputs ({self.marker}); skipping", flush=True)
+            _print_artefacts(info["artefacts"])
+            return info
+        resume = self.begin()
+        if resume:
+            print(f"[run] {self.name}: resuming the interrupted run in {self.dir}", flush=True)
+        t0 = time.perf_counter()
+        artefacts, summary = body(plan, resume)
+        info = self.finish(artefacts, time.perf_counter() - t0, summary)
+        _print_artefacts(artefacts)
+        print(f"[run] {self.name} done in {info['seconds']:.0f} s", flush=True)
+        return info
+
+
+def _print_artefacts(artefacts: dict[str, Any]) -> None:
+    for k, v in artefacts.items():
+        print(f"[run]   {k}: {v}", flush=True)
+
+
+def _header(i: int, n: int, name: str, what: str) -> None:
+    print(f"\n=== [{i}/{n}] {name}: {what} ===", flush=True)
+
+
+def _resolve_models(plan: RunPlan) -> None:
+    from mtllm.sources import resolve_source
+
+    _header(0, len(plan.stages), "models", "resolve and convert the models (once, cached)")
+    for src in (plan.model.encoder, plan.model.llm):
+        print(f"[run] {src} -> {resolve_source(src)}", flush=True)
+
+
+def _print_summary(plan: RunPlan, results: dict[str, Any], seconds: float) -> None:
+    print(f"\n[run] finished in {seconds:.0f} s; outputs in {plan.root}", flush=True)
+    for name in ("retrieval", "eval"):
+        if name in results and results[name].get("summary"):
+            print(f"[run] {name} averages: " + ", ".join(f"{k} {v:.3f}" for k, v in results[name]["summary"].items()),
+                  flush=True)
+
+
+def run_pipeline(values: dict[str, Any]) -> dict[str, Any]:
+    """Run the stages of a run config (``values``: its keys, ``section.key`` overrides included) in order;
+    every setting is checked before the first stage starts. Returns each stage's ``stage.json`` record."""
+    plan = plan_run(values)
+    plan.root.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(plan.root / "run_config.json", values, indent=1, default=str)
+    t_run = time.perf_counter()
+    _resolve_models(plan)
+    results: dict[str, Any] = {}
+    hashes: dict[str, str] = {}
+    for i, name in enumerate(plan.stages, 1):  # in the order given: a stage reads the hashes of those run before it
+        what, body = STAGES[name]
+        _header(i, len(plan.stages), name, what.format(task=plan.pipe.task))
+        stage = _Stage(plan.dirs[name], name, _hash(_stage_inputs(plan, name, hashes)))
+        hashes[name] = stage.hash
+        results[name] = stage.run(body, plan)
+    total = time.perf_counter() - t_run
+    _print_summary(plan, results, total)
+    atomic_write_json(plan.root / "run_summary.json", {"seconds": round(total, 1), "stages": results}, indent=1,
+                      default=str)
+    return results

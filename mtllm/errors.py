@@ -1,0 +1,38 @@
+"""The project's exceptions, in one place.
+
+:class:`UserError` marks a mistake in what the user gave (a config, a data file, a language code, a
+path): the command line prints its message as one line and exits 2, because the message already says
+what is wrong and how to fix it. Every other exception is a bug or a fault and keeps its traceback.
+"""
+from __future__ import annotations
+
+__all__ = ["UserError", "ConfigError", "DataError", "UnknownLanguageError", "UnsupportedLanguageError",
+           "CheckpointError", "TrainingDiverged"]
+
+
+class UserError(Exception):
+    """Something the user gave cannot be used; the message names the problem and the fix."""
+
+
+class ConfigError(UserError, ValueError):
+    """A config file, setting or override that cannot be used."""
+
+
+class DataError(UserError, ValueError):
+    """A data file or record that cannot be read (encoding, format, missing column, bad value)."""
+
+
+class UnknownLanguageError(UserError, ValueError):
+    """Not a FLORES-200 code (the message suggests close ones)."""
+
+
+class UnsupportedLanguageError(UserError, ValueError):
+    """A valid language that a model (encoder, MT model) does not cover, with no fallback given."""
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be written or read."""
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or inf."""

@@ -1,0 +1,56 @@
+"""Evaluation tasks: one registry, every language a FLORES-200-style code (see :mod:`mtllm.data.languages`).
+
+Each task loads from a local data directory (``data_dir`` argument, else ``$MTLLM_DATA_DIR``) laid out as
+the dataset is distributed, or, with no data directory, from the Hugging Face hub (``datasets``, lazily):
+
+=============  ====================================================================================
+task           local layout under ``DATA_DIR`` (hub id)
+=============  ====================================================================================
+sib200         ``sib200/<code>/{train,dev,test}.tsv`` + ``labels.txt`` (``Davlan/sib200``, config = code)
+nusax          ``nusax-senti/<language name>/{train,valid,test}.csv`` (``indonlp/NusaX-senti``, config =
+               ISO 639-3 code, e.g. ``nij``)
+xnli           ``xnli/xnli.{dev,test}.tsv`` (XNLI-1.0 release) or ``xnli/<iso or code>/<split>.{jsonl,tsv,
+               csv}`` in the hub's columns premise/hypothesis/label (``facebook/xnli``, config = ISO 639-1)
+americasnli    ``americasnli/{dev,test}/<config>.tsv`` (the AmericasNLI release) or
+               ``americasnli/<config or code>/<split>.{jsonl,tsv,csv}`` (``nala-cub/americas_nli``)
+kardes-nlu     ``kardes-nlu/[Data/]<language>/xnli.{dev,test}.<iso>.csv`` (the Kardeş-NLU GitHub release,
+               https://github.com/lksenel/Kardes-NLU: it is not on the hub)
+belebele       ``belebele/<code>.jsonl`` (test) and, for training data you supply yourself,
+               ``belebele/{train,validation}/<code>.jsonl`` (``facebook/belebele``, config = code, test only)
+=============  ====================================================================================
+
+Split names are always ``train`` / ``validation`` / ``test`` (``TaskSpec.splits`` maps them to the dataset's).
+AmericasNLI and Kardeş-NLU have no training split: they are trained on English XNLI (= MNLI),
+``TaskSpec.train_task``; :func:`load_train_examples` follows that. Belebele has no training split either:
+supply English multiple-choice data in Belebele's columns as ``belebele/train/eng_Latn.jsonl``.
+
+Bad input fails loudly, naming the file (and line) and the fix: unknown task or language, missing file,
+missing columns, non-UTF-8 text, a label outside ``TaskSpec.label_names``, an empty text.
+
+Each benchmark is one module (``sib200``, ``nusax``, ``xnli``, ``americasnli``, ``kardes_nlu``, ``belebele``)
+defining a :class:`TaskSpec` subclass and registering it; what they share is in :mod:`mtllm.tasks.base`.
+A task of your own needs no change here::
+
+    from mtllm.tasks import TaskSpec, register_task, load_examples
+    register_task(TaskSpec(name="my-sentiment", kind="classification", label_names=("neg", "pos"),
+                           hub_id=None, languages=("eng_Latn", "deu_Latn")))
+    load_examples("my-sentiment", "deu_Latn", "test", "data")  # data/my-sentiment/deu_Latn/test.jsonl
+
+The default reader takes ``DATA_DIR/<local_dir or name>/<code>/<split>.{jsonl,tsv,csv}`` in the columns of
+the task's kind (``KIND_COLUMNS``: text, label | premise, hypothesis, label | Belebele's); subclass
+:class:`TaskSpec` and override ``read_local`` / ``read_hub`` / ``local_languages`` for another layout.
+"""
+
+from mtllm.tasks.base import (DATA_DIR_ENV, KIND_COLUMNS, KINDS, SPLITS, TASKS, DataNotFoundError,
+                              DataUnavailableError, Example, TaskDataError, TaskSpec, available_languages,
+                              get_task, list_tasks, load_examples, load_train_examples, register_task,
+                              resolve_data_dir)
+# the benchmarks: importing each registers it
+from mtllm.tasks import americasnli, belebele, kardes_nlu, nusax, sib200, xnli  # noqa: F401
+from mtllm.tasks.sib200 import SIB200_LABELS
+
+__all__ = [
+    "Example", "TaskSpec", "TASKS", "SPLITS", "KINDS", "KIND_COLUMNS", "DATA_DIR_ENV", "TaskDataError",
+    "DataNotFoundError", "DataUnavailableError", "register_task", "get_task", "list_tasks", "resolve_data_dir",
+    "available_languages", "load_examples", "load_train_examples", "SIB200_LABELS",
+]

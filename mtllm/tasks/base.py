@@ -1,0 +1,557 @@
+"""What every task shares: :class:`Example`, :class:`TaskSpec` (a task's description and, as overridable
+methods, how its local files and hub rows become examples), the errors, the file readers and row mappers,
+and the registry (:func:`register_task`, :func:`get_task`, :func:`list_tasks`) behind :func:`load_examples`,
+:func:`load_train_examples` and :func:`available_languages`.
+
+A task of your own is a :class:`TaskSpec` (or a subclass overriding :meth:`TaskSpec.read_local` /
+:meth:`TaskSpec.read_hub` / :meth:`TaskSpec.local_languages`) passed to :func:`register_task`. The
+defaults read ``DATA_DIR/<local_dir or name>/<language>/<split>.{jsonl,tsv,csv}`` with the columns of the
+task's kind (:data:`KIND_COLUMNS`), and hub datasets with the same columns.
+"""
+from __future__ import annotations
+
+import csv
+import difflib
+import io
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+from mtllm._io import read_text_file
+from mtllm.data.languages import FLORES200, UnknownLanguageError, suggest_languages, validate_lang
+from mtllm.errors import ConfigError, DataError
+
+__all__ = [
+    "Example", "TaskSpec", "TASKS", "SPLITS", "KINDS", "KIND_COLUMNS", "DATA_DIR_ENV", "TaskDataError",
+    "DataNotFoundError", "DataUnavailableError", "register_task", "get_task", "list_tasks", "resolve_data_dir",
+    "available_languages", "load_examples", "load_train_examples",
+]
+
+SPLITS = ("train", "validation", "test")
+KINDS = ("classification", "pair_classification", "multiple_choice")
+DATA_DIR_ENV = "MTLLM_DATA_DIR"
+_SPLIT_ALIASES = {"dev": "validation", "valid": "validation", "val": "validation"}
+_GENERIC_SUFFIXES = (".jsonl", ".tsv", ".csv")
+
+Row = tuple[str, dict[str, Any]]  # (where: "path:line" or "hub dataset ... row i", the row)
+
+
+# ---------------------------------------------------------------------------------------------- types
+@dataclass(frozen=True)
+class Example:
+    id: str                 # stable id; the same id in two languages = translations of each other
+    texts: tuple[str, ...]  # (text,) | (premise, hypothesis) | (passage, question)
+    label: int              # index into TaskSpec.label_names (multiple choice: the correct option); -1 unknown
+    options: tuple[str, ...] = ()   # multiple-choice answers
+
+
+class TaskDataError(DataError):
+    """Task data that cannot be used as it is; the message names the file (and line) and the fix."""
+
+
+class DataNotFoundError(TaskDataError, FileNotFoundError):
+    """An expected local file or folder is missing."""
+
+
+class DataUnavailableError(TaskDataError):
+    """Neither a local data directory nor the hub could provide the data."""
+
+
+def _multiple_choice_columns(n_options: int) -> tuple[str, ...]:
+    """Belebele's columns, for ``n_options`` answers."""
+    return ("flores_passage", "question", *(f"mc_answer{i}" for i in range(1, n_options + 1)),
+            "correct_answer_num")
+
+
+# the columns the default readers expect, by kind (an "id" column is optional)
+KIND_COLUMNS: Mapping[str, tuple[str, ...]] = {
+    "classification": ("text", "label"),
+    "pair_classification": ("premise", "hypothesis", "label"),
+    "multiple_choice": _multiple_choice_columns(4),  # mc_answer1..N for N = len(label_names)
+}
+_KIND_FIX = {
+    "classification": "Local classification files use the columns text, label (and optionally id).",
+    "pair_classification": "Local NLI files use the hub's columns premise, hypothesis, label.",
+    "multiple_choice": "Local multiple-choice files use Belebele's columns flores_passage, question, "
+                       "mc_answer1.., correct_answer_num.",
+}
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A task: what it is (fields) and how its data is read (methods; override them in a subclass for a
+    layout or columns the defaults do not handle). Register it with :func:`register_task`."""
+
+    name: str                                   # lower case, '-' not '_' (get_task normalises to this)
+    kind: str                                   # classification | pair_classification | multiple_choice
+    label_names: tuple[str, ...]                # multiple choice: one per option ("1".."4")
+    hub_id: str | None                          # Hugging Face dataset, or None (local files only)
+    languages: tuple[str, ...]                  # FLORES-200-style codes
+    train_lang: str = "eng_Latn"
+    splits: Mapping[str, str] = field(default_factory=lambda: {s: s for s in SPLITS}, compare=False)  # ours -> the dataset's
+    description: str = ""
+    metric: str = "accuracy"
+    hub_configs: Mapping[str, str] = field(default_factory=dict, compare=False)  # code -> hub config
+    local_dir: str = ""                         # folder under the data directory (default: the name)
+    local_names: Mapping[str, str] = field(default_factory=dict, compare=False)  # code -> local folder/file
+    train_task: str | None = None               # task whose train split (in train_lang) trains this one
+    hub_loadable: bool = True
+    notes: str = ""
+    aliases: tuple[str, ...] = field(default=(), compare=False)  # other names get_task accepts
+
+    def __post_init__(self) -> None:
+        for name in ("label_names", "languages", "aliases"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        if not isinstance(self.name, str) or not self.name or self.name != _task_key(self.name):
+            raise ValueError(f"task name {self.name!r}: use lower case and '-' (e.g. "
+                             f"{_task_key(str(self.name)) or 'my-task'!r}).")
+        if self.kind not in KINDS:
+            raise ValueError(f"task {self.name!r}: kind {self.kind!r} is not one of {', '.join(KINDS)}.")
+        if len(self.label_names) < 2 or len(set(self.label_names)) != len(self.label_names):
+            raise ValueError(f"task {self.name!r}: label_names {list(self.label_names)} must be at least two "
+                             f"distinct names.")
+        if not self.languages or len(set(self.languages)) != len(self.languages):
+            raise ValueError(f"task {self.name!r}: languages must be a non-empty list of distinct codes.")
+        for code in (*self.languages, self.train_lang):
+            if validate_lang(code) != code:
+                raise ValueError(f"task {self.name!r}: write the language {code!r} as {validate_lang(code)!r}.")
+        unknown = [s for s in self.splits if s not in SPLITS]
+        if unknown:
+            raise ValueError(f"task {self.name!r}: splits {unknown} are not among {', '.join(SPLITS)} (map ours "
+                             f"to the dataset's names: {{'validation': 'dev'}}).")
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.label_names)
+
+    @property
+    def on_hub(self) -> bool:
+        return self.hub_loadable and self.hub_id is not None
+
+    def hub_config(self, lang: str) -> str:
+        return self.hub_configs.get(lang, lang)
+
+    def local_name(self, lang: str) -> str:
+        return self.local_names.get(lang, lang)
+
+    def local_root(self, root: Path) -> Path:
+        """This task's folder under the data directory ``root``."""
+        return root / (self.local_dir or self.name)
+
+    # --------------------------------------------------------------------------- checks (overridable)
+    def check_lang(self, lang: str) -> str:
+        """The canonical code of ``lang`` if this task has it, else :class:`UnknownLanguageError`."""
+        code = validate_lang(lang)
+        if code in self.languages:
+            return code
+        close = suggest_languages(code, self.languages)
+        hint = f" Close matches: {', '.join(map(repr, close))}." if close else ""
+        raise UnknownLanguageError(
+            f"task {self.name!r} has no language {code!r} ({FLORES200[code]}).{hint} Its {len(self.languages)} "
+            f"languages are mtllm.tasks.get_task({self.name!r}).languages.")
+
+    def check_split(self, split: str) -> str:
+        """``split`` (or an alias such as ``dev``) as one of :data:`SPLITS` that this task has."""
+        s = _normalise_split(split)
+        if s in self.splits:
+            return s
+        if s == "train" and self.train_task:
+            raise ConfigError(
+                f"task {self.name!r} has no 'train' split: train on {self.train_task!r} in {self.train_lang!r} "
+                f"instead (load_examples({self.train_task!r}, {self.train_lang!r}, 'train'), or "
+                f"load_train_examples({self.name!r})).")
+        raise ConfigError(f"task {self.name!r} has no {s!r} split; use one of {', '.join(self.splits)}.")
+
+    # --------------------------------------------------------------------------- reading (overridable)
+    def local_candidates(self, root: Path, lang: str, split: str) -> list[Path]:
+        """Where the default layout may hold ``lang``'s ``split``:
+        ``<local_root>/<local name | hub config | code>/<split | dataset split | dev>.{jsonl,tsv,csv}``."""
+        base = self.local_root(root)
+        names = dict.fromkeys([self.local_name(lang), self.hub_config(lang), lang])
+        split_names = dict.fromkeys([split, self.splits.get(split, split), {"validation": "dev"}.get(split, split)])
+        return [base / name / f"{s}{suf}" for name in names for s in split_names for suf in _GENERIC_SUFFIXES]
+
+    def read_file(self, path: Path) -> Iterator[Example]:
+        """A local file in the columns of this task's kind (:data:`KIND_COLUMNS`)."""
+        columns, rows = _read_rows(path)
+        _require_columns(columns, self.columns, str(path), _KIND_FIX[self.kind])
+        if self.kind == "pair_classification":
+            return _pairs(self, rows, id_cols=("id", "pairID"))  # MNLI/XNLI files name their ids pairID
+        return self.map_rows(rows)
+
+    def read_local(self, root: Path, lang: str, split: str) -> Iterator[Example]:
+        """Examples of ``lang`` / ``split`` (already checked) under the data directory ``root``."""
+        return self.read_file(_must_exist(self, self.local_candidates(root, lang, split), lang, split))
+
+    def read_hub(self, ds: Any, source: str) -> Iterator[Example]:
+        """Examples from one split of a hub dataset ``ds`` (``source`` names it for error messages)."""
+        _require_columns(_hub_columns(ds), self.columns, source)
+        class_names = None if self.kind == "multiple_choice" else _hub_class_names(self, ds, "label", source)
+        return self.map_rows(_hub_rows(ds, source), class_names=class_names)
+
+    def local_languages(self, base: Path) -> set[str]:
+        """Codes with data in this task's folder ``base``: non-empty sub-folders named by local name, hub
+        config or code."""
+        by_local = {self.local_name(c): c for c in self.languages}
+        by_config = {self.hub_config(c): c for c in self.languages}
+        found: set[str] = set()
+        for d in base.iterdir():
+            if not d.is_dir() or not any(d.iterdir()):
+                continue
+            code = by_local.get(d.name) or by_config.get(d.name) or (d.name if d.name in self.languages else None)
+            if code:
+                found.add(code)
+        return found
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The columns the default readers require."""
+        if self.kind == "multiple_choice":
+            return _multiple_choice_columns(self.num_labels)
+        return KIND_COLUMNS[self.kind]
+
+    def map_rows(self, rows: Iterable[Row], class_names: Sequence[str] | None = None) -> Iterator[Example]:
+        """Rows in the columns of this task's kind as examples (ids from an ``id`` column, else the row index)."""
+        if self.kind == "classification":
+            return _single(self, rows, id_col="id", text_col="text", label_col="label", class_names=class_names)
+        if self.kind == "pair_classification":
+            return _pairs(self, rows, class_names=class_names)
+        return _multiple_choice(self, rows)
+
+
+# ------------------------------------------------------------------------------------------ registry
+TASKS: dict[str, TaskSpec] = {}
+_ALIASES: dict[str, str] = {}  # alias -> name
+
+
+def _task_key(name: str) -> str:
+    return str(name).strip().lower().replace("_", "-")
+
+
+def register_task(task: TaskSpec, *, overwrite: bool = False) -> TaskSpec:
+    """Make ``task`` known to :func:`get_task` (and so to every loader and command) under its name and
+    aliases; returns it. A name or alias already taken is an error unless ``overwrite`` (which replaces
+    the task holding it)."""
+    if not isinstance(task, TaskSpec):
+        raise TypeError(f"register_task needs a mtllm.tasks.TaskSpec, got {type(task).__name__}")
+    keys = [task.name, *(_task_key(a) for a in task.aliases)]
+    taken = {k: TASKS.get(k) or TASKS[_ALIASES[k]] for k in keys if k in TASKS or k in _ALIASES}
+    if taken and not overwrite:
+        held = ", ".join(f"{k!r} (task {t.name!r})" for k, t in taken.items())
+        raise ValueError(f"cannot register task {task.name!r}: {held} already registered; pick another name, or "
+                         f"pass overwrite=True to replace it.")
+    for old in {t.name: t for t in taken.values()}.values():
+        del TASKS[old.name]
+        for alias in [a for a, n in _ALIASES.items() if n == old.name]:
+            del _ALIASES[alias]
+    TASKS[task.name] = task
+    _ALIASES.update({k: task.name for k in keys[1:] if k != task.name})
+    return task
+
+
+def list_tasks() -> list[str]:
+    return sorted(TASKS)
+
+
+def get_task(name: str | TaskSpec) -> TaskSpec:
+    if isinstance(name, TaskSpec):
+        return name
+    key = _task_key(name)
+    key = _ALIASES.get(key, key)
+    if key in TASKS:
+        return TASKS[key]
+    close = difflib.get_close_matches(key, list(TASKS), n=3, cutoff=0.5)
+    hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+    raise ConfigError(f"unknown task {name!r}.{hint} Known tasks: {', '.join(list_tasks())}.")
+
+
+# ------------------------------------------------------------------------------------------ data dir
+def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path | None:
+    """The local data directory: ``data_dir``, else ``$MTLLM_DATA_DIR``, else ``None`` (= load from the hub)."""
+    source = "data_dir"
+    if data_dir is None or str(data_dir) == "":
+        data_dir = os.environ.get(DATA_DIR_ENV) or None
+        source = f"${DATA_DIR_ENV}"
+    if data_dir is None:
+        return None
+    path = Path(data_dir).expanduser()
+    if not path.is_dir():
+        raise DataNotFoundError(
+            f"the data directory {str(path)!r} (from {source}) does not exist or is not a folder; pass "
+            f"--data-dir DIR / set {DATA_DIR_ENV} to a folder holding e.g. sib200/ or nusax-senti/, or leave "
+            f"both unset to load from the Hugging Face hub.")
+    return path
+
+
+# ------------------------------------------------------------------------------------------ readers
+def _normalise_split(split: str) -> str:
+    s = _SPLIT_ALIASES.get(str(split).lower(), str(split).lower())
+    if s not in SPLITS:
+        raise ConfigError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}.")
+    return s
+
+
+def _read_text(path: Path) -> str:
+    """:func:`mtllm._io.read_text_file`, its error as a :class:`TaskDataError`."""
+    try:
+        return read_text_file(path)
+    except TaskDataError:
+        raise
+    except DataError as err:
+        raise TaskDataError(str(err)) from None
+
+
+def _read_rows(path: Path, *, quoting: int = csv.QUOTE_MINIMAL) -> tuple[list[str], Iterator[Row]]:
+    """Columns and rows of a .tsv/.csv/.jsonl file; ``where`` is ``path:line`` for error messages."""
+    text = _read_text(path)
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        rows: list[Row] = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise TaskDataError(f"{path}:{n}: not valid JSON ({err.msg}); each line must be one JSON "
+                                    f"object.") from None
+            if not isinstance(obj, dict):
+                raise TaskDataError(f"{path}:{n}: expected a JSON object per line, got {type(obj).__name__}.")
+            rows.append((f"{path}:{n}", obj))
+        return (list(rows[0][1]) if rows else []), iter(rows)
+    if suffix in (".tsv", ".csv"):
+        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if suffix == ".tsv" else ",",
+                                quoting=quoting)
+        columns = list(reader.fieldnames or [])
+
+        def gen() -> Iterator[Row]:
+            for row in reader:
+                if None in row:  # more fields than columns
+                    raise TaskDataError(f"{path}:{reader.line_num}: {len(columns) + len(row[None])} fields but "
+                                        f"the header has {len(columns)} ({columns}); check the delimiter/quoting.")
+                yield f"{path}:{reader.line_num}", row
+        return columns, gen()
+    raise TaskDataError(f"{path}: unsupported file type {suffix!r}; use .jsonl, .tsv or .csv.")
+
+
+def _require_columns(columns: Sequence[str], expected: Sequence[str], source: str, fix: str = "") -> None:
+    missing = [c for c in expected if c not in columns]
+    if not missing:
+        return
+    guesses = []
+    for m in missing:
+        close = difflib.get_close_matches(m, list(columns), n=1, cutoff=0.5)
+        if close:
+            guesses.append(f"{close[0]!r} -> {m!r}")
+    rename = f" Rename {', '.join(guesses)}." if guesses else ""
+    raise TaskDataError(f"{source}: missing column(s) {missing}; found {list(columns)}, expected "
+                        f"{list(expected)}.{rename}{(' ' + fix) if fix else ''}")
+
+
+def _must_exist(spec: TaskSpec, candidates: Sequence[Path], lang: str, split: str) -> Path:
+    """The first existing file of ``candidates``, else a :class:`DataNotFoundError` listing them."""
+    for p in candidates:
+        if p.is_file():
+            return p
+    shown = "\n  ".join(str(p) for p in candidates[:6]) + ("\n  ..." if len(candidates) > 6 else "")
+    hub = (f", or leave --data-dir / {DATA_DIR_ENV} unset to load {spec.hub_id!r} from the Hugging Face hub"
+           if spec.on_hub and split in spec.splits else "")
+    extra = f" {spec.notes}" if spec.notes and (not spec.on_hub or split not in spec.splits) else ""
+    raise DataNotFoundError(f"no local {spec.name} data for {lang!r} split {split!r}; looked for:\n  {shown}\n"
+                            f"Put the file there{hub}.{extra}")
+
+
+def _hub_columns(ds: Any) -> list[str]:
+    return list(getattr(ds, "column_names", None) or [])
+
+
+def _hub_rows(ds: Any, source: str) -> Iterator[Row]:
+    for i, row in enumerate(ds):
+        yield f"{source} row {i}", row
+
+
+def _hub_class_names(spec: TaskSpec, ds: Any, col: str, source: str) -> Sequence[str] | None:
+    """The names of ``ds``'s ClassLabel column ``col`` (None if not a ClassLabel), checked against the task's."""
+    feat = (getattr(ds, "features", None) or {}).get(col)
+    names = getattr(feat, "names", None)
+    if names is not None and sorted(names) != sorted(spec.label_names):
+        raise TaskDataError(f"{source}: its labels {list(names)} are not {spec.name}'s {list(spec.label_names)}.")
+    return names
+
+
+# ------------------------------------------------------------------------------------------ row mappers
+def _text(value: Any, where: str, column: str) -> str:
+    if value is None or not isinstance(value, str) or not value.strip():
+        what = "missing" if value is None else "empty"
+        raise TaskDataError(f"{where}: {what} {column!r} (got {value!r}); every row needs text — fix or delete "
+                            f"the row (nothing is dropped silently).")
+    return value
+
+
+def _label(spec: TaskSpec, value: Any, where: str, column: str, class_names: Sequence[str] | None = None) -> int:
+    names = spec.label_names
+    if isinstance(value, bool):
+        value = None
+    if isinstance(value, int) or (isinstance(value, str) and re.fullmatch(r"-?\d+", value.strip())):
+        idx = int(value)
+        if idx == -1:
+            return -1
+        if class_names is not None:  # the hub's ClassLabel order: map by name
+            if 0 <= idx < len(class_names) and class_names[idx] in names:
+                return names.index(class_names[idx])
+        elif 0 <= idx < len(names):
+            return idx
+    elif isinstance(value, str) and value.strip():
+        v = value.strip()
+        if v in names:
+            return names.index(v)
+        lowered = [n.lower() for n in names]
+        if v.lower() in lowered:
+            return lowered.index(v.lower())
+    raise TaskDataError(f"{where}: label {value!r} in column {column!r} is not one of {spec.name}'s labels "
+                        f"{list(names)} (or their indices 0..{len(names) - 1}); fix the row or the label names.")
+
+
+def _single(spec: TaskSpec, rows: Iterable[Row], *, id_col: str, text_col: str, label_col: str,
+            class_names: Sequence[str] | None = None) -> Iterator[Example]:
+    for n, (where, row) in enumerate(rows):
+        rid = row.get(id_col)
+        yield Example(id=str(rid) if rid not in (None, "") else str(n), texts=(_text(row.get(text_col), where,
+                      text_col),), label=_label(spec, row.get(label_col), where, label_col, class_names))
+
+
+def _pairs(spec: TaskSpec, rows: Iterable[Row], *, premise: str = "premise", hypothesis: str = "hypothesis",
+           label_col: str = "label", id_cols: Sequence[str] = ("id",),
+           class_names: Sequence[str] | None = None) -> Iterator[Example]:
+    for n, (where, row) in enumerate(rows):
+        rid = next((row[c] for c in id_cols if row.get(c) not in (None, "")), n)
+        yield Example(id=str(rid), texts=(_text(row.get(premise), where, premise),
+                                          _text(row.get(hypothesis), where, hypothesis)),
+                      label=_label(spec, row.get(label_col), where, label_col, class_names))
+
+
+def _multiple_choice(spec: TaskSpec, rows: Iterable[Row]) -> Iterator[Example]:
+    """Rows in Belebele's columns; one option per label name, ``correct_answer_num`` 1-based."""
+    n_opt = spec.num_labels
+    allowed = ", ".join(map(str, range(1, n_opt))) + f" or {n_opt}"
+    for n, (where, row) in enumerate(rows):
+        options = tuple(_text(row.get(f"mc_answer{i}"), where, f"mc_answer{i}") for i in range(1, n_opt + 1))
+        raw = row.get("correct_answer_num")
+        try:
+            ans = int(str(raw).strip())
+        except ValueError:
+            ans = 0
+        if not 1 <= ans <= n_opt:
+            raise TaskDataError(f"{where}: correct_answer_num {raw!r} must be {allowed} (the 1-based number "
+                                f"of the correct mc_answer).")
+        if row.get("link") not in (None, "") and row.get("question_number") not in (None, ""):
+            rid = f"{row['link']}#{row['question_number']}"
+        else:
+            rid = str(row.get("id", n))
+        yield Example(id=rid, texts=(_text(row.get("flores_passage"), where, "flores_passage"),
+                                     _text(row.get("question"), where, "question")),
+                      label=ans - 1, options=options)
+
+
+def _limit_iter(examples: Iterable[Example], limit: int | None, source: str) -> list[Example]:
+    out: list[Example] = []
+    if limit == 0:
+        return out
+    for ex in examples:
+        out.append(ex)
+        if limit is not None and len(out) >= limit:
+            break
+    if not out:
+        raise TaskDataError(f"{source}: no examples (the file or split is empty); an empty evaluation set would "
+                            f"give a meaningless score.")
+    return out
+
+
+# ------------------------------------------------------------------------------------------ hub
+def _load_hub(spec: TaskSpec, lang: str, split: str):
+    """One split of ``spec``'s hub dataset for ``lang`` (``datasets.load_dataset``, imported lazily)."""
+    if not spec.on_hub:
+        notes = f"{spec.notes} " if spec.notes else ""
+        raise DataUnavailableError(
+            f"{spec.name} is not on the Hugging Face hub and no data directory is set; {notes}Then pass "
+            f"--data-dir DIR or set {DATA_DIR_ENV}.")
+    if split not in spec.splits:
+        raise DataUnavailableError(
+            f"{spec.hub_id!r} has no {split!r} split on the hub (it has {', '.join(spec.splits)}). {spec.notes} "
+            f"Pass --data-dir DIR or set {DATA_DIR_ENV}.")
+    config, hub_split = spec.hub_config(lang), spec.splits[split]
+    try:
+        import datasets
+    except ImportError as err:  # pragma: no cover - datasets is a dependency
+        raise DataUnavailableError(f"loading {spec.hub_id!r} needs the `datasets` package ({err}); install it, or "
+                                   f"use local files: --data-dir DIR / {DATA_DIR_ENV}.") from None
+    try:
+        return datasets.load_dataset(spec.hub_id, config, split=hub_split)
+    except Exception as err:  # network, missing config, auth, ...
+        raise DataUnavailableError(
+            f"could not load {spec.name} {lang!r} split {split!r}: no local data directory is set (pass "
+            f"--data-dir DIR or set {DATA_DIR_ENV}; expected layout: see mtllm.tasks), and loading "
+            f"{spec.hub_id!r} config {config!r} split {hub_split!r} from the Hugging Face hub failed: "
+            f"{type(err).__name__}: {err}. Either provide the files locally or give this machine hub access to "
+            f"{spec.hub_id!r}.") from err
+
+
+def _hub_examples(spec: TaskSpec, lang: str, split: str) -> Iterator[Example]:
+    ds = _load_hub(spec, lang, split)
+    source = f"hub dataset {spec.hub_id!r} config {spec.hub_config(lang)!r} split {spec.splits[split]!r}"
+    return spec.read_hub(ds, source)
+
+
+# ------------------------------------------------------------------------------------------ public
+def load_examples(task: str | TaskSpec, lang: str, split: str, data_dir: str | os.PathLike | None = None, *,
+                  limit: int | None = None) -> list[Example]:
+    """Examples of ``task`` in ``lang`` (FLORES-200-style code) for ``split`` (train/validation/test).
+
+    From ``data_dir`` / ``$MTLLM_DATA_DIR`` when set (local files only: a missing file is an error, there is
+    no silent switch to the hub), else from the Hugging Face hub. ``limit``: at most this many (the first).
+    """
+    spec = get_task(task)
+    code = spec.check_lang(lang)
+    s = spec.check_split(split)
+    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 0):
+        raise ValueError(f"limit must be a non-negative integer or None, got {limit!r}.")
+    root = resolve_data_dir(data_dir)
+    if root is None:
+        examples = _hub_examples(spec, code, s)
+        source = f"{spec.name} {code} {s} (hub {spec.hub_id!r})"
+    else:
+        examples = spec.read_local(root, code, s)
+        source = f"{spec.name} {code} {s} (under {root})"
+    return _limit_iter(examples, limit, source)
+
+
+def load_train_examples(task: str | TaskSpec, data_dir: str | os.PathLike | None = None, *,
+                        limit: int | None = None) -> list[Example]:
+    """Training examples for ``task``: its own train split in ``train_lang``, or, for tasks without one
+    (AmericasNLI, Kardeş-NLU), the train split of ``train_task`` (English XNLI = MNLI), whose labels are the
+    same."""
+    spec = get_task(task)
+    if "train" in spec.splits or spec.train_task is None:
+        return load_examples(spec, spec.train_lang, "train", data_dir, limit=limit)
+    source = get_task(spec.train_task)
+    if source.label_names != spec.label_names:
+        raise ValueError(f"task {spec.name!r} trains on {source.name!r}, but their labels differ: "
+                         f"{list(spec.label_names)} vs {list(source.label_names)}.")
+    return load_examples(source, spec.train_lang, "train", data_dir, limit=limit)
+
+
+def available_languages(task: str | TaskSpec, data_dir: str | os.PathLike | None = None) -> list[str]:
+    """Languages of ``task``: those present under the data directory when one is set, else all of
+    ``TaskSpec.languages`` (the hub has them all)."""
+    spec = get_task(task)
+    root = resolve_data_dir(data_dir)
+    if root is None:
+        return list(spec.languages)
+    base = spec.local_root(root)
+    if not base.is_dir():
+        raise DataNotFoundError(f"no {spec.name} data under {root}: expected the folder {base} "
+                                f"(layout: see mtllm.tasks).")
+    return sorted(spec.local_languages(base))

@@ -1,0 +1,108 @@
+"""Stage 2a (arXiv 2406.12739, section 3): fine-tune the LLM alone (its own tokens) with a fresh LoRA
+and a head on the pooled output, cross-entropy on English task data; the checkpoint with the best
+English validation accuracy is kept (``best/``), chosen automatically."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from torch import nn
+
+from mtllm._io import atomic_path, atomic_write_json
+from mtllm.data.collate import collate_examples, example_lengths
+from mtllm.inference import accuracy
+from mtllm.modeling.model import MTLLMModel
+from mtllm.errors import DataError
+from mtllm.settings import ModelSettings
+from mtllm.training.loop import TrainingArgs, set_seed, train
+from mtllm.training.objectives import classification_loss
+
+__all__ = ["TaskSettings", "run_finetune"]
+
+
+@dataclass
+class TaskSettings:
+    """Which task and data a stage-2 command uses."""
+
+    task: str = field(default="sib200", metadata={"help": "Task name (mtllm.tasks.list_tasks())."})
+    data_dir: str | None = field(default=None, metadata={"help": "Local data root (else $MTLLM_DATA_DIR, else the hub)."})
+    train_lang: str = field(default="eng_Latn", metadata={"help": "Language of the training data (FLORES-200)."})
+    train_split: str = field(default="train", metadata={"help": "Split to train on."})
+    eval_split: str = field(default="validation", metadata={"help": "Split for model selection."})
+    max_train_examples: int | None = field(default=None, metadata={"help": "Use at most this many training examples."})
+    eval_batch_size: int = field(default=32, metadata={"help": "Batch size for evaluation and pre-embedding."})
+
+
+def _load(task: TaskSettings, split: str, lang: str | None = None, limit: int | None = None):
+    from mtllm.tasks import get_task, load_examples, load_train_examples
+
+    spec = get_task(task.task)
+    if split == "train" and lang is None and task.train_lang == "eng_Latn":
+        examples = load_train_examples(spec, data_dir=task.data_dir, limit=limit)  # e.g. English XNLI for AmericasNLI
+    else:
+        examples = load_examples(spec, lang or task.train_lang, split, data_dir=task.data_dir, limit=limit)
+    return spec, examples
+
+
+def _head_kind(spec) -> str:
+    return "multiple_choice" if spec.kind == "multiple_choice" else "classification"
+
+
+def _check_labels(examples: Sequence[Any], n_labels: int, where: str) -> None:
+    bad = [e.id for e in examples if not 0 <= e.label < n_labels]
+    if bad:
+        raise DataError(f"{where}: {len(bad)} examples have labels outside the head's {n_labels} classes "
+                         f"(e.g. ids {bad[:5]}); the head never saw them. Check the task's label names.")
+
+
+def run_finetune(model_settings: ModelSettings, task: TaskSettings, args: TrainingArgs, *,
+                 model: MTLLMModel | None = None) -> dict[str, Any]:
+    """Fine-tune the LLM alone (fresh LoRA + head) on ``task`` in ``task.train_lang``; keep the best
+    checkpoint by validation accuracy in ``args.output_dir/best``. Returns a summary."""
+    set_seed(args.seed)
+    spec, train_ex = _load(task, task.train_split, limit=task.max_train_examples)
+    _, val_ex = _load(task, task.eval_split)
+    if model is None:
+        model = MTLLMModel.llm_only(
+            model_settings.llm, bidirectional=model_settings.bidirectional, lora=model_settings.lora(),
+            pooling=model_settings.pooling, load_in_4bit=model_settings.load_in_4bit,
+            dtype=model_settings.torch_dtype(), llm_adapters_to_merge=model_settings.llm_adapters_to_merge,
+            max_seq_length=model_settings.max_seq_length, attn_implementation=model_settings.attn_implementation)
+    model.set_head(_head_kind(spec), spec.label_names)
+    _check_labels(train_ex, len(spec.label_names) if spec.kind != "multiple_choice" else len(train_ex[0].options), "train")
+    out = Path(args.output_dir)
+    best_path = out / "best"
+    best_file = out / "best_score.json"
+    best = json.loads(best_file.read_text()) if (args.resume and best_file.exists()) else {"accuracy": -1.0}
+    evals: list[dict[str, Any]] = []
+
+    def on_epoch_end(m: nn.Module, epoch: int, step: int) -> dict[str, float]:
+        acc = accuracy(m, val_ex, path="llm", batch_size=task.eval_batch_size)
+        evals.append({"epoch": epoch, "step": step, "val_accuracy": acc})
+        print(f"[finetune] epoch {epoch} step {step}: {task.train_lang} {task.eval_split} accuracy {acc:.4f}"
+              + (" (best so far)" if acc > best["accuracy"] else ""), flush=True)
+        if acc > best["accuracy"]:
+            best.update(accuracy=acc, epoch=epoch, step=step)
+            with atomic_path(best_path) as tmp:
+                m.save_pretrained(tmp)
+            atomic_write_json(best_file, best)
+        return {"val_accuracy": acc}
+
+    def collate(indices: list[int]) -> dict[str, Any]:
+        return collate_examples(model, [train_ex[i] for i in indices], path="llm")
+
+    head_params = list(model.head.parameters())
+    head_ids = {id(p) for p in head_params}
+    groups = [{"params": [p for p in model.parameters() if p.requires_grad and id(p) not in head_ids]},
+              {"params": head_params, "lr": args.head_lr or args.learning_rate}]
+    result = train(model=model, param_groups=[g for g in groups if g["params"]], n_examples=len(train_ex),
+                   collate=collate, loss_fn=classification_loss, args=args, stage="finetune",
+                   lengths=example_lengths(train_ex), on_epoch_end=on_epoch_end,
+                   save_final=lambda m, d: m.save_pretrained(d),
+                   config_to_save={"model": asdict(model_settings), "task": asdict(task), "training": asdict(args)})
+    summary = {"best_dir": str(best_path), "best": best, "evals": evals, "steps": result.steps,
+               "seconds": round(result.seconds, 2), "n_train": len(train_ex), "n_val": len(val_ex)}
+    (out / "finetune_summary.json").write_text(json.dumps(summary, indent=1))
+    return summary
