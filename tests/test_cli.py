@@ -1,9 +1,13 @@
+import json
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
-from mtllm.cli import main
-from mtllm.settings import ConfigError, load_yaml
+from mtllm.cli import COMMANDS, command_values, main
+from mtllm.modeling.model import MTLLMModel
+from mtllm.settings import ConfigError, build_settings, load_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "configs" / "tiny.yaml")
@@ -13,25 +17,44 @@ def test_adapt_runs_and_saves_final(tmp_path, capsys):
     code = main(["adapt", "--config", TINY, "--data", f"[{ROOT / 'tests/fixtures/english.txt'}]",
                  "--max_steps", "3", "--output-dir", str(tmp_path), "--progress", "false", "--report_to", "none"])
     assert code == 0
-    assert (tmp_path / "final" / "model.safetensors").exists()
-    assert '"steps": 3' in capsys.readouterr().out
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])  # the summary is the last line
+    assert summary["final_dir"] == str(tmp_path / "final") and summary["steps"] == 3 and summary["n_texts"] > 0
+    history = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [h["step"] for h in history] == [1, 2, 3]  # exactly the steps asked for, each once
+    model = MTLLMModel.from_pretrained(tmp_path / "final")
+    assert (model.config.encoder_name_or_path, model.config.llm_name_or_path) == ("tiny:xlmr", "tiny:gemma3")
+    assert model.config.lora["r"] == 4 and model.head is None  # the tiny preset's LoRA; stage 1 has no head
+    loaded = dict(model.named_parameters())
+    saved = load_file(str(tmp_path / "final" / "model.safetensors"))
+    assert set(saved) == {"projection.weight", "projection.bias"}
+    for name, tensor in saved.items():
+        assert torch.equal(loaded[name], tensor), name
+    adapter = load_file(str(tmp_path / "final" / "adapter" / "adapter_model.safetensors"))
+    lora_b = [k for k in adapter if ".lora_B." in k]
+    assert lora_b and len(lora_b) == len([k for k in adapter if ".lora_A." in k])
+    for name, tensor in adapter.items():  # the adapter loaded is the one trained and saved
+        assert torch.equal(loaded["llm." + name.replace(".weight", ".default.weight")], tensor), name
+    assert any(adapter[k].abs().max() > 0 for k in lora_b)  # LoRA B starts at zero: 3 steps moved it
 
 
 def test_misspelled_key_names_close_match(tmp_path, capsys):
     assert main(["adapt", "--config", TINY, "--max_stepz", "3", "--output_dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert "max_stepz" in err and "max_steps" in err
+    assert "unknown config key(s): 'max_stepz' (did you mean max_steps, " in err  # the suggestion, closest first
     assert not tmp_path.joinpath("final").exists()
 
 
 def test_bad_value_type_is_explained(tmp_path, capsys):
     assert main(["adapt", "--config", TINY, "--max_steps", "many", "--output_dir", str(tmp_path)]) == 2
-    assert "max_steps" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "max_steps must be an integer or null, not 'many'" in err  # expected type and the bad value
+    assert not tmp_path.joinpath("final").exists()
 
 
 def test_unknown_command_suggests(capsys):
     assert main(["adpat"]) == 2
-    assert "adapt" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith("mtllm: unknown command 'adpat' (did you mean adapt?); commands: adapt, ")
 
 
 def test_help_lists_keys(capsys):
@@ -47,7 +70,34 @@ def test_yaml_is_loaded_safely(tmp_path):
         load_yaml(bad)
 
 
-def test_presets_parse():
-    for name in ("tiny", "pocket", "paper"):
-        values = load_yaml(ROOT / "configs" / f"{name}.yaml")
-        assert values["encoder"] and values["llm"]
+PRESETS = {  # preset -> (model settings, stage-1 settings, training arguments) it must give `mtllm adapt`
+    "tiny": (dict(encoder="tiny:xlmr", llm="tiny:gemma3", llm_adapters_to_merge=[], bidirectional=False,
+                  pooling="mean", lora_r=4, lora_alpha=8, lora_dropout=0.0, load_in_4bit=False, dtype="float32",
+                  max_seq_length=64),
+             dict(data=["tests/fixtures/english.txt"], target_norm="standardize", projection_init="rms_match"),
+             dict(learning_rate=3e-3, batch_size=4, micro_batch_size=None, max_steps=30, warmup_ratio=0.1,
+                  save_steps=10, mixed_precision="no", seed=0)),
+    "pocket": (dict(encoder="pocket:e5-small", llm="pocket:gemma3-270m", llm_adapters_to_merge=[],
+                    bidirectional=False, pooling="mean", lora_r=16, lora_alpha=32, lora_dropout=0.05,
+                    lora_target_modules="all-linear", load_in_4bit=False, dtype="float32", max_seq_length=128),
+               dict(data=["task:sib200/eng_Latn/train", "task:nusax/eng_Latn/train"], target_norm="standardize",
+                    projection_init="rms_match"),
+               dict(learning_rate=2e-4, projection_lr=1e-3, batch_size=16, micro_batch_size=4, max_steps=240,
+                    warmup_ratio=0.05, save_steps=60, mixed_precision="no", seed=0)),
+    "paper": (dict(encoder="facebook/nllb-200-distilled-600M", llm="meta-llama/Meta-Llama-3-8B-Instruct",
+                   llm_adapters_to_merge=["McGill-NLP/LLM2Vec-Meta-Llama-3-8B-Instruct-mntp",
+                                          "McGill-NLP/LLM2Vec-Meta-Llama-3-8B-Instruct-mntp-unsup-simcse"],
+                   bidirectional=True, pooling="mean", lora_r=16, lora_alpha=32, lora_dropout=0.05,
+                   lora_target_modules="all-linear", load_in_4bit=True, dtype="bfloat16", max_seq_length=512),
+              dict(data=["fineweb"], max_texts=2560000, target_norm="none", projection_init="default"),
+              dict(learning_rate=2e-4, batch_size=256, micro_batch_size=8, max_steps=10000, warmup_ratio=0.01,
+                   save_steps=500, mixed_precision="bf16", seed=42)),
+}
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_presets_parse(name):
+    path = str(ROOT / "configs" / f"{name}.yaml")
+    built = build_settings(COMMANDS["adapt"].settings(), command_values("adapt", ["--config", path]))
+    for settings, expected in zip(built, PRESETS[name]):
+        assert {k: getattr(settings, k) for k in expected} == expected, type(settings).__name__

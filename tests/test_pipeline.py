@@ -3,12 +3,20 @@ stages, a changed setting redoes that stage and what depends on it, an interrupt
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from mtllm.cli import main
+from mtllm.inference import predict
+from mtllm.modeling.model import MTLLMModel
+from mtllm.tasks import load_examples
 from mtllm.training import loop
+from mtllm.training.checkpoint import latest_valid_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "configs" / "tiny-sib200.yaml")
@@ -24,15 +32,72 @@ def _hashes(out: Path) -> dict[str, str]:
     return {p.parent.name: json.loads(p.read_text())["hash"] for p in out.glob("*/stage.json")}
 
 
-def test_run_end_to_end_then_skip_then_partial_redo(tmp_path, capsys):
+LANGS = ("eng_Latn", "fra_Latn", "swh_Latn")  # the languages of tests/fixtures/pipeline
+
+
+def _test_set(lang: str) -> tuple[list, np.ndarray]:
+    examples = load_examples("sib200", lang, "test", DATA)
+    return examples, np.array([e.label for e in examples])
+
+
+def _task_accuracy(model: MTLLMModel, lang: str, path: str) -> float:
+    """``mean(predictions == labels)`` of ``model`` on the fixture's test split, computed here."""
+    examples, labels = _test_set(lang)
+    return float((predict(model, examples, path=path, lang=lang if path == "encoder" else None) == labels).mean())
+
+
+def _assert_eval_used_the_run_models(out: Path) -> dict:
+    """The eval stage's mtllm/llm accuracies are those of ``distill-sib200/final`` (through the encoder) and
+    ``teacher-sib200/best`` (the LLM alone), reloaded from disk and run on the same examples here."""
+    results = json.loads((out / "eval-sib200" / "results.json").read_text())
+    assert results["model"] == str(out / "distill-sib200" / "final") and results["split"] == "test"
+    assert results["teacher"] == str(out / "teacher-sib200" / "best")
+    distilled = MTLLMModel.from_pretrained(out / "distill-sib200" / "final")
+    teacher = MTLLMModel.from_pretrained(out / "teacher-sib200" / "best")
+    for lang in LANGS:
+        assert results["n_examples"][lang] == len(_test_set(lang)[0]) == 8
+        assert results["systems"]["mtllm"][lang] == pytest.approx(_task_accuracy(distilled, lang, "encoder")), lang
+        assert results["systems"]["llm"][lang] == pytest.approx(_task_accuracy(teacher, lang, "llm")), lang
+    return results
+
+
+def _retrieval_accuracy(model: MTLLMModel, lang: str) -> float:
+    """English<->``lang`` top-1 cosine retrieval on the fixture's test sentences (pairs share an id), the mean
+    of both directions, computed here."""
+    english = {e.id: e.texts[0] for e in _test_set("eng_Latn")[0]}
+    target = {e.id: e.texts[0] for e in _test_set(lang)[0]}
+    ids = [i for i in english if i in target]
+    src = torch.nn.functional.normalize(model.encode([english[i] for i in ids], lang="eng_Latn"), dim=-1)
+    tgt = torch.nn.functional.normalize(model.encode([target[i] for i in ids], lang=lang), dim=-1)
+    sim, gold = src @ tgt.T, torch.arange(len(ids))
+    return ((sim.argmax(1) == gold).float().mean().item() + (sim.argmax(0) == gold).float().mean().item()) / 2
+
+
+def test_run_end_to_end_then_skip_then_partial_redo(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("MTLLM_DATA_DIR", raising=False)
     assert _run(tmp_path) == 0
+    assert "MTLLM_DATA_DIR" not in os.environ  # --data-dir is passed to each stage, not through the environment
     for rel in ("stage1/final/config.json", "stage1/initial/config.json", "retrieval/results.json",
                 "teacher-sib200/best/config.json", "distill-sib200/final/config.json", "eval-sib200/results.json",
                 "eval-sib200/results.md", "eval-sib200/results.png", "run_summary.json"):
         assert (tmp_path / rel).exists(), rel
-    results = json.loads((tmp_path / "eval-sib200" / "results.json").read_text())
+    results = _assert_eval_used_the_run_models(tmp_path)
     assert set(results["systems"]) == {"mtllm", "llm", "encoder"}
-    assert set(results["systems"]["mtllm"]) == {"eng_Latn", "fra_Latn", "swh_Latn"}
+    assert set(results["systems"]["mtllm"]) == set(LANGS)
+    # the fixture can tell the teacher's checkpoints apart: its last epoch is not the best one and scores
+    # otherwise, so evaluating teacher-sib200/final instead of best would have failed the check above
+    assert json.loads((tmp_path / "teacher-sib200" / "best_score.json").read_text())["epoch"] == 1
+    last = MTLLMModel.from_pretrained(tmp_path / "teacher-sib200" / "final")
+    last_accs = [_task_accuracy(last, lang, "llm") for lang in LANGS]
+    assert last_accs != [results["systems"]["llm"][lang] for lang in LANGS], \
+        "the fixture no longer tells teacher-sib200/best from final: this test cannot see which one eval used"
+    # the retrieval probe compares stage 1's final model with the one before stage 1
+    retrieval = json.loads((tmp_path / "retrieval" / "results.json").read_text())["systems"]
+    for name, folder in (("mtllm", "final"), ("mtllm_before_stage1", "initial")):
+        model = MTLLMModel.from_pretrained(tmp_path / "stage1" / folder)
+        for lang in LANGS[1:]:
+            assert retrieval[name][lang] == pytest.approx(_retrieval_accuracy(model, lang)), (name, lang)
+    assert retrieval["mtllm"] != retrieval["mtllm_before_stage1"]  # so a swap of the two would show
     first = _hashes(tmp_path)
     capsys.readouterr()
 
@@ -47,9 +112,23 @@ def test_run_end_to_end_then_skip_then_partial_redo(tmp_path, capsys):
     now = _hashes(tmp_path)
     assert now["stage1"] == first["stage1"] and now["teacher-sib200"] == first["teacher-sib200"]
     assert now["distill-sib200"] != first["distill-sib200"] and now["eval-sib200"] != first["eval-sib200"]
+    _assert_eval_used_the_run_models(tmp_path)  # the redone eval read the redone distillation
+
+
+def _stage1_weights(out: Path) -> dict[str, torch.Tensor]:
+    weights = load_file(str(out / "stage1" / "final" / "model.safetensors"))
+    weights.update(load_file(str(out / "stage1" / "final" / "adapter" / "adapter_model.safetensors")))
+    return weights
+
+
+def _metrics(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "stage1" / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_interrupted_stage_resumes_from_its_checkpoint(tmp_path, capsys, monkeypatch):
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    stage1_only = ("--stages", "[stage1]", "--save_steps", "5")  # tiny-sib200: 10 steps, a checkpoint at step 5
+    assert _run(full, *stage1_only) == 0  # uninterrupted
     real = loop._save_checkpoint
 
     def crash(*args, **kwargs):
@@ -58,12 +137,24 @@ def test_interrupted_stage_resumes_from_its_checkpoint(tmp_path, capsys, monkeyp
 
     monkeypatch.setattr(loop, "_save_checkpoint", crash)
     with pytest.raises(KeyboardInterrupt):
-        _run(tmp_path, "--stages", "[stage1]", "--save_steps", "5")
+        _run(cut, *stage1_only)
     monkeypatch.setattr(loop, "_save_checkpoint", real)
+    assert json.loads((cut / "stage1" / "stage.json").read_text())["status"] == "running"
+    assert latest_valid_checkpoint(cut / "stage1").name == "step-0000005"
+    assert not (cut / "stage1" / "final").exists()
     capsys.readouterr()
-    assert _run(tmp_path, "--stages", "[stage1]", "--save_steps", "5") == 0
+
+    assert _run(cut, *stage1_only) == 0
     out = capsys.readouterr().out
-    assert "resuming the interrupted run" in out and "resumed from" in out
+    assert f"[run] stage1: resuming the interrupted run in {cut / 'stage1'}" in out
+    assert f"resumed from {cut / 'stage1' / 'checkpoints' / 'step-0000005'} at step 5" in out
+    assert json.loads((cut / "stage1" / "stage.json").read_text())["status"] == "done"
+    resumed, uninterrupted = _metrics(cut), _metrics(full)
+    assert [r["step"] for r in resumed] == list(range(1, 11))  # each step logged exactly once
+    assert [r["loss"] for r in resumed] == pytest.approx([r["loss"] for r in uninterrupted], abs=1e-6)
+    a, b = _stage1_weights(full), _stage1_weights(cut)
+    assert a.keys() == b.keys()
+    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6  # as if it had never stopped
 
 
 def test_unreachable_data_names_both_options(tmp_path, capsys, monkeypatch):

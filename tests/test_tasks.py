@@ -3,12 +3,14 @@
 errors for bad input."""
 from __future__ import annotations
 
+import dataclasses
+import json
 from pathlib import Path
 
 import pytest
 
-from mtllm import tasks as T
-from mtllm.languages import FLORES200, NLLB_CODES, UnknownLanguageError, validate_lang
+import mtllm.tasks as T
+from mtllm.data.languages import FLORES200, NLLB_CODES, UnknownLanguageError, validate_lang
 from mtllm.tasks import (DataNotFoundError, DataUnavailableError, Example, TaskDataError, available_languages,
                          get_task, list_tasks, load_examples, load_train_examples, resolve_data_dir)
 
@@ -65,27 +67,40 @@ def _nli_ds(path, name, split):
 
 
 # ------------------------------------------------------------------------------------------ registry
+ALL_SPLITS = {"train": "train", "validation": "validation", "test": "test"}
+#: task -> (number of languages, kind, our split -> the dataset's split, train_task, hub id)
+BUILT_IN = {
+    "americasnli": (10, "pair_classification", {"validation": "validation", "test": "test"}, "xnli",
+                    "nala-cub/americas_nli"),
+    "belebele": (122, "multiple_choice", {"test": "test"}, None, "facebook/belebele"),
+    "kardes-nlu": (5, "pair_classification", {"validation": "dev", "test": "test"}, "xnli", "lksenel/Kardes-NLU"),
+    "nusax": (12, "classification", ALL_SPLITS, None, "indonlp/NusaX-senti"),
+    "sib200": (205, "classification", ALL_SPLITS, None, "Davlan/sib200"),
+    "xnli": (15, "pair_classification", ALL_SPLITS, None, "facebook/xnli"),
+}
+
+
 def test_registry():
-    assert list_tasks() == ["americasnli", "belebele", "kardes-nlu", "nusax", "sib200", "xnli"]
-    sizes = {"sib200": 205, "nusax": 12, "xnli": 15, "americasnli": 10, "kardes-nlu": 5, "belebele": 122}
-    for name, n in sizes.items():
+    assert list_tasks() == sorted(BUILT_IN)
+    for name, (n, kind, splits, train_task, hub_id) in BUILT_IN.items():
         spec = get_task(name)
         assert spec.name == name and len(spec.languages) == n == len(set(spec.languages))
         assert all(validate_lang(c) == c for c in spec.languages)
-        assert validate_lang(spec.train_lang) == spec.train_lang
-        assert spec.kind in ("classification", "pair_classification", "multiple_choice")
-        assert spec.metric == "accuracy" and spec.description
-        assert set(spec.splits) <= set(T.SPLITS)
-        if spec.train_task:
-            assert get_task(spec.train_task).label_names == spec.label_names
-            assert spec.train_lang in get_task(spec.train_task).languages
+        assert (spec.kind, dict(spec.splits), spec.train_task, spec.hub_id) == (kind, splits, train_task, hub_id), name
+        assert spec.train_lang == "eng_Latn" and spec.metric == "accuracy" and spec.description
+        if train_task is not None:  # trained on another task's English train split: same labels
+            assert get_task(train_task).label_names == spec.label_names
+            assert spec.train_lang in get_task(train_task).languages
     assert get_task("sib200").label_names == ("science/technology", "travel", "politics", "sports", "health",
                                               "entertainment", "geography")
-    assert get_task("belebele").num_labels == 4 and get_task("belebele").kind == "multiple_choice"
-    assert get_task("NusaX-senti") is get_task("nusax")
+    assert get_task("nusax").label_names == ("negative", "neutral", "positive")
+    assert get_task("xnli").label_names == NLI
+    assert get_task("belebele").num_labels == 4 and get_task("belebele").label_names == ("1", "2", "3", "4")
+    assert get_task("NusaX-senti") is get_task("nusax") and get_task("SIB-200") is get_task("sib200")
     spec = get_task("xnli")
-    assert get_task(spec) is spec
-    assert hash(spec) == hash(get_task("xnli"))
+    assert get_task(spec) is spec  # a spec is accepted wherever a name is
+    copy = dataclasses.replace(spec)  # a spec is a value: equal specs hash alike (its dict fields are left out)
+    assert copy is not spec and copy == spec and hash(copy) == hash(spec)
 
 
 def test_unknown_task_names_close_matches():
@@ -141,9 +156,17 @@ def test_americasnli_local_release_layout():
 def test_ngaju_is_nij_Latn_on_every_split(hub):
     spec = get_task("nusax")
     assert spec.local_name("nij_Latn") == "ngaju" and spec.hub_config("nij_Latn") == "nij"
-    for split, n in (("train", 3), ("validation", 1), ("test", 2)):
-        ex = load_examples("nusax", "nij_Latn", split, FIXTURES)
-        assert len(ex) == n and all(e.texts[0] for e in ex)
+    negative, neutral, positive = range(3)
+    expected = {  # tests/fixtures/tasks/nusax-senti/ngaju/{train,valid,test}.csv
+        "train": [Example("1", ("Panginan te mangat tutu, rega ah murah.",), positive),
+                  Example("2", ("Pelayanan te lambat, aku kecewa.",), negative),
+                  Example("3", ("Toko te buka jam jalatien.",), neutral)],
+        "validation": [Example("4", ("Kamar te bersih tutu, pemandangan bahalap.",), positive)],
+        "test": [Example("5", ("Rega tiket, hayak pajak, aton hong internet.",), neutral),
+                 Example("6", ("Dia ku handak haluli, pengalaman papa.",), negative)],
+    }
+    for split, examples in expected.items():
+        assert load_examples("nusax", "nij_Latn", split, FIXTURES) == examples, split
     fake = hub(lambda p, n, s: _ds({"id": ["1"], "text": [f"{n} {s}"], "lang": [n], "label": [2]},
                                    class_label=("negative", "neutral", "positive")))
     for split in ("train", "validation", "test"):
@@ -450,3 +473,150 @@ def test_kardes_columns_checked(tmp_path):
     (folder / "xnli.test.ug.csv").write_text(",gold_label,sentence1,sentence2\n1,neutral,a,b\n")
     with pytest.raises(TaskDataError, match=r"missing column\(s\) \['s1_translation', 's2_translation'\]"):
         load_examples("kardes-nlu", "uig_Cyrl", "test", tmp_path)
+
+
+# ------------------------------------------------------------------------------------------ your own tasks
+@pytest.fixture
+def registry():
+    """Restores the registry after a test that registers tasks."""
+    from mtllm.tasks import base
+
+    tasks, aliases = dict(base.TASKS), dict(base._ALIASES)
+    yield
+    base.TASKS.clear()
+    base.TASKS.update(tasks)
+    base._ALIASES.clear()
+    base._ALIASES.update(aliases)
+
+
+TOY_LABELS = ("negative", "positive")
+
+
+def _toy_task(**kw) -> T.TaskSpec:
+    base = dict(name="toy-sentiment", kind="classification", label_names=TOY_LABELS, hub_id=None,
+                languages=("eng_Latn", "deu_Latn", "fra_Latn"), description="A toy sentiment task.")
+    base.update(kw)
+    return T.TaskSpec(**base)
+
+
+def _write_toy(root: Path) -> Path:
+    """DATA_DIR/toy-sentiment/<code>/<split>.{jsonl,csv,tsv} in the default columns (text, label, id)."""
+    folder = root / "toy-sentiment"
+    good = ["great film", "I loved it", "wonderful", "a joy", "so good", "fine work"]
+    bad = ["awful", "I hated it", "boring", "a waste", "so bad", "dull work"]
+    rows = [{"id": f"e{i}", "text": t, "label": "positive"} for i, t in enumerate(good)]
+    rows += [{"id": f"e{i + 6}", "text": t, "label": 0} for i, t in enumerate(bad)]
+    (folder / "eng_Latn").mkdir(parents=True)
+    (folder / "eng_Latn" / "train.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    (folder / "eng_Latn" / "dev.csv").write_text("id,text,label\nv1,really great,positive\nv2,really bad,negative\n")
+    (folder / "deu_Latn").mkdir()
+    (folder / "deu_Latn" / "test.tsv").write_text("text\tlabel\nsehr gut\t1\nsehr schlecht\tnegative\n")
+    (folder / "fra_Latn").mkdir()  # empty: not available
+    return folder
+
+
+def test_register_task_loads_local_files_in_the_default_layout(tmp_path, registry):
+    spec = T.register_task(_toy_task(aliases=("toy",)))
+    _write_toy(tmp_path)
+    assert "toy-sentiment" in list_tasks() and get_task("Toy_Sentiment") is spec and get_task("toy") is spec
+    assert available_languages("toy-sentiment", tmp_path) == ["deu_Latn", "eng_Latn"]
+    assert available_languages("toy-sentiment") == ["eng_Latn", "deu_Latn", "fra_Latn"]
+    train = load_train_examples("toy", tmp_path)
+    assert len(train) == 12 and train[0] == Example("e0", ("great film",), 1)
+    assert train[6] == Example("e6", ("awful",), 0)
+    assert load_examples("toy-sentiment", "eng_Latn", "dev", tmp_path) == [
+        Example("v1", ("really great",), 1), Example("v2", ("really bad",), 0)]
+    assert load_examples(spec, "deu_Latn", "test", tmp_path) == [  # no id column: the row index
+        Example("0", ("sehr gut",), 1), Example("1", ("sehr schlecht",), 0)]
+    with pytest.raises(DataNotFoundError, match=r"(?s)no local toy-sentiment data for 'fra_Latn'.*fra_Latn/test"
+                                                r"\.jsonl") as info:
+        load_examples("toy-sentiment", "fra_Latn", "test", tmp_path)
+    assert "Hugging Face" not in str(info.value)  # hub_id=None: no hub to suggest
+    with pytest.raises(DataUnavailableError, match="toy-sentiment is not on the Hugging Face hub"):
+        load_examples("toy-sentiment", "eng_Latn", "test")
+    with pytest.raises(UnknownLanguageError, match="task 'toy-sentiment' has no language 'ell_Grek'"):
+        load_examples("toy-sentiment", "ell_Grek", "test", tmp_path)
+    (tmp_path / "toy-sentiment" / "deu_Latn" / "train.jsonl").write_text('{"text": "x", "label": "neutral"}\n')
+    with pytest.raises(TaskDataError, match=r"train\.jsonl:1: label 'neutral'.*\['negative', 'positive'\]"):
+        load_examples("toy-sentiment", "deu_Latn", "train", tmp_path)
+
+
+def test_register_task_subclass_with_its_own_layout(tmp_path, registry):
+    class LinesTask(T.TaskSpec):
+        """One file per language, ``<code>.txt``, lines ``label|premise|hypothesis``."""
+
+        def read_local(self, root, lang, split):
+            path = self.local_root(root) / f"{lang}.{split}.txt"
+            return (Example(f"{lang}-{i}", tuple(parts[1:]), self.label_names.index(parts[0]))
+                    for i, parts in enumerate(line.split("|") for line in path.read_text().splitlines()))
+
+        def local_languages(self, base):
+            return {p.name.split(".")[0] for p in base.glob("*.txt")}
+
+    spec = T.register_task(LinesTask(name="toy-nli", kind="pair_classification", label_names=NLI,
+                                     hub_id=None, languages=("eng_Latn", "kaz_Cyrl"), local_dir="lines"))
+    (tmp_path / "lines").mkdir()
+    (tmp_path / "lines" / "kaz_Cyrl.test.txt").write_text("neutral|a|b\ncontradiction|c|d\n")
+    assert available_languages("toy-nli", tmp_path) == ["kaz_Cyrl"]
+    assert load_examples("toy-nli", "kaz_Cyrl", "test", tmp_path, limit=1) == [Example("kaz_Cyrl-0", ("a", "b"), 1)]
+    assert [e.label for e in load_examples(spec, "kaz_Cyrl", "test", tmp_path)] == [1, 2]
+
+
+def test_register_task_twice_is_an_error_unless_overwrite(registry):
+    first = T.register_task(_toy_task())
+    with pytest.raises(ValueError, match=r"'toy-sentiment' \(task 'toy-sentiment'\) already registered.*overwrite=True"):
+        T.register_task(_toy_task(description="another"))
+    with pytest.raises(ValueError, match=r"'sib-200' \(task 'sib200'\) already registered"):
+        T.register_task(_toy_task(name="my-sib", aliases=("SIB_200",)))  # an alias taken by a built-in task
+    assert get_task("toy-sentiment") is first and "my-sib" not in list_tasks()
+    second = T.register_task(_toy_task(description="another", aliases=("toy2",)), overwrite=True)
+    assert get_task("toy-sentiment") is second and get_task("toy2") is second
+    T.register_task(_toy_task(), overwrite=True)  # replacing it drops its old aliases too
+    with pytest.raises(ValueError, match="unknown task 'toy2'"):
+        get_task("toy2")
+    with pytest.raises(TypeError, match="needs a mtllm.tasks.TaskSpec"):
+        T.register_task("toy-sentiment")
+
+
+def test_task_spec_is_checked_when_made():
+    with pytest.raises(ValueError, match=r"lower case and '-' \(e\.g\. 'my-task'\)"):
+        _toy_task(name="My_Task")
+    with pytest.raises(ValueError, match="kind 'regression' is not one of"):
+        _toy_task(kind="regression")
+    with pytest.raises(ValueError, match="write the language 'ENG_latn' as 'eng_Latn'"):
+        _toy_task(languages=("ENG_latn",))
+    with pytest.raises(UnknownLanguageError):
+        _toy_task(languages=("english",))
+    with pytest.raises(ValueError, match="at least two distinct names"):
+        _toy_task(label_names=("yes", "yes"))
+    with pytest.raises(ValueError, match=r"splits \['dev'\] are not among"):
+        _toy_task(splits={"dev": "dev"})
+
+
+def test_unknown_task_name_lists_close_matches_including_registered_ones(registry):
+    T.register_task(_toy_task())
+    with pytest.raises(ValueError, match=r"unknown task 'toy-sentimnt'\. Did you mean 'toy-sentiment'\?.*Known "
+                                         r"tasks: americasnli, .*toy-sentiment, xnli\."):
+        load_examples("toy-sentimnt", "eng_Latn", "test")
+    with pytest.raises(ValueError, match=r"unknown task 'xnil'\. Did you mean 'xnli'"):
+        get_task("xnil")
+
+
+def test_registered_task_finetunes_on_tiny_models(tmp_path, registry):
+    from mtllm.modeling.model import MTLLMModel
+    from mtllm.settings import ModelSettings
+    from mtllm.training.finetune import TaskSettings, run_finetune
+    from mtllm.training.loop import TrainingArgs
+
+    T.register_task(_toy_task())
+    _write_toy(tmp_path / "data")
+    model = ModelSettings(encoder="tiny:xlmr", llm="tiny:gemma3", lora_r=4, lora_alpha=8, lora_dropout=0.0,
+                          max_seq_length=64)
+    args = TrainingArgs(output_dir=str(tmp_path / "out"), learning_rate=3e-3, batch_size=4, max_steps=2, seed=0,
+                        progress=False, report_to="none")
+    summary = run_finetune(model, TaskSettings(task="toy-sentiment", data_dir=str(tmp_path / "data"),
+                                               eval_batch_size=8), args)
+    assert summary["steps"] == 2 and summary["n_train"] == 12 and summary["n_val"] == 2
+    assert [e["step"] for e in summary["evals"]] == [2]
+    best = MTLLMModel.from_pretrained(tmp_path / "out" / "best")
+    assert best.config.label_names == list(TOY_LABELS) and best.head.out_features == 2

@@ -315,11 +315,13 @@ def _header(i: int, n: int, name: str, what: str) -> None:
 
 
 def _resolve_models(plan: RunPlan) -> None:
+    from mtllm.device import resolve_device
     from mtllm.sources import resolve_source
 
     _header(0, len(plan.stages), "models", "resolve and convert the models (once, cached)")
     for src in (plan.model.encoder, plan.model.llm):
         print(f"[run] {src} -> {resolve_source(src)}", flush=True)
+    print(f"[run] device: {resolve_device()} (set MTLLM_DEVICE to choose)", flush=True)
 
 
 def _print_summary(plan: RunPlan, results: dict[str, Any], seconds: float) -> None:
