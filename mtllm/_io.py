@@ -16,7 +16,7 @@ from typing import Any, Iterator
 
 from mtllm.errors import DataError
 
-__all__ = ["file_sha256", "atomic_path", "atomic_write_text", "atomic_write_json", "read_text_file"]
+__all__ = ["file_sha256", "atomic_path", "remove_stale_temporaries", "atomic_write_text", "atomic_write_json", "read_text_file", "read_json_rows"]
 
 _CHUNK = 1 << 20
 
@@ -38,6 +38,29 @@ def _remove(path: Path) -> None:
             path.unlink()
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_stale_temporaries(path: str | Path) -> list[Path]:
+    """Remove the temporaries ``.<name>.tmp-<pid>`` of ``path`` whose writer process is gone (killed
+    mid-write); a live writer's temporary is left alone. Returns what was removed."""
+    path = Path(path)
+    removed = []
+    for tmp in path.parent.glob(f".{path.name}.tmp-*") if path.parent.is_dir() else []:
+        pid = tmp.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            _remove(tmp)
+            removed.append(tmp)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path, *, fsync: bool = False, keep_existing: bool = False) -> Iterator[Path]:
     """Yield a temporary sibling of ``path`` to write (a file, or a folder the caller creates), then
@@ -51,6 +74,7 @@ def atomic_path(path: str | Path, *, fsync: bool = False, keep_existing: bool = 
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     _remove(tmp)
     try:
@@ -99,3 +123,34 @@ def read_text_file(path: str | Path) -> str:
         raise DataError(
             f"{path} is not UTF-8 (invalid byte 0x{raw[err.start]:02x} at offset {err.start}); re-encode it, e.g. "
             f"`iconv -f LATIN1 -t UTF-8 {path.name} > {path.stem}.utf8{path.suffix}`") from None
+
+
+def read_json_rows(path: str | Path) -> Iterator[tuple[str, object]]:
+    """``(where, row)`` of a JSON-lines file, or of a ``.json`` file that is one array (or one object);
+    ``where`` is ``path:line`` (or ``path: item i``) for error messages. Not valid JSON is a
+    :class:`~mtllm.errors.DataError` naming the line."""
+    path = Path(path)
+    content = read_text_file(path)
+    if path.suffix.lower() == ".json":
+        try:
+            data = json.loads(content)
+        except json.JSONDecodeError:
+            data = None  # not one JSON value: JSON lines
+        else:
+            if isinstance(data, list):
+                yield from ((f"{path}: item {i}", row) for i, row in enumerate(data))
+                return
+            if isinstance(data, dict):
+                yield f"{path}", data
+                return
+            raise DataError(f"{path} holds one {type(data).__name__}; a .json file holds an array of objects "
+                            f"(or one object per line)")
+    for n, line in enumerate(content.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path}:{n}: not valid JSON ({err.msg}); each line must be one JSON object "
+                            f"(a .json file may instead hold one array of objects)") from None
+        yield f"{path}:{n}", row

@@ -7,7 +7,7 @@ what is wrong and how to fix it. Every other exception is a bug or a fault and k
 from __future__ import annotations
 
 __all__ = ["UserError", "ConfigError", "DataError", "UnknownLanguageError", "UnsupportedLanguageError",
-           "CheckpointError", "TrainingDiverged"]
+           "CheckpointError", "TrainingDiverged", "TrainingInterrupted"]
 
 
 class UserError(Exception):
@@ -36,3 +36,12 @@ class CheckpointError(RuntimeError):
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or inf."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped training after a finished step, with a checkpoint written at that step (``checkpoint``);
+    ``--resume`` continues from it exactly. A :class:`KeyboardInterrupt`, so it stops whatever called ``train``."""
+
+    def __init__(self, message: str, *, step: int, checkpoint: str):
+        super().__init__(message)
+        self.step, self.checkpoint = step, checkpoint

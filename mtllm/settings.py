@@ -8,6 +8,14 @@ checked against its field's type by `jsonargparse <https://jsonargparse.readthed
 (``Literal[...]`` fields take only their choices), which also writes ``--help``. An unknown key is a
 :class:`ConfigError` naming close matches, never silently ignored; so is a value of the wrong type.
 
+Beyond its type, a field says which values it takes with a :class:`Rule` in its metadata, next to its
+help (``field(default=16, metadata={"help": "LoRA rank.", "check": at_least(1)})``): ranges, non-empty
+lists, output folders that are not files, inputs that exist. :func:`check_settings` (each settings
+dataclass's ``__post_init__``) applies the rules and the ``Literal`` choices when a settings object is
+made; :func:`check_inputs` (called by :func:`build_settings`) applies those that look for input files
+and folders. Every mistake is so one :class:`ConfigError` naming the key, the value and the fix, raised
+before any model loads; ``--help`` prints each field's rule after its help.
+
 Stage hashes (:mod:`mtllm.cli.pipeline`) are taken over the values as the user wrote them, which is why
 the overrides are kept as plain YAML values here and typed only when the settings objects are built.
 """
@@ -16,39 +24,53 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
+import math
 import re
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Callable, Literal, Mapping, Sequence
 
 import torch
 import yaml
 
+from mtllm._io import read_text_file
 from mtllm.errors import ConfigError
 from mtllm.modeling.config import LoraSettings
 
 __all__ = ["ConfigError", "load_yaml", "parse_overrides", "read_config", "settings_parser", "check_keys",
-           "build_settings", "check_choices", "parse_dtype", "Dtype", "ModelSettings"]
+           "build_settings", "Rule", "at_least", "above", "between", "FRACTION", "SEED", "NON_EMPTY", "OUTPUT_DIR",
+           "EXISTING_DIR", "MODEL", "TASK", "TASK_OR_RETRIEVAL", "TEXT_SOURCE", "NAMED_MODELS", "each", "divides",
+           "required_if", "check_settings", "check_inputs", "check_choices", "parse_dtype", "Dtype", "MIN_SEQ_LENGTH",
+           "ModelSettings"]
 
 
 # ----------------------------------------------------------------------------------------- raw values
-def load_yaml(path: str | Path) -> dict[str, Any]:
+def load_yaml(path: str | Path, *, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
     """Read a YAML mapping with the safe loader (no Python objects can be constructed); a ``base:`` key
     names a preset (relative to this file) whose keys this one extends and overrides."""
     path = Path(path)
+    if path.is_dir():
+        found = sorted(p.name for p in path.glob("*.yaml"))
+        raise ConfigError(f"config file {path} is a folder; give a YAML file"
+                          + (f" in it, e.g. {path / found[0]}" if found else ", e.g. configs/tiny.yaml"))
     if not path.is_file():
-        raise ConfigError(f"config file {path} not found")
+        raise ConfigError(f"config file {path} not found; give the path of a YAML file, e.g. configs/tiny.yaml")
+    if path.resolve() in _chain:
+        raise ConfigError(f"{path}: base: makes a loop ({' -> '.join(p.name for p in (*_chain, path.resolve()))}); "
+                          f"remove one of these base: keys")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = yaml.safe_load(read_text_file(path)) or {}
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path} is not valid YAML: {err}") from None
+        raise ConfigError(f"{path} is not valid YAML: {' '.join(str(err).split())}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a mapping of key: value, not {type(data).__name__}")
     base = data.pop("base", None)
     if base is not None:
-        data = {**load_yaml(path.parent / base), **data}
+        if not isinstance(base, str):
+            raise ConfigError(f"{path}: base must be the path of one YAML file (relative to {path.name}), not {base!r}")
+        data = {**load_yaml(path.parent / base, _chain=(*_chain, path.resolve())), **data}
     return data
 
 
@@ -119,8 +141,9 @@ def settings_parser(classes: Sequence[type], sections: Mapping[str, Sequence[typ
             for f in dataclasses.fields(cls):
                 if f.init and f.name not in seen:
                     seen.add(f.name)
-                    group.add_argument(f"--{prefix}{f.name}", type=_field_types(cls)[f.name], default=_default(f),
-                                       help=f.metadata.get("help", ""))
+                    hint = _field_types(cls)[f.name]
+                    group.add_argument(f"--{prefix}{f.name}", type=hint, default=_default(f),
+                                       help=f.metadata.get("help", "") + _rules_help(f, hint))
     return parser
 
 
@@ -171,10 +194,13 @@ def _describe(hint: Any) -> str:
     return names.get(hint, getattr(hint, "__name__", str(hint)))
 
 
-def build_settings(classes: Sequence[type], values: Mapping[str, Any], *, where: str = "") -> list[Any]:
+def build_settings(classes: Sequence[type], values: Mapping[str, Any], *, where: str = "",
+                   inputs: bool = True) -> list[Any]:
     """Instantiate each settings dataclass of ``classes`` from ``values`` (a key several classes share goes
-    to each), every value checked against its field's type: an unknown key or a bad value raises
-    :class:`ConfigError` (prefixed by ``where``, e.g. ``"evaluate: "``)."""
+    to each), every value checked against its field's type and rules, and (with ``inputs``) its input files
+    and folders (:func:`check_inputs`): an unknown key or a bad value raises :class:`ConfigError` (prefixed
+    by ``where``, e.g. ``"evaluate: "``). ``mtllm run`` builds its later stages with ``inputs=False``: their
+    inputs are what the earlier stages write."""
     from argparse import ArgumentError
 
     check_keys(values, classes, where=where)
@@ -188,7 +214,15 @@ def build_settings(classes: Sequence[type], values: Mapping[str, Any], *, where:
             raise ConfigError(where + " ".join(str(err).split())) from None
         name = key.group(1)
         raise ConfigError(f"{where}{name} must be {_describe(types_[name])}, not {given[name]!r}") from None
-    return [cls(**{k: parsed[k] for k in _field_types(cls) if k in given}) for cls in classes]
+    built = []
+    try:
+        for cls in classes:
+            built.append(cls(**{k: parsed[k] for k in _field_types(cls) if k in given}))
+            if inputs:
+                check_inputs(built[-1])
+    except ConfigError as err:
+        raise ConfigError(f"{where}{err}") from None
+    return built
 
 
 def _fits(value: Any, hint: Any) -> bool:
@@ -203,13 +237,242 @@ def _fits(value: Any, hint: Any) -> bool:
     return True
 
 
-def check_choices(settings: Any) -> None:
-    """For ``__post_init__``: a field typed ``Literal[...]`` (or a list of them) holding another value
-    raises :class:`ConfigError` when the settings object is built, before any model loads."""
-    for name, hint in _field_types(type(settings)).items():
-        value = getattr(settings, name)
+#: ``(value, settings) -> None`` when the value is fine, else what is wrong and how to fix it ("" when the
+#: rule's text says it all). ``settings`` is the whole settings object, for rules between fields.
+Problem = Callable[[Any, Any], "str | None"]
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What a setting's values must be, beyond their type: ``text`` completes "KEY must be ..." (errors and
+    ``--help``), ``problem`` tests a value. ``inputs`` rules look for input files and folders, which an
+    earlier stage of ``mtllm run`` may still have to write: :func:`check_inputs` applies them, not
+    :func:`check_settings`. ``null`` passes every rule (where the type allows it, it means "the default")
+    except those with ``on_null`` (:func:`required_if`)."""
+
+    text: str
+    problem: Problem
+    inputs: bool = False
+    on_null: bool = False
+
+
+def _number(value: Any) -> str | None:
+    return None if isinstance(value, (int, float)) and math.isfinite(value) else "not a finite number"
+
+
+def _range(text: str, ok: Callable[[float], bool]) -> Rule:
+    return Rule(text, lambda v, _: _number(v) or (None if ok(v) else ""))
+
+
+def at_least(low: int | float) -> Rule:
+    """``>= low``: step counts, batch sizes (1), ``save_steps`` (0)."""
+    return _range(f">= {low}", lambda v: v >= low)
+
+
+def above(low: int | float) -> Rule:
+    """``> low``: learning rates, epochs (0)."""
+    return _range(f"> {low}", lambda v: v > low)
+
+
+def between(low: int | float, high: int | float, *, high_open: bool = False) -> Rule:
+    """``low <= value <= high`` (``< high`` with ``high_open``)."""
+    return _range(f"in [{low}, {high}{')' if high_open else ']'}", lambda v: low <= v and (v < high if high_open else v <= high))
+
+
+#: Ratios and probabilities: warmup, dropout.
+FRACTION = between(0, 1, high_open=True)
+#: What numpy, torch and ``random`` all take as a seed.
+SEED = between(0, 2**32 - 1)
+#: A non-empty string or list.
+NON_EMPTY = Rule("non-empty", lambda v, _: None if (v.strip() if isinstance(v, str) else len(v)) else "")
+
+
+def _first_existing(path: Path) -> Path | None:
+    return next((p for p in (path, *path.parents) if p.exists()), None)
+
+
+def _output_dir(value: Any, _: Any) -> str | None:
+    if not str(value).strip():
+        return "give a folder path (an empty one would write into the current folder)"
+    path = Path(str(value)).expanduser()
+    found = _first_existing(path)
+    if found is None or found.is_dir():
+        return None
+    return f"{found} is a file, not a folder; choose a folder path (new or existing) for it"
+
+
+#: Where a command writes: a folder that may exist, never a file (nor a path through one).
+OUTPUT_DIR = Rule("a folder path", _output_dir)
+
+
+def _existing_dir(value: Any, _: Any) -> str | None:
+    path = Path(str(value)).expanduser()
+    if path.is_dir():
+        return None
+    return f"{path} is a file; give the folder" if path.exists() else f"there is no folder {path}"
+
+
+#: A local folder the command reads (``data_dir``).
+EXISTING_DIR = Rule("an existing folder", _existing_dir, inputs=True)
+
+
+def _model(value: Any, _: Any) -> str | None:
+    from mtllm.modeling.model import looks_local
+    from mtllm.sources import POCKET_PREFIX, TINY_PREFIX
+
+    ref = str(value)
+    if ref.startswith(POCKET_PREFIX):
+        from mtllm.sources.pocket import POCKET_MODELS
+
+        name, known = ref[len(POCKET_PREFIX):], POCKET_MODELS
+    elif ref.startswith(TINY_PREFIX):
+        from mtllm.sources.tiny import TINY_BUILDERS
+
+        name, known = ref[len(TINY_PREFIX):], TINY_BUILDERS
+    else:
+        path = Path(ref).expanduser()
+        if path.is_dir() or not (looks_local(ref) or path.exists()):
+            return None  # a local folder, or a hub id (owner/name)
+        return (f"{path} is a file; give the model's folder" if path.exists() else
+                f"there is no folder {path} (a path like this is never looked up on the hub); check the path, "
+                f"or give a hub id (owner/name)")
+    if name in known:
+        return None
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f"{ref.split(':')[0]}: models are {', '.join(sorted(known))}" + (f" (did you mean {close[0]}?)" if close else "")
+
+
+#: A model: a hub id (``owner/name``), ``pocket:NAME``, ``tiny:NAME`` or a local folder, which must exist.
+MODEL = Rule("a hub id, pocket:NAME, tiny:NAME or an existing model folder", _model, inputs=True)
+
+
+def _task(value: Any, _: Any, also: tuple[str, ...] = ()) -> str | None:
+    from mtllm.tasks import get_task
+
+    if value in also:
+        return None
+    try:
+        get_task(value)
+    except ConfigError as err:
+        return str(err)
+    return None
+
+
+#: A registered task (:func:`mtllm.tasks.list_tasks`); ``TASK_OR_RETRIEVAL`` also takes ``retrieval``.
+TASK = Rule("a task name", _task)
+TASK_OR_RETRIEVAL = Rule("a task name or 'retrieval'", lambda v, s: _task(v, s, ("retrieval",)))
+
+
+def _text_source(value: Any, _: Any) -> str | None:
+    from mtllm.data.texts import source_problem
+
+    return source_problem(str(value))
+
+
+#: A source of stage-1 text (:func:`mtllm.data.texts.iter_texts`).
+TEXT_SOURCE = Rule("a text file or folder, 'fineweb' or task:NAME/LANG/SPLIT", _text_source, inputs=True)
+
+
+def _named(value: Any, _: Any) -> str | None:
+    name, eq, ref = str(value).partition("=")
+    return None if name.strip() and eq and ref.strip() else "write NAME=DIR, e.g. before=runs/x/stage1/initial"
+
+
+def _named_model(value: Any, settings: Any) -> str | None:
+    return _model(str(value).partition("=")[2], settings)
+
+
+#: ``NAME=DIR`` entries naming extra models (``compare``): their form, and (an input rule) their models.
+NAMED_MODELS = (Rule("a list of NAME=DIR", lambda v, s: next(
+                    (f"{item!r}: {why}" for item in v if (why := _named(item, s))), None)),
+                Rule("a list of NAME=DIR", lambda v, s: next(
+                    (f"{item!r}: {why}" for item in v if (why := _named_model(item, s))), None), inputs=True))
+
+
+def each(rule: Rule) -> Rule:
+    """``rule`` for every item of a list."""
+    def problem(values: Any, settings: Any) -> str | None:
+        for item in values:
+            if item is not None and (why := rule.problem(item, settings)) is not None:
+                return f"{item!r}: {why or f'must be {rule.text}'}"
+        return None
+
+    return Rule(f"a list, each {rule.text}", problem, inputs=rule.inputs)
+
+
+def divides(other: str) -> Rule:
+    """A divisor of the field ``other`` (``micro_batch_size`` of ``batch_size``)."""
+    return Rule(f"a divisor of {other}", lambda v, s: None if getattr(s, other) % v == 0 else
+                f"{other} is {getattr(s, other)}, not a multiple of it; choose {other} / k for some k "
+                f"(or null: {other} split over the processes)")
+
+
+def required_if(other: str, value: Any, what: str) -> Rule:
+    """Not null when the field ``other`` is ``value``; ``what`` says what to give."""
+    return Rule(f"given when {other} is {value!r}", lambda v, s: None if v is not None or getattr(s, other) != value
+                else f"give {what}", on_null=True)
+
+
+def _rules(f: dataclasses.Field) -> tuple[Rule, ...]:
+    """A field's rules: its ``metadata["check"]``, one :class:`Rule` or a tuple of them."""
+    check = f.metadata.get("check", ())
+    return check if isinstance(check, tuple) else (check,)
+
+
+def _rules_help(f: dataclasses.Field, hint: Any) -> str:
+    """What ``--help`` adds to a field's help: ``Must be >= 1 or null.``"""
+    texts = list(dict.fromkeys(r.text for r in _rules(f)))
+    return f" Must be {' and '.join(texts)}{' or null' if _allows_none(hint) else ''}." if texts else ""
+
+
+def _allows_none(hint: Any) -> bool:
+    return typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in typing.get_args(hint)
+
+
+def _apply(settings: Any, *, inputs: bool) -> None:
+    hints = _field_types(type(settings))
+    for f in dataclasses.fields(settings):
+        value = getattr(settings, f.name)
+        for rule in _rules(f):
+            if rule.inputs != inputs or (value is None and not rule.on_null):
+                continue
+            why = rule.problem(value, settings)
+            if why is None:
+                continue
+            if value is None:
+                raise ConfigError(f"{f.name} must be {rule.text}: {why}")
+            or_null = " or null" if _allows_none(hints[f.name]) else ""
+            if not why:
+                default = _default(f)
+                why = (f"the default is {default!r}" if default is not None and rule.problem(default, settings) is None
+                       else f"the default is null ({f.metadata['help'].rstrip('.')})" if default is None and or_null
+                       else "")
+            raise ConfigError(f"{f.name} must be {rule.text}{or_null}, not {value!r}" + (f": {why}" if why else ""))
+
+
+def check_settings(settings: Any) -> None:
+    """For every settings dataclass's ``__post_init__``: a field typed ``Literal[...]`` (or a list of them)
+    holding another value, or a value that breaks its field's rules (``metadata["check"]``, see :class:`Rule`),
+    raises :class:`ConfigError` naming the key, the value and the fix, when the settings object is made."""
+    for f in dataclasses.fields(settings):
+        value, hint = getattr(settings, f.name), _field_types(type(settings)).get(f.name, Any)
+        if value is None and hint is not Any and not _allows_none(hint):  # jsonargparse lets null through
+            default = _default(f)
+            raise ConfigError(f"{f.name} must be {_describe(hint)}, not null"
+                              + (f": the default is {default!r}" if default is not None else ""))
         if not _fits(value, hint):
-            raise ConfigError(f"{name} must be {_describe(hint)}, not {value!r}")
+            raise ConfigError(f"{f.name} must be {_describe(hint)}, not {value!r}")
+    _apply(settings, inputs=False)
+
+
+#: The name this check had before it checked more than choices.
+check_choices = check_settings
+
+
+def check_inputs(settings: Any) -> None:
+    """The rules about input files and folders (``Rule.inputs``: data, models, data folders): a
+    :class:`ConfigError` when one is missing or of the wrong kind. :func:`build_settings` calls it."""
+    _apply(settings, inputs=True)
 
 
 def parse_dtype(name: str) -> torch.dtype:
@@ -222,27 +485,31 @@ def parse_dtype(name: str) -> torch.dtype:
 
 Dtype = Literal["float32", "bfloat16", "float16"]
 
+#: The shortest ``max_seq_length``: room for the special tokens (``<bos>``, ``</s>``, a language token or
+#: e5's ``query:`` prefix) and a few tokens of text.
+MIN_SEQ_LENGTH = 8
+
 
 @dataclass
 class ModelSettings:
     """Which models to stack and how (shared by every stage)."""
 
-    encoder: str = field(default="pocket:e5-small", metadata={"help": "Encoder: hub id, local dir, pocket:NAME or tiny:NAME."})
-    llm: str = field(default="pocket:gemma3-270m", metadata={"help": "Decoder LLM: hub id, local dir, pocket:NAME or tiny:NAME."})
-    llm_adapters_to_merge: list[str] = field(default_factory=list, metadata={"help": "PEFT adapters merged into the LLM first (LLM2Vec)."})
+    encoder: str = field(default="pocket:e5-small", metadata={"help": "Encoder: hub id, local dir, pocket:NAME or tiny:NAME.", "check": MODEL})
+    llm: str = field(default="pocket:gemma3-270m", metadata={"help": "Decoder LLM: hub id, local dir, pocket:NAME or tiny:NAME.", "check": MODEL})
+    llm_adapters_to_merge: list[str] = field(default_factory=list, metadata={"help": "PEFT adapters merged into the LLM first (LLM2Vec).", "check": each(MODEL)})
     bidirectional: bool = field(default=False, metadata={"help": "Non-causal LLM attention (LLM2Vec)."})
     pooling: Literal["mean", "eos", "cls"] = field(default="mean", metadata={"help": "mean, eos or cls."})
-    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
-    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
-    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
-    lora_target_modules: str | list[str] = field(default="all-linear", metadata={"help": "LoRA target modules: 'all-linear' or a list of module names."})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank.", "check": at_least(1)})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha.", "check": above(0)})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout.", "check": FRACTION})
+    lora_target_modules: str | list[str] = field(default="all-linear", metadata={"help": "LoRA target modules: 'all-linear' or a list of module names.", "check": NON_EMPTY})
     load_in_4bit: bool = field(default=False, metadata={"help": "NF4 LLM weights (CUDA + bitsandbytes only)."})
     dtype: Dtype = field(default="float32", metadata={"help": "Weights dtype: float32, bfloat16 or float16."})
-    max_seq_length: int = field(default=512, metadata={"help": "Truncation length of both tokenisations."})
+    max_seq_length: int = field(default=512, metadata={"help": "Truncation length of both tokenisations.", "check": at_least(MIN_SEQ_LENGTH)})
     attn_implementation: str | None = field(default=None, metadata={"help": "eager or sdpa (default: transformers' choice)."})
 
     def __post_init__(self) -> None:
-        check_choices(self)
+        check_settings(self)
 
     def lora(self) -> LoraSettings:
         return LoraSettings(r=self.lora_r, alpha=self.lora_alpha, dropout=self.lora_dropout,

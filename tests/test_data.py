@@ -65,3 +65,65 @@ def test_chunks_fit_and_keep_every_word(words, limit):
     chunks = chunk_text(text, lambda t: len(t) <= limit)
     assert all(len(c) <= limit or " " not in c for c in chunks)  # a single over-long word stays whole
     assert " ".join(chunks).split() == text.split()  # nothing lost, order kept
+
+
+def test_json_file_that_is_one_array(tmp_path):
+    """A .json file holding one array of objects (or of strings) is read row by row, in order."""
+    f = tmp_path / "texts.json"
+    f.write_text(json.dumps([{"text": "first", "id": 1}, {"text": "second"}, {"text": None}, {"text": "third"}]),
+                 encoding="utf-8")
+    assert list(iter_texts([str(f)])) == ["first", "second", "third"]  # null counts as empty: skipped
+    (tmp_path / "strings.json").write_text(json.dumps(["one", "two"]), encoding="utf-8")
+    assert list(iter_texts([str(tmp_path / "strings.json")])) == ["one", "two"]
+    (tmp_path / "lines.json").write_text('{"text": "a"}\n{"text": "b"}\n', encoding="utf-8")  # JSON lines still work
+    assert list(iter_texts([str(tmp_path / "lines.json")])) == ["a", "b"]
+    (tmp_path / "number.json").write_text("42", encoding="utf-8")
+    with pytest.raises(DataError, match=r"number\.json holds one int; a \.json file holds an array of objects"):
+        list(iter_texts([str(tmp_path / "number.json")]))
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("ints.jsonl", '{"text": "fine"}\n{"text": 42}\n', r"ints\.jsonl:2: 'text' holds int 42, not a string; set text_field"),
+    ("nested.json", json.dumps([{"text": {"en": "x"}}]), r"nested\.json: item 0: 'text' holds dict \{'en': 'x'\}, not a string"),
+    ("list.jsonl", '["not", "an object"]\n', r"list\.jsonl:1: a list \['not', 'an object'\], not an object with a 'text' field"),
+    ("broken.jsonl", '{"text": "a"}\n{"text": \n', r"broken\.jsonl:2: not valid JSON"),
+    ("other.jsonl", '{"body": "a", "1": 2}\n', r"other\.jsonl:1: no field 'text' \(found \['1', 'body'\]\); set text_field"),
+])
+def test_bad_json_rows_name_file_row_and_fix(tmp_path, name, content, message):
+    f = tmp_path / name
+    f.write_text(content, encoding="utf-8")
+    with pytest.raises(DataError, match=message):
+        list(iter_texts([str(f)]))
+
+
+def test_parquet_rows_that_are_not_text_and_broken_parquet(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"text": ["ok", None, "fine"], "n": [1, 2, 3]}), tmp_path / "good.parquet")
+    assert list(iter_texts([str(tmp_path / "good.parquet")])) == ["ok", "fine"]
+    with pytest.raises(DataError, match=r"good\.parquet: row 0: 'n' holds int 1, not a string"):
+        list(iter_texts([str(tmp_path / "good.parquet")], text_field="n"))
+    (tmp_path / "bad.parquet").write_bytes(b"PAR1 this is not parquet")
+    with pytest.raises(DataError, match=r"bad\.parquet: not a readable Parquet file"):
+        list(iter_texts([str(tmp_path / "bad.parquet")]))
+
+
+def test_source_problems_are_known_before_reading(tmp_path):
+    """What the settings check (before any model loads) is what reading would find."""
+    from mtllm.data.texts import source_problem
+
+    (tmp_path / "notes.md").write_text("hello", encoding="utf-8")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "a.txt").mkdir()  # a folder named like a text file is no text file
+    (tmp_path / "empty" / "readme.md").write_text("x", encoding="utf-8")
+    assert source_problem("fineweb") is None and source_problem("task:sib200/eng_Latn/train") is None
+    (tmp_path / "good").mkdir()
+    (tmp_path / "good" / "a.txt").write_text("a text", encoding="utf-8")
+    assert source_problem(str(tmp_path / "good")) is None and list(iter_texts([str(tmp_path / "good")])) == ["a text"]
+    cases = {str(tmp_path / "notes.md"): "unsupported file type '.md'", str(tmp_path / "empty"): "holds no",
+             str(tmp_path / "nope.txt"): "no such file or folder", "task:sib200": "task:NAME/LANG/SPLIT"}
+    for source, message in cases.items():
+        assert message in source_problem(source)
+        with pytest.raises(DataError, match=message.replace(".", r"\.").replace("(", r"\(")):
+            list(iter_texts([source]))

@@ -272,3 +272,15 @@ def test_a_missing_local_model_folder_is_never_sent_to_the_hub(tmp_path, monkeyp
         with pytest.raises(ConfigError, match="no such model folder"):
             MTLLMModel.from_pretrained(path)
     assert not looks_local("facebook/nllb-200-distilled-600M")
+
+
+def test_tiny_tokenizers_are_the_same_on_every_build():
+    """The Unigram trainer orders tied pieces (and their 1e-4 score offsets) by thread timing, and its
+    scores differ in the last bits: the canonical form maps any such variant to one vocabulary."""
+    from mtllm.sources.tiny import _canonical_vocab
+
+    specials = [["<pad>", 0.0], ["<unk>", 0.0]]
+    build_a = specials + [["a", -1.0000000000000002], ["x", -9.4009], ["b", -9.4010], ["c", -9.4011], ["z", -12.5]]
+    build_b = specials + [["a", -1.0], ["c", -9.4009], ["x", -9.4010], ["b", -9.4011], ["z", -12.500000000000002]]
+    assert _canonical_vocab(build_a, 2) == _canonical_vocab(build_b, 2) == specials + [
+        ["a", -1.0], ["b", -9.4009], ["c", -9.401], ["x", -9.4011], ["z", -12.5]]

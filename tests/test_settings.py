@@ -6,16 +6,19 @@ from __future__ import annotations
 import dataclasses
 import subprocess
 import sys
+import typing
 from pathlib import Path
 
 import pytest
 
-from mtllm.cli import COMMANDS, command_values, main
-from mtllm.cli.pipeline import _hash, _stage_inputs, plan_run
+from mtllm.baselines.translate_test import TranslateSettings
+from mtllm.cli import COMMANDS, ConvertSettings, TranslateTestSettings, command_values, main
+from mtllm.cli.pipeline import PipelineSettings, _hash, _stage_inputs, plan_run
 from mtllm.errors import ConfigError
 from mtllm.evaluation.evaluate import EvaluateSettings
 from mtllm.settings import ModelSettings, build_settings, load_yaml, parse_overrides
 from mtllm.training.distill import DistillSettings
+from mtllm.training.finetune import TaskSettings
 from mtllm.training.loop import TrainingArgs
 from mtllm.training.stage1 import Stage1Settings
 
@@ -31,7 +34,10 @@ def _error_line(capsys) -> str:
     return lines[0]
 
 
-def test_yaml_base_and_overrides(tmp_path):
+def test_yaml_base_and_overrides(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for name in ("b.txt", "c.txt"):
+        (tmp_path / name).write_text("a text\n", encoding="utf-8")
     (tmp_path / "base.yaml").write_text("encoder: tiny:xlmr\nllm: tiny:gemma3\nmax_steps: 30\nlearning_rate: 1.0e-3\n"
                                         "data: [a.txt]\nnum_epochs: 2\n")
     (tmp_path / "child.yaml").write_text("base: base.yaml\nmax_steps: 20\npooling: eos\n")
@@ -51,21 +57,30 @@ def test_overrides_are_yaml_values():
         "data": ["a", "b"], "max_steps": 3, "x": None, "flag": True}
 
 
-def test_a_shared_preset_serves_every_command(monkeypatch):
-    """configs/pocket.yaml holds stage-1 keys: finetune and evaluate take what they know and leave the rest,
-    while a key no command knows (or a key given on the command line to the wrong command) is an error."""
+def test_a_shared_preset_serves_every_command(monkeypatch, tmp_path):
+    """Every preset parses for every command: configs/pocket.yaml holds the models and stage 1, which finetune
+    and evaluate leave; a run config's sections are `run`'s (adapt takes its flat keys and leaves them), while
+    a per-stage command given its own section of a run config, or a key that only another command uses, is
+    an error (on the command line and in a preset)."""
+    monkeypatch.chdir(ROOT)
     monkeypatch.delenv("MTLLM_DATA_DIR", raising=False)
+    teacher = ["--teacher_model", str(tmp_path)]  # distill's objective needs one (an existing folder)
     for preset in sorted((ROOT / "configs").glob("*.yaml")):
         is_run_config = "task" in load_yaml(preset)
         for name, cmd in COMMANDS.items():
+            argv = ["--config", str(preset), *(teacher if name == "distill" else [])]
             if name == "run":
-                plan_run(command_values(name, ["--config", str(preset)]))
-            elif not is_run_config and name != "convert":
-                build_settings(cmd.settings(), command_values(name, ["--config", str(preset)]))
+                plan_run(command_values(name, argv))
+            elif is_run_config and name in ("finetune", "distill", "evaluate"):
+                with pytest.raises(ConfigError, match=f"is a `mtllm run` config: its {name}: (section is|and retrieval: sections are) read by "):
+                    command_values(name, argv)
+            elif name != "convert":
+                build_settings(cmd.settings(), command_values(name, argv))
     ft = command_values("finetune", ["--config", TINY])
     assert "target_norm" not in ft and "data" not in ft and ft["lora_r"] == 4
-    with pytest.raises(ConfigError, match="target_norm"):
-        build_settings(COMMANDS["finetune"].settings(), command_values("finetune", ["--target_norm", "none"]))
+    with pytest.raises(ConfigError, match=r"^finetune does not use --target_norm \(a key of adapt and distill\); give it to the command that "):
+        command_values("finetune", ["--target_norm", "none"])
+    assert command_values("adapt", ["--config", TINY_RUN])["data"] == ["task:sib200/eng_Latn/train"]
 
 
 @pytest.mark.parametrize("name", list(COMMANDS))
@@ -80,8 +95,8 @@ def test_help_lists_every_key(name, capsys):
         for cls in classes:
             for f in dataclasses.fields(cls):
                 assert f"--{section}.{f.name} " in out, f"{section}.{f.name}"
-    if name == "adapt":  # with its default and meaning
-        assert "--lora_r LORA_R       LoRA rank. (type: int, default: 16)" in out
+    if name == "adapt":  # with its default, meaning and range
+        assert "--lora_r LORA_R       LoRA rank. Must be >= 1. (type: int, default: 16)" in out
         assert "--target_norm {standardize,none}" in out
 
 
@@ -97,11 +112,160 @@ def test_unknown_key_is_one_line_with_close_match(tmp_path, capsys):
     ("--mixed_precision", "fp8", "mixed_precision must be 'no', 'bf16' or 'fp16', not 'fp8'"),
     ("--max_steps", "many", "max_steps must be an integer or null, not 'many'"),
     ("--dtype", "float64", "dtype must be 'float32', 'bfloat16' or 'float16', not 'float64'"),
+    ("--batch_size", "0", "batch_size must be >= 1, not 0: the default is 16"),
+    ("--max_steps", "0", "max_steps must be >= 1 or null, not 0: the default is null (Optimizer steps; default: "
+                         "num_epochs over the data)"),
+    ("--learning_rate", "0", "learning_rate must be > 0, not 0.0: the default is 0.0002"),
+    ("--learning_rate", ".nan", "learning_rate must be > 0, not nan: not a finite number"),
+    ("--warmup_ratio", "1", "warmup_ratio must be in [0, 1), not 1.0: the default is 0.01"),
+    ("--micro_batch_size", "3", "micro_batch_size must be a divisor of batch_size or null, not 3: batch_size is 4, "
+                                "not a multiple of it; choose batch_size / k for some k (or null: batch_size split "
+                                "over the processes)"),
+    ("--seed", "-1", "seed must be in [0, 4294967295], not -1: the default is 0"),
+    ("--lora_dropout", "1", "lora_dropout must be in [0, 1), not 1.0: the default is 0.05"),
+    ("--max_seq_length", "4", "max_seq_length must be >= 8, not 4: the default is 512"),
+    ("--data", "[]", "data must be non-empty, not []: the default is ['fineweb']"),
+    ("--data", "[nope.txt]", "data must be a list, each a text file or folder, 'fineweb' or task:NAME/LANG/SPLIT, "
+                             "not ['nope.txt']: 'nope.txt': no such file or folder."),
+    ("--encoder", "./no/such/model", "encoder must be a hub id, pocket:NAME, tiny:NAME or an existing model folder, "
+                                     "not './no/such/model': there is no folder no/such/model (a path like this "
+                                     "is never looked up on the hub)"),
+    ("--llm", "tiny:gemma", "llm must be a hub id, pocket:NAME, tiny:NAME or an existing model folder, not "
+                            "'tiny:gemma': tiny: models are"),
+    ("--objective", "banana", "adapt does not use --objective (a key of distill); give it to the command that uses "
+                              "it (`mtllm adapt --help` lists adapt's keys)"),
 ])
-def test_bad_value_fails_before_anything_loads(tmp_path, capsys, flag, value, message):
+def test_bad_value_fails_before_anything_loads(tmp_path, capsys, monkeypatch, flag, value, message):
+    """One line naming the key, the value and the fix; nothing runs, nothing is written."""
+    from mtllm.training import stage1
+
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr(stage1, "run_stage1", lambda *a, **k: pytest.fail("stage 1 ran"))
     assert main(["adapt", "--config", TINY, flag, value, "--output_dir", str(tmp_path)]) == 2
-    assert _error_line(capsys) == f"mtllm adapt: error: {message}"
+    assert _error_line(capsys).startswith(f"mtllm adapt: error: {message}")
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("cls, values, message", [
+    (TrainingArgs, {"max_steps": -5}, "max_steps must be >= 1 or null, not -5"),
+    (TrainingArgs, {"num_epochs": 0.0}, "num_epochs must be > 0, not 0.0: the default is 1.0"),
+    (TrainingArgs, {"keep_checkpoints": 0}, "keep_checkpoints must be >= 1, not 0: the default is 2"),
+    (TrainingArgs, {"log_steps": 0}, "log_steps must be >= 1, not 0: the default is 10"),
+    (TrainingArgs, {"save_steps": -1}, "save_steps must be >= 0, not -1: the default is 0"),
+    (TrainingArgs, {"projection_lr": -1e-3}, "projection_lr must be > 0 or null, not -0.001"),
+    (TrainingArgs, {"max_grad_norm": -1.0}, "max_grad_norm must be >= 0, not -1.0"),
+    (TrainingArgs, {"micro_batch_size": 0}, "micro_batch_size must be >= 1 or null, not 0"),
+    (ModelSettings, {"lora_r": 0}, "lora_r must be >= 1, not 0: the default is 16"),
+    (ModelSettings, {"lora_alpha": 0}, "lora_alpha must be > 0, not 0"),
+    (ModelSettings, {"lora_target_modules": []}, "lora_target_modules must be non-empty, not []"),
+    (Stage1Settings, {"max_texts": 0}, "max_texts must be >= 1 or null, not 0"),
+    (Stage1Settings, {"teacher_batch_size": 0}, "teacher_batch_size must be >= 1, not 0"),
+    (TaskSettings, {"eval_batch_size": 0}, "eval_batch_size must be >= 1, not 0"),
+    (TaskSettings, {"max_train_examples": 0}, "max_train_examples must be >= 1 or null, not 0"),
+    (TaskSettings, {"task": "sib2000"}, "task must be a task name, not 'sib2000': unknown task 'sib2000'. Did you mean"),
+    (DistillSettings, {}, "teacher_model must be given when objective is 'distill': give the folder written by "
+                          "`mtllm finetune` (its DIR/best), or use objective: ce"),
+    (EvaluateSettings, {"batch_size": 0}, "batch_size must be >= 1, not 0: the default is 32"),
+    (EvaluateSettings, {"max_examples": 0}, "max_examples must be >= 1 or null, not 0"),
+    (EvaluateSettings, {"langs": []}, "langs must be non-empty, not []: the default is ['all']"),
+    (EvaluateSettings, {"systems": []}, "systems must be non-empty, not []"),
+    (EvaluateSettings, {"compare": ["runs/x"]}, "compare must be a list of NAME=DIR, not ['runs/x']: 'runs/x': write "
+                                                "NAME=DIR, e.g. before=runs/x/stage1/initial"),
+    (TranslateSettings, {"num_beams": 0}, "num_beams must be >= 1, not 0: the default is 1"),
+    (TranslateTestSettings, {"max_examples": 0}, "max_examples must be >= 1 or null, not 0"),
+    (ConvertSettings, {"names": ["e5-smal"]}, "names must be a list, each a pocket model name, not ['e5-smal']: "
+                                              "'e5-smal': pocket: models are e5-small, gemma3-270m (did you mean e5-small?)"),
+    (PipelineSettings, {"stages": []}, "stages must be non-empty, not []"),
+])
+def test_ranges_are_checked_when_settings_are_built(cls, values, message):
+    with pytest.raises(ConfigError) as err:
+        cls(**values)
+    assert str(err.value).startswith(message), str(err.value)
+
+
+SETTINGS_CLASSES = (ModelSettings, Stage1Settings, TrainingArgs, TaskSettings, DistillSettings, EvaluateSettings,
+                    TranslateSettings, TranslateTestSettings, ConvertSettings, PipelineSettings)
+
+
+def test_every_settings_class_checks_itself_and_every_number_has_a_range(monkeypatch):
+    """Each settings dataclass applies its rules when it is made (also by dataclasses.replace), and every
+    numeric field declares its range, so a new field cannot forget one."""
+    import mtllm.settings as settings_module
+
+    for cmd in COMMANDS.values():  # every command's settings are among those checked here
+        assert set(cmd.settings()) | {c for cs in cmd.sections().values() for c in cs} <= set(SETTINGS_CLASSES)
+    free = {("EvaluateSettings", "sample_seed")}  # any integer: it is hashed
+    numbers = 0
+    for cls in SETTINGS_CLASSES:
+        for name, hint in settings_module._field_types(cls).items():
+            base = set(typing.get_args(hint) or (hint,)) - {type(None)}
+            if base in ({int}, {float}) and (cls.__name__, name) not in free:
+                numbers += 1
+                assert cls.__dataclass_fields__[name].metadata.get("check"), f"{cls.__name__}.{name} has no range"
+    assert numbers >= 25
+    seen = []
+    monkeypatch.setattr(settings_module, "_apply", lambda s, inputs: seen.append((type(s), inputs)))
+    for cls in SETTINGS_CLASSES:
+        dataclasses.replace(cls(**({"objective": "ce"} if cls is DistillSettings else {})))
+        assert seen[-2:] == [(cls, False), (cls, False)], cls
+
+
+def test_output_dir_that_is_a_file_and_config_that_is_a_folder(tmp_path, capsys):
+    afile = tmp_path / "results.txt"
+    afile.write_text("keep me", encoding="utf-8")
+    for out in (afile, afile / "sub"):
+        assert main(["adapt", "--config", TINY, "--output_dir", str(out)]) == 2
+        assert _error_line(capsys) == (f"mtllm adapt: error: output_dir must be a folder path, not {str(out)!r}: "
+                                       f"{afile} is a file, not a folder; choose a folder path (new or existing) for it")
+    assert afile.read_text(encoding="utf-8") == "keep me"
+    assert main(["evaluate", "--output_dir", str(afile)]) == 2 and "output_dir must be a folder path" in _error_line(capsys)
+    assert main(["adapt", "--config", str(ROOT / "configs")]) == 2
+    assert _error_line(capsys) == (f"mtllm adapt: error: config file {ROOT / 'configs'} is a folder; give a YAML "
+                                   f"file in it, e.g. {ROOT / 'configs' / 'paper-americasnli.yaml'}")
+    assert main(["adapt", "--config", str(tmp_path / "nope.yaml")]) == 2
+    assert "nope.yaml not found; give the path of a YAML file" in _error_line(capsys)
+
+
+def test_a_key_of_another_command_in_a_preset(tmp_path, capsys):
+    """A flat key that only a later stage uses, in a preset given to adapt, is an error (it belongs in that
+    stage's section); the same key in its section is left to `run` by design."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f"base: {TINY}\nobjective: ce\neval_batch_size: 8\n", encoding="utf-8")
+    assert main(["adapt", "--config", str(bad), "--output_dir", str(tmp_path / "out")]) == 2
+    assert _error_line(capsys) == (
+        f"mtllm adapt: error: {bad}: adapt does not use objective (a key of distill), eval_batch_size (a key of "
+        f"finetune and distill); a config shared by several commands keeps the keys of later stages in their "
+        f"sections (e.g. distill: {{objective: ce}}, read by `mtllm run`): move them there, or give them to the "
+        f"command that uses them")
+    good = tmp_path / "good.yaml"
+    good.write_text(f"base: {TINY}\ndistill: {{objective: ce, eval_batch_size: 8}}\n", encoding="utf-8")
+    values = command_values("adapt", ["--config", str(good)])
+    assert "distill" not in values and "objective" not in values and values["encoder"] == "tiny:xlmr"
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_inputs_are_named_before_any_model_loads(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    args = ["--config", TINY, "--output_dir", str(tmp_path / "out")]
+    cases = [
+        (["finetune", *args, "--data_dir", "no/such/dir"],
+         "data_dir must be an existing folder or null, not 'no/such/dir': there is no folder no/such/dir"),
+        (["distill", *args, "--teacher_model", str(tmp_path / "teacher")],
+         f"teacher_model must be a hub id, pocket:NAME, tiny:NAME or an existing model folder or null, not "
+         f"'{tmp_path / 'teacher'}': there is no folder {tmp_path / 'teacher'}"),
+        (["evaluate", "--model", str(tmp_path / "m"), "--output_dir", str(tmp_path / "out")],
+         f"model must be a hub id, pocket:NAME, tiny:NAME or an existing model folder or null, not "
+         f"'{tmp_path / 'm'}': there is no folder {tmp_path / 'm'}"),
+        (["evaluate", "--compare", f"before={tmp_path / 'm'}", "--output_dir", str(tmp_path / "out")],
+         f"compare must be a list of NAME=DIR, not ['before={tmp_path / 'm'}']: 'before={tmp_path / 'm'}': there is "
+         f"no folder {tmp_path / 'm'}"),
+        (["adapt", *args, "--data", str(ROOT / "README.md")],
+         "data must be a list, each a text file or folder, 'fineweb' or task:NAME/LANG/SPLIT, not"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        assert _error_line(capsys).startswith(f"mtllm {argv[0]}: error: {message}")
+    assert not (tmp_path / "out").exists()
 
 
 def test_choices_are_checked_when_settings_are_built():
@@ -125,7 +289,12 @@ def test_choices_are_checked_when_settings_are_built():
 @pytest.mark.parametrize("extra, message", [
     (["--evaluate.dtype", "float64"], "evaluate: dtype must be"),
     (["--evaluate.systems", "[mtllm, gpt]"], "evaluate: systems must be"),
-    (["--retrieval.compare", "[before]"], "compare entries look like NAME=DIR"),
+    (["--retrieval.compare", "[before]"], "retrieval: compare must be a list of NAME=DIR, not ['before']"),
+    (["--finetune.batch_size", "0"], "finetune: batch_size must be >= 1, not 0: the default is 16"),
+    (["--distill.max_train_examples", "0"], "distill: max_train_examples must be >= 1 or null, not 0"),
+    (["--evaluate.batch_size", "0"], "evaluate: batch_size must be >= 1, not 0"),
+    (["--seed", "-1"], "seed must be in [0, 4294967295], not -1"),
+    (["--data_dir", "no/such/dir"], "data_dir must be an existing folder or null, not 'no/such/dir'"),
     (["--finetune.num_epochz", "2"], "finetune: unknown config key(s): 'num_epochz' (did you mean num_epochs?)"),
     (["--distill.objective", "mse"], "distill: objective must be 'distill' or 'ce'"),
     (["--stages", "[stage1, evall]"], "stages must be a list of"),
@@ -173,3 +342,26 @@ def test_a_bug_keeps_its_traceback(monkeypatch):
 def test_python_dash_m_mtllm():
     help_ = subprocess.run([sys.executable, "-m", "mtllm", "--help"], capture_output=True, text=True, cwd=ROOT)
     assert help_.returncode == 0 and all(f"  {name} " in help_.stdout for name in COMMANDS)
+
+
+def test_config_file_mistakes_are_one_line(tmp_path, capsys):
+    """A preset that cannot be read: a base: loop, YAML that does not parse, a non-UTF-8 file, a base: that
+    is no path, a null or empty value where a string is needed."""
+    (tmp_path / "a.yaml").write_text("base: b.yaml\nmax_steps: 3\n", encoding="utf-8")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n", encoding="utf-8")
+    (tmp_path / "broken.yaml").write_text("data: [a.txt,\n", encoding="utf-8")
+    (tmp_path / "latin1.yaml").write_bytes("notes: [café]\n".encode("latin-1"))
+    (tmp_path / "bases.yaml").write_text("base: [tiny.yaml, pocket.yaml]\n", encoding="utf-8")
+    cases = [
+        (["--config", str(tmp_path / "a.yaml")], f"{tmp_path / 'a.yaml'}: base: makes a loop (a.yaml -> b.yaml -> "
+                                                 f"a.yaml); remove one of these base: keys"),
+        (["--config", str(tmp_path / "broken.yaml")], f"{tmp_path / 'broken.yaml'} is not valid YAML: while parsing"),
+        (["--config", str(tmp_path / "latin1.yaml")], f"{tmp_path / 'latin1.yaml'} is not UTF-8 (invalid byte 0xe9"),
+        (["--config", str(tmp_path / "bases.yaml")], f"{tmp_path / 'bases.yaml'}: base must be the path of one YAML "
+                                                     f"file (relative to bases.yaml), not ['tiny.yaml', 'pocket.yaml']"),
+        (["--config", TINY, "--encoder", "null"], "encoder must be a string, not null: the default is 'pocket:e5-small'"),
+        (["--config", TINY, "--output_dir", "' '"], "output_dir must be a folder path, not ' ': give a folder path"),
+    ]
+    for argv, message in cases:
+        assert main(["adapt", *argv]) == 2, argv
+        assert _error_line(capsys).startswith(f"mtllm adapt: error: {message}")

@@ -35,6 +35,7 @@ import torch
 from mtllm.device import module_device, place, to_device
 from mtllm.errors import ConfigError, UnsupportedLanguageError  # noqa: F401 (raised here, re-exported)
 from mtllm.inference.batching import run_batched
+from mtllm.settings import MODEL, OUTPUT_DIR, at_least, check_settings
 
 logger = logging.getLogger(__name__)
 
@@ -49,21 +50,20 @@ class TranslateSettings:
     """How the translate-test baseline translates task texts into English."""
 
     mt_model: str = field(default="facebook/nllb-200-distilled-600M", metadata={
-        "help": "Seq2seq MT model: hub id, local directory, 'pocket:NAME' or 'tiny:m2m100'."})
+        "help": "Seq2seq MT model: hub id, local directory, 'pocket:NAME' or 'tiny:m2m100'.", "check": MODEL})
     target_lang: str | None = field(default="eng_Latn", metadata={
         "help": "Target language code as the model names it ('eng_Latn' for NLLB, 'en' for M2M100); "
                 "None for fixed-direction models without language tokens (e.g. Marian opus-mt-*-en)."})
-    batch_size: int = field(default=16, metadata={"help": "Texts per generate() call (length-sorted batches)."})
-    num_beams: int = field(default=1, metadata={"help": "Beam size; 1 = greedy decoding."})
-    max_new_tokens: int = field(default=256, metadata={"help": "Maximum length of a translation in tokens."})
-    max_source_length: int = field(default=512, metadata={"help": "Source texts are truncated to this many tokens."})
+    batch_size: int = field(default=16, metadata={"help": "Texts per generate() call (length-sorted batches).", "check": at_least(1)})
+    num_beams: int = field(default=1, metadata={"help": "Beam size; 1 = greedy decoding.", "check": at_least(1)})
+    max_new_tokens: int = field(default=256, metadata={"help": "Maximum length of a translation in tokens.", "check": at_least(1)})
+    max_source_length: int = field(default=512, metadata={"help": "Source texts are truncated to this many tokens.", "check": at_least(1)})
     cache_dir: str | None = field(default=None, metadata={
-        "help": "Directory of the translation cache (default: mtllm.sources.pocket.cache_dir()/translations)."})
+        "help": "Directory of the translation cache (default: mtllm.sources.pocket.cache_dir()/translations).",
+        "check": OUTPUT_DIR})
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "num_beams", "max_new_tokens", "max_source_length"):
-            if int(getattr(self, name)) < 1:
-                raise ConfigError(f"TranslateSettings.{name} must be >= 1, got {getattr(self, name)!r}")
+        check_settings(self)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TranslateSettings":
@@ -215,14 +215,13 @@ class Translator:
         ``device`` (:func:`mtllm.device.resolve_device`: ``$MTLLM_DEVICE``, else cuda, else mps, else cpu)."""
         from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
-        from mtllm.sources import resolve_source
+        from mtllm.sources import load_source
 
         settings = settings or TranslateSettings(mt_model=str(name_or_path))
-        path = resolve_source(name_or_path)
-        tokenizer = AutoTokenizer.from_pretrained(path)
         kwargs = {"dtype": dtype} if dtype is not None else {}
-        model = place(AutoModelForSeq2SeqLM.from_pretrained(path, **kwargs), device)
-        return cls(model, tokenizer, settings=settings, name=str(name_or_path))
+        tokenizer, model = load_source(name_or_path, "translation model", lambda path: (
+            AutoTokenizer.from_pretrained(path), AutoModelForSeq2SeqLM.from_pretrained(path, **kwargs)))
+        return cls(place(model, device), tokenizer, settings=settings, name=str(name_or_path))
 
     # ------------------------------------------------------------------ cache
     @property
@@ -245,11 +244,11 @@ class Translator:
     def _read_cache(path: Path) -> dict[str, str]:
         cached: dict[str, str] = {}
         try:
-            with path.open("r", encoding="utf-8") as fh:
-                for line in fh:
+            with path.open("rb") as fh:
+                for raw in fh:
                     try:
-                        record = json.loads(line)
-                    except ValueError:  # a torn line from an interrupted write
+                        record = json.loads(raw.decode("utf-8"))
+                    except ValueError:  # a torn line from an interrupted write, or bytes that are not UTF-8
                         continue
                     if isinstance(record, dict) and isinstance(record.get("k"), str) and isinstance(record.get("t"), str):
                         cached[record["k"]] = record["t"]

@@ -3,9 +3,12 @@
 Every command is defined here, in :data:`COMMANDS`: its settings dataclasses (imported when the
 command runs, so ``mtllm --help`` stays fast) and what it does with them. A command reads a flat YAML
 preset (``configs/``), any key overridden by a flag; ``mtllm COMMAND --help`` lists every key with its
-type, default and meaning (:mod:`mtllm.settings`). A preset may hold the keys of other commands too
-(``configs/pocket.yaml`` serves every stage): each command takes the keys it knows and leaves those
-another command knows; any other key is an error.
+type, default and meaning (:mod:`mtllm.settings`), and every value is checked (type, range, paths)
+before any model loads. A preset may hold the keys of other stages in a shared layer: the models and
+stage-1 keys at the top (``configs/pocket.yaml`` serves every stage), the later stages' keys in their
+sections of a ``run`` config (``finetune:``, ...). Each command takes the keys it knows and leaves the
+shared layer; a key that only another command uses is an error, as is any other unknown key (see
+:func:`command_values`).
 
 A mistake in what the user gave (:class:`mtllm.errors.UserError`) prints one line,
 ``mtllm COMMAND: error: MESSAGE``, and exits 2; any other exception keeps its traceback.
@@ -22,8 +25,9 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
-from mtllm.errors import UserError
-from mtllm.settings import build_settings, read_config, settings_parser
+from mtllm.errors import ConfigError, UserError
+from mtllm.settings import (EXISTING_DIR, MODEL, NON_EMPTY, OUTPUT_DIR, TASK, Rule, at_least, build_settings,
+                            check_settings, each, read_config, settings_parser)
 
 __all__ = ["COMMANDS", "Command", "main"]
 
@@ -43,21 +47,30 @@ class ConvertSettings:
     """Which pocket models to convert."""
 
     names: list[str] = field(default_factory=lambda: ["e5-small", "gemma3-270m"],
-                             metadata={"help": "Pocket model names (see mtllm.sources.pocket.POCKET_MODELS)."})
+                             metadata={"help": "Pocket model names (see mtllm.sources.pocket.POCKET_MODELS).",
+                                       "check": (NON_EMPTY, each(Rule("a pocket model name",
+                                                                      lambda v, s: MODEL.problem(f"pocket:{v}", s))))})
     force: bool = field(default=False, metadata={"help": "Convert again even if the cache is valid."})
+
+    def __post_init__(self) -> None:
+        check_settings(self)
 
 
 @dataclass
 class TranslateTestSettings:
     """Translate a task's texts to English with a seq2seq MT model (cached) and classify them."""
 
-    teacher: str | None = field(default=None, metadata={"help": "Fine-tuned English teacher (finetune's DIR/best)."})
-    task: str = field(default="sib200", metadata={"help": "Task name."})
-    langs: list[str] = field(default_factory=lambda: ["all"], metadata={"help": "'all' or FLORES-200 codes."})
-    split: str = field(default="test", metadata={"help": "Split to evaluate."})
-    data_dir: str | None = field(default=None, metadata={"help": "Local data root (else $MTLLM_DATA_DIR, else the hub)."})
-    output_dir: str = field(default="runs/translate-test", metadata={"help": "Where results go."})
-    max_examples: int | None = field(default=None, metadata={"help": "At most this many examples per language."})
+    teacher: str | None = field(default=None, metadata={"help": "Fine-tuned English teacher (finetune's DIR/best).", "check": MODEL})
+    task: str = field(default="sib200", metadata={"help": "Task name.", "check": TASK})
+    langs: list[str] = field(default_factory=lambda: ["all"], metadata={"help": "'all' or FLORES-200 codes.", "check": NON_EMPTY})
+    split: str = field(default="test", metadata={"help": "Split to evaluate.", "check": NON_EMPTY})
+    data_dir: str | None = field(default=None, metadata={"help": "Local data root (else $MTLLM_DATA_DIR, else the hub).", "check": EXISTING_DIR})
+    output_dir: str = field(default="runs/translate-test", metadata={"help": "Where results go.", "check": OUTPUT_DIR})
+    overwrite: bool = field(default=False, metadata={"help": "Write into an output_dir that holds results or files mtllm did not write."})
+    max_examples: int | None = field(default=None, metadata={"help": "At most this many examples per language: the same fixed-seed sample, stratified by label, as evaluate's max_examples.", "check": at_least(1)})
+
+    def __post_init__(self) -> None:
+        check_settings(self)
 
 
 def _is_main_process() -> bool:
@@ -126,7 +139,10 @@ def _evaluate_settings() -> tuple[type, ...]:
 def _evaluate(values: dict[str, Any]) -> None:
     from mtllm.evaluation.evaluate import run_evaluate
 
+    from mtllm.outputs import claim_output_dir
+
     (settings,) = build_settings(_evaluate_settings(), values)
+    claim_output_dir(settings.output_dir, overwrite=settings.overwrite)
     run_evaluate(settings)
 
 
@@ -139,7 +155,10 @@ def _translate_test_settings() -> tuple[type, ...]:
 def _translate_test(values: dict[str, Any]) -> None:
     from mtllm.evaluation.evaluate import EvaluateSettings, run_evaluate
 
+    from mtllm.outputs import claim_output_dir
+
     tt, tr = build_settings(_translate_test_settings(), values)
+    claim_output_dir(tt.output_dir, overwrite=tt.overwrite)
     run_evaluate(EvaluateSettings(teacher=tt.teacher, task=tt.task, langs=tt.langs, split=tt.split,
                                   data_dir=tt.data_dir, output_dir=tt.output_dir, max_examples=tt.max_examples,
                                   systems=["translate_test"], translate_model=tr.mt_model),
@@ -203,16 +222,51 @@ def _keys(cmd: Command) -> set[str]:
     return {f for cls in cmd.settings() for f in cls.__dataclass_fields__} | set(cmd.sections())
 
 
+#: The sections of a ``run`` config that hold a per-stage command's own settings.
+_OWN_SECTIONS = {"finetune": ("finetune",), "distill": ("distill",), "evaluate": ("evaluate", "retrieval")}
+
+
 def command_values(name: str, argv: Sequence[str]) -> dict[str, Any]:
-    """``[--config FILE] [--key value ...]`` -> the values of command ``name``: the preset's keys, less those
-    that only other commands know (a shared preset, e.g. configs/pocket.yaml), updated by the overrides.
-    ``run`` takes every key of its preset (a key none of its stages knows is an error there)."""
+    """``[--config FILE] [--key value ...]`` -> the values of command ``name``: the preset's keys, then the
+    overrides. ``run`` takes every key (a key none of its stages knows is an error there). Another command
+    takes the keys it knows and, by design, leaves those of the shared layer, which every preset may hold:
+    the flat keys of a ``run`` config (models, stage 1, ``task``, ``stages``...) and the sections of the
+    other stages (``finetune:``, ``distill:``, ``evaluate:``, ``retrieval:``). A key that belongs to another
+    command only (``mtllm adapt --objective ce``, or ``objective: ce`` at the top of a preset given to
+    ``adapt``) or the command's own section of a ``run`` config (which ``mtllm run`` alone reads: it
+    layers it differently) is a :class:`~mtllm.errors.ConfigError`; any other key is left to
+    :func:`mtllm.settings.build_settings`, which names close matches."""
     preset, overrides = read_config(argv)
-    if name != "run":
-        own = _keys(COMMANDS[name])
-        others = set().union(*(_keys(cmd) for other, cmd in COMMANDS.items() if other not in (name, "run")))
-        preset = {k: v for k, v in preset.items() if k in own or k not in others}
-    return {**preset, **overrides}
+    if name == "run":
+        return {**preset, **overrides}
+    own = _keys(COMMANDS[name])
+    shared = _keys(COMMANDS["run"])
+    owners = {k: [other for other, cmd in COMMANDS.items() if other not in (name, "run") and k in _keys(cmd)]
+              for k in {*preset, *overrides} if k not in own}
+    config = argv[list(argv).index("--config") + 1] if "--config" in argv else None
+    wrong = [k for k in overrides if owners.get(k)]
+    if wrong:
+        raise ConfigError(f"{name} does not use {_list(wrong, owners, '--')}; give {'them' if len(wrong) > 1 else 'it'} "
+                          f"to the command that uses {'them' if len(wrong) > 1 else 'it'} (`mtllm {name} --help` lists "
+                          f"{name}'s keys)")
+    sections = [k for k in preset if k in _OWN_SECTIONS.get(name, ())]
+    if sections:
+        raise ConfigError(f"{config} is a `mtllm run` config: its {' and '.join(s + ':' for s in sections)} "
+                          f"section{'s are' if len(sections) > 1 else ' is'} read by `mtllm run` only; run `mtllm run "
+                          f"--config {config}`, or give `mtllm {name}` a flat preset (e.g. configs/pocket.yaml) and "
+                          f"--key value flags")
+    wrong = [k for k in preset if owners.get(k) and k not in shared]
+    if wrong:
+        raise ConfigError(f"{config}: {name} does not use {_list(wrong, owners, '')}; a config shared by several "
+                          f"commands keeps the keys of later stages in their sections (e.g. distill: {{objective: "
+                          f"ce}}, read by `mtllm run`): move {'them' if len(wrong) > 1 else 'it'} there, or give "
+                          f"{'them' if len(wrong) > 1 else 'it'} to the command that uses {'them' if len(wrong) > 1 else 'it'}")
+    return {**{k: v for k, v in preset.items() if k in own or k not in shared}, **overrides}
+
+
+def _list(keys: Sequence[str], owners: Mapping[str, Sequence[str]], dashes: str) -> str:
+    """``--objective (a key of distill), --langs (a key of evaluate and translate-test)``."""
+    return ", ".join(f"{dashes}{k} (a key of {' and '.join(owners[k])})" for k in keys)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -238,4 +292,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as err:
         print(f"mtllm {name}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as err:  # Ctrl-C: one line, exit 130 (128 + SIGINT), no traceback
+        if _is_main_process():
+            print(f"mtllm {name}: {_interrupted(name, err)}", file=sys.stderr, flush=True)
+        return 130
     return 0
+
+
+def _interrupted(name: str, err: KeyboardInterrupt) -> str:
+    """What Ctrl-C left and how to go on, for command ``name``."""
+    from mtllm.errors import TrainingInterrupted
+
+    what = f"interrupted: {err}" if isinstance(err, TrainingInterrupted) else "interrupted (Ctrl-C)"
+    if name == "run":
+        return (f"{what}; to continue, rerun the same command (finished stages are skipped, an interrupted one "
+                f"resumes from its last checkpoint)")
+    if name in ("adapt", "finetune", "distill"):
+        if isinstance(err, TrainingInterrupted):
+            return f"{what}; to continue from it, rerun the same command with --resume"
+        return f"{what}; to continue from the last checkpoint, if any, rerun the same command with --resume"
+    return f"{what}; every file is written whole or not at all, so rerunning the same command redoes it"

@@ -19,13 +19,15 @@ settings are built from the config, and so checked, before the first stage start
 Every stage writes ``stage.json`` with a hash of its inputs (its settings as written in the config and
 the hashes of the stages it reads); a finished stage with the same hash is skipped, an unfinished one
 resumes from its last checkpoint, and a stage whose inputs changed is redone (with everything
-downstream).
+downstream). A stage folder is only ever cleared of what mtllm wrote there (:mod:`mtllm.outputs`): one that
+holds files mtllm did not write, or a run that ``mtllm run`` did not start (no ``stage.json``), is refused
+before the first stage starts, unless ``--overwrite`` (which still keeps the files mtllm did not write).
+Ctrl-C stops the current stage at a checkpoint; rerunning the same command continues from there.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -33,8 +35,10 @@ from typing import Any, Callable, Literal
 
 from mtllm._io import atomic_write_json
 from mtllm.errors import ConfigError
+from mtllm.outputs import claim_output_dir, clear_outputs, foreign_entries
 from mtllm.evaluation.evaluate import EvaluateSettings, run_evaluate
-from mtllm.settings import ModelSettings, build_settings, check_choices, check_keys
+from mtllm.settings import (EXISTING_DIR, NON_EMPTY, OUTPUT_DIR, SEED, TASK, ModelSettings, build_settings,
+                            check_keys, check_settings)
 from mtllm.training.distill import DistillSettings, run_distill
 from mtllm.training.finetune import TaskSettings, run_finetune
 from mtllm.training.loop import TrainingArgs
@@ -59,19 +63,16 @@ SECTION_SETTINGS: dict[str, tuple[type, ...]] = {
 class PipelineSettings:
     """Top-level keys of ``mtllm run`` (besides the model/stage-1 keys and the per-stage sections)."""
 
-    task: str = field(default="sib200", metadata={"help": "Task to train the teacher on and evaluate."})
-    output_dir: str = field(default="runs/pocket-sib200", metadata={"help": "Root folder of the run."})
-    data_dir: str | None = field(default=None, metadata={"help": "Local data root (else $MTLLM_DATA_DIR, else the hub)."})
+    task: str = field(default="sib200", metadata={"help": "Task to train the teacher on and evaluate.", "check": TASK})
+    output_dir: str = field(default="runs/pocket-sib200", metadata={"help": "Root folder of the run.", "check": OUTPUT_DIR})
+    data_dir: str | None = field(default=None, metadata={"help": "Local data root (else $MTLLM_DATA_DIR, else the hub).", "check": EXISTING_DIR})
     stages: list[StageName] = field(default_factory=lambda: ["stage1", "retrieval", "teacher", "distill", "eval"],
-                                    metadata={"help": "Stages to run, in order."})
+                                    metadata={"help": "Stages to run, in order.", "check": NON_EMPTY})
     notes: list[str] = field(default_factory=list, metadata={"help": "Notes for the results tables."})
-    seed: int = field(default=0, metadata={"help": "Seed for every stage."})
+    seed: int = field(default=0, metadata={"help": "Seed for every stage.", "check": SEED})
 
     def __post_init__(self) -> None:
-        from mtllm.tasks import get_task
-
-        check_choices(self)
-        get_task(self.task)  # an unknown task fails now, not after stage 1
+        check_settings(self)  # an unknown task fails now, not after stage 1
 
 
 def _split_sections(values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, dict[str, Any] | None]]:
@@ -101,7 +102,7 @@ def _hash(*parts: Any) -> str:
 
 #: Keys that change how a stage runs or logs, not what it computes: left out of stage hashes, so that
 #: e.g. ``--save_steps`` or ``--micro_batch_size`` (gradient accumulation) never redo finished work.
-BOOKKEEPING_KEYS = frozenset({"output_dir", "resume", "log_steps", "save_steps", "keep_checkpoints", "progress",
+BOOKKEEPING_KEYS = frozenset({"output_dir", "resume", "overwrite", "log_steps", "save_steps", "keep_checkpoints", "progress",
                               "report_to", "micro_batch_size", "eval_batch_size", "batch_size_eval"})
 
 
@@ -157,9 +158,10 @@ def _resolve_data_dir(data_dir: str | None) -> str | None:
 def _section_settings(sections: dict[str, dict[str, Any] | None], name: str, defaults: dict[str, Any],
                       out: Path) -> list[Any]:
     """A section's settings: ``defaults`` (what the run gives the stage: task, data, the folders it reads),
-    then the section's keys, then the stage's own folder ``out``."""
+    then the section's keys, then the stage's own folder ``out``. Their inputs are not looked for now: the
+    earlier stages write them."""
     return build_settings(SECTION_SETTINGS[name], {**defaults, **(sections[name] or {}), "output_dir": str(out)},
-                          where=f"{name}: ")
+                          where=f"{name}: ", inputs=False)
 
 
 def plan_run(values: dict[str, Any]) -> RunPlan:
@@ -217,7 +219,7 @@ def _results_artefacts(out: Path) -> dict[str, str]:
 def _run_stage1(plan: RunPlan, resume: bool) -> StageResult:
     out = plan.dirs["stage1"]
     summary = run_stage1(plan.model, replace(plan.stage1, save_initial=True, data_dir=plan.data_dir),
-                         replace(plan.stage1_args, output_dir=str(out), resume=resume))
+                         replace(plan.stage1_args, output_dir=str(out), resume=resume, overwrite=True))
     return {"final": str(out / "final"), "initial": str(out / "initial"), "metrics": str(out / "metrics.jsonl")}, summary
 
 
@@ -227,13 +229,13 @@ def _run_retrieval(plan: RunPlan, resume: bool) -> StageResult:
 
 def _run_teacher(plan: RunPlan, resume: bool) -> StageResult:
     task, args = plan.teacher
-    summary = run_finetune(plan.model, task, replace(args, resume=resume))
+    summary = run_finetune(plan.model, task, replace(args, resume=resume, overwrite=True))
     return {"best": summary["best_dir"], "metrics": str(plan.dirs["teacher"] / "metrics.jsonl")}, summary["best"]
 
 
 def _run_distill(plan: RunPlan, resume: bool) -> StageResult:
     task, distill, args = plan.distill
-    summary = run_distill(plan.model, task, distill, replace(args, resume=resume))
+    summary = run_distill(plan.model, task, distill, replace(args, resume=resume, overwrite=True))
     return ({"final": summary["final_dir"], "metrics": str(plan.dirs["distill"] / "metrics.jsonl")},
             {k: summary[k] for k in ("evals", "steps", "seconds", "trainable")})
 
@@ -253,30 +255,64 @@ STAGES: dict[str, tuple[str, Callable[[RunPlan, bool], StageResult]]] = {
 
 
 class _Stage:
-    """Bookkeeping of one stage folder: skip when done with the same inputs, else (re)run."""
+    """Bookkeeping of one stage folder: skip when done with the same inputs, resume when interrupted with
+    them, else (re)run; the stage functions get ``overwrite=True``, since :meth:`check` has claimed the folder."""
 
-    def __init__(self, folder: Path, name: str, inputs_hash: str):
-        self.dir, self.name, self.hash = folder, name, inputs_hash
+    def __init__(self, folder: Path, name: str, inputs_hash: str, overwrite: bool = False):
+        self.dir, self.name, self.hash, self.overwrite = folder, name, inputs_hash, overwrite
         self.marker = self.dir / "stage.json"
 
-    def done(self) -> dict[str, Any] | None:
-        if self.marker.exists():
+    def _info(self) -> dict[str, Any] | None:
+        """The folder's ``stage.json``: None when there is none, ``{}`` when it cannot be read (inputs unknown)."""
+        if not self.marker.is_file():
+            return None
+        try:
             info = json.loads(self.marker.read_text())
-            if info.get("hash") == self.hash and info.get("status") == "done":
-                return info
-        return None
+        except (OSError, ValueError):
+            return {}
+        return info if isinstance(info, dict) else {}
 
-    def begin(self) -> bool:
-        """Prepare the folder; returns whether an interrupted run with the same inputs can resume."""
-        if self.marker.exists():
-            info = json.loads(self.marker.read_text())
-            if info.get("hash") == self.hash:
-                return True
-            print(f"[run] {self.name}: inputs changed since the last run; redoing it", flush=True)
-            shutil.rmtree(self.dir)
-        elif self.dir.exists() and any(self.dir.iterdir()):
-            print(f"[run] {self.name}: {self.dir} holds files from an unknown run; redoing it", flush=True)
-            shutil.rmtree(self.dir)
+    def done(self) -> dict[str, Any] | None:
+        info = self._info()
+        return info if info is not None and info.get("hash") == self.hash and info.get("status") == "done" else None
+
+    def check(self) -> str:
+        """What :meth:`run` will do: ``skip`` (done with the same inputs), ``resume`` (interrupted with them),
+        ``redo`` (an earlier ``mtllm run`` with other inputs) or ``fresh``. Raises :class:`ConfigError`, naming
+        the files and ``--overwrite``, when the folder holds files mtllm did not write (``redo``) or anything
+        ``mtllm run`` did not start there (``fresh``: :func:`mtllm.outputs.claim_output_dir`)."""
+        info = self._info()
+        if info is not None and info.get("hash") == self.hash:
+            return "skip" if info.get("status") == "done" else "resume"
+        if info is not None:
+            foreign = foreign_entries(self.dir)
+            if foreign and not self.overwrite:
+                raise ConfigError(
+                    f"{self.name}: its inputs changed, so {self.dir} is to be redone, but it holds files mtllm did not "
+                    f"write ({', '.join(foreign[:5])}{' ...' if len(foreign) > 5 else ''}): move them away, or pass "
+                    f"--overwrite to redo it anyway (those files are kept)")
+            return "redo"
+        try:
+            claim_output_dir(self.dir, overwrite=self.overwrite)
+        except ConfigError as err:
+            raise ConfigError(f"{self.name}: {err} (it has no stage.json: not a stage of `mtllm run`)") from None
+        return "fresh"
+
+    def begin(self, action: str) -> bool:
+        """Prepare the folder for ``action`` (:meth:`check`); returns whether the stage resumes."""
+        if action == "resume":
+            return True
+        unreadable = self._info() == {}
+        removed = clear_outputs(self.dir, keep=frozenset())  # only what mtllm wrote; other files stay
+        kept = foreign_entries(self.dir)
+        if action == "redo":
+            why = "its stage.json is unreadable" if unreadable else "inputs changed since the last run"
+            print(f"[run] {self.name}: {why}; redoing it", flush=True)
+        elif removed:
+            print(f"[run] {self.name}: removed {', '.join(removed)} from {self.dir}, left by a run without a "
+                  f"stage.json", flush=True)
+        if kept:
+            print(f"[run] {self.name}: --overwrite: keeping the files mtllm did not write: {', '.join(kept)}", flush=True)
         self.dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(self.marker, {"hash": self.hash, "status": "running"})
         return False
@@ -294,7 +330,7 @@ class _Stage:
             print(f"[run] {self.name}: already done with the same inputs ({self.marker}); skipping", flush=True)
             _print_artefacts(info["artefacts"])
             return info
-        resume = self.begin()
+        resume = self.begin(self.check())
         if resume:
             print(f"[run] {self.name}: resuming the interrupted run in {self.dir}", flush=True)
         t0 = time.perf_counter()
@@ -336,17 +372,21 @@ def run_pipeline(values: dict[str, Any]) -> dict[str, Any]:
     """Run the stages of a run config (``values``: its keys, ``section.key`` overrides included) in order;
     every setting is checked before the first stage starts. Returns each stage's ``stage.json`` record."""
     plan = plan_run(values)
+    stages: dict[str, _Stage] = {}
+    hashes: dict[str, str] = {}
+    for name in plan.stages:  # in the order given: a stage's hash covers the hashes of those before it
+        stages[name] = _Stage(plan.dirs[name], name, _hash(_stage_inputs(plan, name, hashes)), plan.stage1_args.overwrite)
+        hashes[name] = stages[name].hash
+    for stage in stages.values():  # every folder is checked before the first stage starts
+        stage.check()
     plan.root.mkdir(parents=True, exist_ok=True)
     atomic_write_json(plan.root / "run_config.json", values, indent=1, default=str)
     t_run = time.perf_counter()
     _resolve_models(plan)
     results: dict[str, Any] = {}
-    hashes: dict[str, str] = {}
-    for i, name in enumerate(plan.stages, 1):  # in the order given: a stage reads the hashes of those run before it
+    for i, (name, stage) in enumerate(stages.items(), 1):
         what, body = STAGES[name]
         _header(i, len(plan.stages), name, what.format(task=plan.pipe.task))
-        stage = _Stage(plan.dirs[name], name, _hash(_stage_inputs(plan, name, hashes)))
-        hashes[name] = stage.hash
         results[name] = stage.run(body, plan)
     total = time.perf_counter() - t_run
     _print_summary(plan, results, total)

@@ -13,7 +13,7 @@ import torch
 
 from mtllm.data.multiple_choice import format_multiple_choice, option_token_spans
 
-__all__ = ["collate_examples", "example_lengths", "model_inputs"]
+__all__ = ["collate_examples", "check_content", "example_lengths", "model_inputs"]
 
 
 def _text_of(example: Any) -> str:
@@ -39,6 +39,7 @@ def collate_examples(model: Any, examples: Sequence[Any], *, path: str, lang: st
     """
     if not examples:
         raise ValueError("collate_examples got no examples")
+    check_content(model, examples, path=path)
     lang = lang if path == "encoder" else None
     is_mc = bool(examples[0].options)
     labels = torch.tensor([int(e.label) for e in examples], dtype=torch.long)
@@ -63,6 +64,29 @@ def collate_examples(model: Any, examples: Sequence[Any], *, path: str, lang: st
     if option_spans is not None:
         out["option_spans"] = option_spans
     return out
+
+
+def _fields(example: Any) -> list[tuple[str, Any]]:
+    """``(name, text)`` of every text an example feeds the model: ``texts[i]`` and ``options[j]``."""
+    return ([(f"texts[{i}]", t) for i, t in enumerate(example.texts)]
+            + [(f"options[{j}]", o) for j, o in enumerate(example.options)])
+
+
+def check_content(model: Any, examples: Sequence[Any], *, path: str) -> None:
+    """A :class:`~mtllm.errors.DataError` naming the examples (ids and fields) of which a text has no content
+    token for ``path``'s tokenizer (:meth:`MTLLMModel.contentless`: empty, or only characters the tokenizer
+    drops, such as zero-width or control characters): every such text would get the same embedding, so it
+    is refused like an empty text, before any work."""
+    where = [(e.id, name) for e in examples for name, _ in _fields(e)]
+    bad = model.contentless([text for e in examples for _, text in _fields(e)], path=path)
+    if bad:
+        from mtllm.errors import DataError
+
+        shown = ", ".join(f"{where[i][0]!r} ({where[i][1]})" for i in bad[:10]) + (" ..." if len(bad) > 10 else "")
+        raise DataError(f"{len(bad)} text(s) have nothing for the {path} tokenizer to read (empty, whitespace-only, "
+                        f"not strings, or made only of characters it drops: zero-width, control or format "
+                        f"characters), so each would be the same input; example ids: {shown}. Fix or delete those "
+                        f"rows (nothing is dropped silently).")
 
 
 def model_inputs(batch: Any, path: str) -> dict[str, Any]:

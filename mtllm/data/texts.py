@@ -6,13 +6,12 @@ teacher and the student always see the same text.
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import re
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
-from mtllm._io import read_text_file
+from mtllm._io import read_json_rows, read_text_file
 from mtllm.errors import DataError  # noqa: F401 (raised here, re-exported)
 
 logger = logging.getLogger(__name__)
@@ -23,6 +22,19 @@ FINEWEB_CONFIG = "sample-10BT"
 LOCAL_SUFFIXES = (".txt", ".jsonl", ".json", ".parquet", ".csv", ".tsv")
 
 
+def _text(value: object, where: str, text_field: str) -> str:
+    """A row's text: a string (``None`` counts as empty), anything else is a :class:`DataError`."""
+    if value is None or isinstance(value, str):
+        return value or ""
+    raise DataError(f"{where}: {text_field!r} holds {type(value).__name__} {_short(value)}, not a string; set "
+                    f"text_field to the field that holds the text")
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def _iter_file(path: Path, text_field: str) -> Iterator[str]:
     suffix = path.suffix.lower()
     if suffix == ".txt":
@@ -31,60 +43,89 @@ def _iter_file(path: Path, text_field: str) -> Iterator[str]:
         blocks = re.split(r"\n\s*\n", content) if re.search(r"\n\s*\n", content) else content.splitlines()
         yield from blocks
     elif suffix in (".jsonl", ".json"):
-        for n, line in enumerate(read_text_file(path).splitlines(), 1):
-            if not line.strip():
+        for where, row in read_json_rows(path):
+            if isinstance(row, str):  # an array (or lines) of plain strings: the texts themselves
+                yield row
                 continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(f"{path}:{n}: not valid JSON ({err.msg}); each line must be one JSON object") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{where}: a {type(row).__name__} {_short(row)}, not an object with a "
+                                f"{text_field!r} field; write one object per row, e.g. {{\"{text_field}\": \"...\"}}")
             if text_field not in row:
-                raise DataError(f"{path}:{n}: no field {text_field!r} (found {sorted(row)}); set text_field "
+                raise DataError(f"{where}: no field {text_field!r} (found {sorted(map(str, row))}); set text_field "
                                 f"to the field that holds the text")
-            yield row[text_field]
+            yield _text(row[text_field], where, text_field)
     elif suffix in (".csv", ".tsv"):
         content = read_text_file(path)
         reader = csv.DictReader(content.splitlines(), delimiter="\t" if suffix == ".tsv" else ",")
-        if reader.fieldnames is None or text_field not in reader.fieldnames:
-            raise DataError(f"{path}: no column {text_field!r} (found {reader.fieldnames}); set text_field to the "
-                            f"column that holds the text")
-        for row in reader:
-            yield row[text_field]
+        try:
+            if reader.fieldnames is None or text_field not in reader.fieldnames:
+                raise DataError(f"{path}: no column {text_field!r} (found {reader.fieldnames}); set text_field to "
+                                f"the column that holds the text")
+            for row in reader:
+                yield row[text_field] or ""
+        except csv.Error as err:
+            raise DataError(f"{path}:{reader.line_num}: not valid {suffix[1:].upper()} ({err})") from None
     elif suffix == ".parquet":
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        table = pq.read_table(path)
+        try:
+            table = pq.read_table(path)
+        except (pa.ArrowException, OSError) as err:
+            raise DataError(f"{path}: not a readable Parquet file ({err}); check or rewrite the file") from None
         if text_field not in table.column_names:
             raise DataError(f"{path}: no column {text_field!r} (found {table.column_names}); set text_field")
-        yield from table.column(text_field).to_pylist()
+        for i, value in enumerate(table.column(text_field).to_pylist()):
+            yield _text(value, f"{path}: row {i}", text_field)
     else:
         raise DataError(f"{path}: unsupported file type {suffix!r}; use one of {', '.join(LOCAL_SUFFIXES)}")
+
+
+def source_problem(source: str) -> str | None:
+    """What is wrong with the stage-1 text source ``source`` (see :func:`iter_texts`), or ``None``: a missing
+    file or folder, a folder without text files, a file type or ``task:`` source that cannot be read. The
+    settings check it (:data:`mtllm.settings.TEXT_SOURCE`) before any model loads."""
+    if source.startswith(TASK_PREFIX):
+        if len(source[len(TASK_PREFIX):].split("/")) != 3:
+            return "task sources look like task:NAME/LANG/SPLIT, e.g. task:sib200/eng_Latn/train"
+        return None
+    if source == FINEWEB or source.startswith(FINEWEB_HUB_ID):
+        return None
+    path = Path(source).expanduser()
+    if path.is_dir():
+        if not any(p.suffix.lower() in LOCAL_SUFFIXES for p in path.rglob("*") if p.is_file()):
+            return f"the folder holds no {'/'.join(LOCAL_SUFFIXES)} files"
+        return None
+    if path.exists():
+        if path.suffix.lower() not in LOCAL_SUFFIXES:
+            return f"unsupported file type {path.suffix!r}; use one of {', '.join(LOCAL_SUFFIXES)}"
+        return None
+    return (f"no such file or folder. Give local text files/folders ({', '.join(LOCAL_SUFFIXES)}), "
+            f"'fineweb' to stream from the hub, or task:NAME/LANG/SPLIT")
 
 
 def iter_texts(sources: str | Sequence[str], *, text_field: str = "text", data_dir: str | None = None) -> Iterator[str]:
     """Texts from ``sources``: files, folders (every supported file inside, sorted), ``"fineweb"``
     (streamed from the hub, ``HuggingFaceFW/fineweb`` ``sample-10BT``), or ``"task:NAME/LANG/SPLIT"``
     (every text field of a task's examples, e.g. ``task:sib200/eng_Latn/train``, from the local data
-    dir or the hub, see :mod:`mtllm.tasks`). Empty texts are skipped."""
+    dir or the hub, see :mod:`mtllm.tasks`). Files: ``.txt`` (blank-line separated paragraphs, else one
+    text per line), ``.jsonl`` (one object per line; its ``text_field``), ``.json`` (one array of objects,
+    or JSON lines), ``.csv``/``.tsv`` (the ``text_field`` column), ``.parquet``. Empty texts are skipped;
+    a text that is not a string is a :class:`DataError` naming the file and row."""
     if isinstance(sources, str):
         sources = [sources]
     for source in sources:
+        if (problem := source_problem(source)) is not None:
+            raise DataError(f"{source}: {problem}")
         if source.startswith(TASK_PREFIX):
             yield from _iter_task(source, data_dir)
             continue
         if source == FINEWEB or source.startswith(FINEWEB_HUB_ID):
             yield from _iter_fineweb(text_field)
             continue
-        path = Path(source)
-        if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.suffix.lower() in LOCAL_SUFFIXES)
-            if not files:
-                raise DataError(f"{path} holds no {'/'.join(LOCAL_SUFFIXES)} files")
-        elif path.exists():
-            files = [path]
-        else:
-            raise DataError(f"{source}: no such file or folder. Give local text files/folders "
-                            f"({', '.join(LOCAL_SUFFIXES)}) or 'fineweb' to stream from the hub")
+        path = Path(source).expanduser()
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in LOCAL_SUFFIXES) \
+            if path.is_dir() else [path]
         for file in files:
             for text in _iter_file(file, text_field):
                 if text and text.strip():
@@ -98,8 +139,6 @@ def _iter_task(source: str, data_dir: str | None) -> Iterator[str]:
     from mtllm.tasks import load_examples
 
     parts = source[len(TASK_PREFIX):].split("/")
-    if len(parts) != 3:
-        raise DataError(f"{source!r}: task sources look like task:NAME/LANG/SPLIT, e.g. task:sib200/eng_Latn/train")
     for example in load_examples(parts[0], parts[1], parts[2], data_dir=data_dir):
         for text in (*example.texts, *example.options):
             if text and text.strip():
@@ -111,8 +150,8 @@ def _iter_fineweb(text_field: str) -> Iterator[str]:
 
     try:
         stream = datasets.load_dataset(FINEWEB_HUB_ID, FINEWEB_CONFIG, split="train", streaming=True)
-        for row in stream:
-            yield row[text_field]
+        for n, row in enumerate(stream):
+            yield _text(row[text_field], f"{FINEWEB_HUB_ID} row {n}", text_field)
     except (ConnectionError, OSError) as err:
         raise DataError(f"cannot stream {FINEWEB_HUB_ID} from the hub ({err}). Give local text files instead "
                         f"(data: [path/to/texts.jsonl, ...]) or run where the hub is reachable.") from err

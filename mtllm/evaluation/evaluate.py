@@ -16,6 +16,7 @@ and the encoder alone.
 """
 from __future__ import annotations
 
+import hashlib
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -26,9 +27,10 @@ import numpy as np
 import torch
 
 from mtllm.errors import ConfigError
-from mtllm.settings import Dtype, check_choices
+from mtllm.settings import (EXISTING_DIR, MODEL, NAMED_MODELS, NON_EMPTY, OUTPUT_DIR, TASK_OR_RETRIEVAL, Dtype,
+                            at_least, check_settings)
 
-__all__ = ["EvaluateSettings", "run_evaluate", "retrieval_accuracy", "encoder_lang"]
+__all__ = ["EvaluateSettings", "run_evaluate", "retrieval_accuracy", "encoder_lang", "sample_examples"]
 
 from mtllm.inference import predict_shared_encoder  # noqa: E402
 
@@ -39,29 +41,80 @@ Predictor = Callable[[Sequence[Any], str], np.ndarray]
 class EvaluateSettings:
     """What to evaluate, on which languages, with which systems."""
 
-    model: str | None = field(default=None, metadata={"help": "MT-LLM dir (distill's DIR/final; for retrieval: any MT-LLM dir)."})
-    teacher: str | None = field(default=None, metadata={"help": "Fine-tuned teacher dir (finetune's DIR/best), for the llm and translate_test systems."})
-    task: str = field(default="sib200", metadata={"help": "Task name, or 'retrieval' (parallel-sentence retrieval on SIB-200)."})
-    langs: list[str] = field(default_factory=lambda: ["all"], metadata={"help": "'all' or FLORES-200 codes."})
-    systems: list[Literal["mtllm", "llm", "encoder", "translate_test"]] = field(default_factory=lambda: ["mtllm", "llm", "encoder"], metadata={"help": "Among mtllm, llm, encoder, translate_test."})
-    split: str = field(default="test", metadata={"help": "Split to evaluate."})
-    data_dir: str | None = field(default=None, metadata={"help": "Local data root (else $MTLLM_DATA_DIR, else the hub)."})
-    output_dir: str = field(default="runs/eval", metadata={"help": "Where results.json, results.md and the plot go."})
-    batch_size: int = field(default=32, metadata={"help": "Examples per forward pass."})
-    max_examples: int | None = field(default=None, metadata={"help": "At most this many examples per language."})
+    model: str | None = field(default=None, metadata={"help": "MT-LLM dir (distill's DIR/final; for retrieval: any MT-LLM dir).", "check": MODEL})
+    teacher: str | None = field(default=None, metadata={"help": "Fine-tuned teacher dir (finetune's DIR/best), for the llm and translate_test systems.", "check": MODEL})
+    task: str = field(default="sib200", metadata={"help": "Task name, or 'retrieval' (parallel-sentence retrieval on SIB-200).", "check": TASK_OR_RETRIEVAL})
+    langs: list[str] = field(default_factory=lambda: ["all"], metadata={"help": "'all' or FLORES-200 codes.", "check": NON_EMPTY})
+    systems: list[Literal["mtllm", "llm", "encoder", "translate_test"]] = field(default_factory=lambda: ["mtllm", "llm", "encoder"], metadata={"help": "Among mtllm, llm, encoder, translate_test.", "check": NON_EMPTY})
+    split: str = field(default="test", metadata={"help": "Split to evaluate.", "check": NON_EMPTY})
+    data_dir: str | None = field(default=None, metadata={"help": "Local data root (else $MTLLM_DATA_DIR, else the hub).", "check": EXISTING_DIR})
+    output_dir: str = field(default="runs/eval", metadata={"help": "Where results.json, results.md and the plot go.", "check": OUTPUT_DIR})
+    overwrite: bool = field(default=False, metadata={"help": "Write into an output_dir that holds results or files mtllm did not write (`mtllm evaluate` refuses otherwise)."})
+    batch_size: int = field(default=32, metadata={"help": "Examples per forward pass.", "check": at_least(1)})
+    max_examples: int | None = field(default=None, metadata={"help": "At most this many examples per language: a fixed-seed random sample, stratified by label (the same ids for every system), not the first rows.", "check": at_least(1)})
+    sample_seed: int = field(default=0, metadata={"help": "Seed of the max_examples sample (same seed, same sample)."})
     train_lang: str = field(default="eng_Latn", metadata={"help": "Language the systems were trained on (the encoder head is fitted on its train split)."})
-    translate_model: str = field(default="facebook/nllb-200-distilled-600M", metadata={"help": "Seq2seq MT model for translate_test."})
-    compare: list[str] = field(default_factory=list, metadata={"help": "Extra MT-LLMs as NAME=DIR (e.g. mtllm_before_stage1=runs/x/stage1/initial)."})
+    translate_model: str = field(default="facebook/nllb-200-distilled-600M", metadata={"help": "Seq2seq MT model for translate_test.", "check": MODEL})
+    compare: list[str] = field(default_factory=list, metadata={"help": "Extra MT-LLMs as NAME=DIR (e.g. mtllm_before_stage1=runs/x/stage1/initial).", "check": NAMED_MODELS})
     fallbacks: dict = field(default_factory=dict, metadata={"help": "Explicit encoder-language fallbacks {code: code}."})
     dtype: Dtype = field(default="float32", metadata={"help": "Weights dtype: float32, bfloat16 or float16."})
     device: str | None = field(default=None, metadata={"help": "Where the models run: cpu, cuda, cuda:N or mps (default: $MTLLM_DEVICE, else cuda if available, else mps, else cpu)."})
     notes: list[str] = field(default_factory=list, metadata={"help": "Free-text notes written into results.md."})
 
     def __post_init__(self) -> None:
-        check_choices(self)
-        for item in self.compare:
-            if not item.partition("=")[2]:
-                raise ConfigError(f"compare entries look like NAME=DIR, got {item!r}")
+        check_settings(self)
+
+
+def _rank(seed: int, example_id: str) -> bytes:
+    return hashlib.sha256(f"{seed}\0{example_id}".encode("utf-8")).digest()
+
+
+def sample_examples(examples: Sequence[Any], n: int | None, *, seed: int = 0) -> list[Any]:
+    """At most ``n`` of ``examples`` (objects with ``id`` and ``label``), in their original order: all of
+    them when there are no more than ``n``, else a random sample stratified by label.
+
+    Each label gets its share of ``n`` in proportion to its count (largest remainders, ties to the smaller
+    label), and within a label the examples whose ``sha256(seed, id)`` ranks first are taken. So the same
+    seed gives the same sample; it does not depend on the file's order (a file sorted by label gives the
+    same sample as a shuffled one); and parallel files (same ids and labels in every language) give the
+    same ids in every language."""
+    examples = list(examples)
+    if n is None or len(examples) <= n:
+        return examples
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ConfigError(f"max_examples must be a positive integer or null (all), got {n!r}")
+    by_label: dict[Any, list[int]] = {}
+    for i, e in enumerate(examples):
+        by_label.setdefault(e.label, []).append(i)
+    share = {label: n * len(idx) / len(examples) for label, idx in by_label.items()}
+    take = {label: int(q) for label, q in share.items()}
+    for label in sorted(by_label, key=lambda l: (take[l] - share[l], l))[:n - sum(take.values())]:
+        take[label] += 1
+    chosen = []
+    for label, idx in by_label.items():
+        chosen += sorted(idx, key=lambda i: (_rank(seed, str(examples[i].id)), i))[:take[label]]
+    return [examples[i] for i in sorted(chosen)]
+
+
+def _sample_note(s: "EvaluateSettings", n_sampled: int, n_langs: int, what: str = "examples") -> list[str]:
+    """The results.md note that says how ``max_examples`` chose the examples (none when it cut nothing)."""
+    if not n_sampled or s.max_examples is None:
+        return []
+    return [f"max_examples {s.max_examples}: {n_sampled} of {n_langs} languages have more {what}; each of those is "
+            f"evaluated on a random sample of {s.max_examples}, stratified by label (seed {s.sample_seed}; the same "
+            f"ids for every system), not on the first rows of its file"]
+
+
+def _single_class(spec: Any, examples: Sequence[Any]) -> str | None:
+    """The one class all of ``examples`` have (its name; for multiple choice the correct option's number),
+    or ``None`` when they have several."""
+    labels = {e.label for e in examples}
+    if len(labels) != 1:
+        return None
+    (label,) = labels
+    if spec.kind == "multiple_choice":
+        return f"option {label + 1}"
+    return spec.label_names[label] if 0 <= label < len(spec.label_names) else str(label)
 
 
 def retrieval_accuracy(src_ND: torch.Tensor, tgt_ND: torch.Tensor) -> tuple[float, float]:
@@ -161,6 +214,23 @@ def _run_task(s: EvaluateSettings, models: dict[str, Any], progress: bool, trans
         raise ConfigError(f"the model's head was trained on labels {head_labels}, but {spec.name} has "
                          f"{list(spec.label_names)}: evaluate it on the task it was trained for")
 
+    # every language's examples (sampled) are read and checked before any model runs
+    from mtllm.data.collate import check_content
+
+    examples_of: dict[str, list[Any]] = {}
+    single_class: dict[str, str] = {}
+    n_sampled = 0
+    for lang in langs:
+        everything = load_examples(spec, lang, s.split, data_dir=s.data_dir)
+        examples_of[lang] = sample_examples(everything, s.max_examples, seed=s.sample_seed)
+        n_sampled += len(examples_of[lang]) < len(everything)
+        if (only := _single_class(spec, examples_of[lang])) is not None:
+            single_class[lang] = only
+        if {"mtllm", "encoder"} & set(s.systems):
+            check_content(mtllm, examples_of[lang], path="encoder")
+        if "llm" in s.systems:
+            check_content(teacher, examples_of[lang], path="llm")
+
     predictors: dict[str, Predictor] = {}
     seconds: dict[str, float] = {}
     notes: list[str] = []
@@ -209,7 +279,7 @@ def _run_task(s: EvaluateSettings, models: dict[str, Any], progress: bool, trans
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         for lang in bar:
-            examples = load_examples(spec, lang, s.split, data_dir=s.data_dir, limit=s.max_examples)
+            examples = examples_of[lang]
             labels = np.array([e.label for e in examples])
             n_examples[lang] = len(examples)
             if shared:
@@ -235,14 +305,17 @@ def _run_task(s: EvaluateSettings, models: dict[str, Any], progress: bool, trans
         if "fed to the encoder as" in str(w.message):
             notes.append(f"fallback: {w.message}")
     notes.extend(_coverage_notes(mtllm, langs))
-    ref_labels = [e.label for e in load_examples(spec, s.train_lang if s.train_lang in langs else langs[0], s.split,
-                                                 data_dir=s.data_dir, limit=s.max_examples)]
+    notes.extend(_sample_note(s, n_sampled, len(langs)))
+    ref_labels = [e.label for e in examples_of[s.train_lang if s.train_lang in langs else langs[0]]]
     majority = float(np.bincount(ref_labels).max() / len(ref_labels)) if spec.kind != "multiple_choice" else None
+    meta = {"seconds": {k: round(v, 2) for k, v in seconds.items()}, "split": s.split, "model": s.model,
+            "teacher": s.teacher, "n_labels": n_labels, "majority_baseline": majority}
+    if s.max_examples is not None:
+        meta["sample"] = {"max_examples": s.max_examples, "seed": s.sample_seed, "method": "stratified by label"}
+    if single_class:
+        meta["single_class"] = single_class
     return EvalResults(task=spec.name, metric="accuracy", systems=accs, n_examples=n_examples, train_lang=s.train_lang,
-                       notes=sorted(set(notes), key=notes.index),
-                       meta={"seconds": {k: round(v, 2) for k, v in seconds.items()}, "split": s.split,
-                             "model": s.model, "teacher": s.teacher, "n_labels": n_labels,
-                             "majority_baseline": majority})
+                       notes=sorted(set(notes), key=notes.index), meta=meta)
 
 
 def _coverage_notes(model: Any, langs: Sequence[str]) -> list[str]:
@@ -308,7 +381,9 @@ def _run_retrieval(s: EvaluateSettings, models: dict[str, Any], progress: bool):
             return torch.stack(run_batched(texts, step, batch_size=s.batch_size))
 
         embedders["encoder"] = enc
-    english = {e.id: e.texts[0] for e in load_examples("sib200", s.train_lang, s.split, data_dir=s.data_dir, limit=s.max_examples)}
+    # the English sentences (a stratified sample when max_examples cuts them), then the same ids in every language
+    all_english = load_examples("sib200", s.train_lang, s.split, data_dir=s.data_dir)
+    english = {e.id: e.texts[0] for e in sample_examples(all_english, s.max_examples, seed=s.sample_seed)}
     eng_cache: dict[str, torch.Tensor] = {}
     accs: dict[str, dict[str, float]] = {k: {} for k in embedders}
     n_examples: dict[str, int] = {}
@@ -321,7 +396,7 @@ def _run_retrieval(s: EvaluateSettings, models: dict[str, Any], progress: bool):
     ids_all = list(english)
     pos = {i: k for k, i in enumerate(ids_all)}
     for lang in bar:
-        target = {e.id: e.texts[0] for e in load_examples("sib200", lang, s.split, data_dir=s.data_dir, limit=s.max_examples)}
+        target = {e.id: e.texts[0] for e in load_examples("sib200", lang, s.split, data_dir=s.data_dir)}
         ids = [i for i in ids_all if i in target]
         n_examples[lang] = len(ids)
         for name, embed in embedders.items():
@@ -337,9 +412,15 @@ def _run_retrieval(s: EvaluateSettings, models: dict[str, Any], progress: bool):
             bar.set_postfix({k: f"{v[lang]:.2f}" for k, v in accs.items()})
     notes = [f"retrieval: English<->X top-1 accuracy (mean of both directions) over {len(ids_all)} SIB-200 "
              f"{s.split} sentences; chance is 1/{len(ids_all)}"]
+    if len(ids_all) < len(all_english):
+        notes.append(f"max_examples {s.max_examples}: the {len(ids_all)} sentences are a random sample of the "
+                     f"{len(all_english)}, stratified by topic (seed {s.sample_seed}; the same ids in every language "
+                     f"and for every system), not the first rows of the file")
     notes.extend(_coverage_notes(any_model, langs))
     return EvalResults(task="retrieval", metric="accuracy", systems=accs, n_examples=n_examples,
                        train_lang=s.train_lang, notes=notes,
                        meta={"seconds": {k: round(v, 2) for k, v in seconds.items()}, "split": s.split,
                              "models": {k: getattr(v.config, "_name_or_path", None) for k, v in mtllms.items()},
-                             "chance": 1.0 / max(1, len(ids_all))})
+                             "chance": 1.0 / max(1, len(ids_all)),
+                             **({"sample": {"max_examples": s.max_examples, "seed": s.sample_seed,
+                                            "method": "stratified by topic"}} if s.max_examples is not None else {})})

@@ -16,7 +16,9 @@ plot.
 ``results.md``
     a header with the task, the notes, then a table: one row per language, one column per system,
     accuracy in % with one decimal, ``n`` per language, the averages last; a missing cell is ``–`` and
-    the best system of a row is bold.
+    the best system of a row is bold. A language in ``meta["single_class"]`` (``{LANG: class}``: every
+    example it was scored on has that one class) has each score marked with :data:`SINGLE_CLASS_MARK`,
+    no bold, and a note: its score only says whether a system predicts that class.
 ``results.png``
     per-language accuracy by system (one marker per system and language), languages sorted by the first
     system's accuracy, a dashed line at the chance / majority-class level when known, the figure wide
@@ -37,9 +39,12 @@ from typing import Any, Callable, Mapping
 from mtllm._io import atomic_path, atomic_write_text
 
 __all__ = ["EvalResults", "write_results", "read_results", "format_summary_lines", "render_markdown",
-           "plot_results", "plot_figure_size", "sort_languages", "RESULTS_JSON", "RESULTS_MD", "RESULTS_PNG"]
+           "plot_results", "plot_figure_size", "sort_languages", "RESULTS_JSON", "RESULTS_MD", "RESULTS_PNG",
+           "SINGLE_CLASS_MARK"]
 
 RESULTS_JSON, RESULTS_MD, RESULTS_PNG = "results.json", "results.md", "results.png"
+#: Marks, in results.md, the scores of a language whose examples all have one class.
+SINGLE_CLASS_MARK = "⚠"
 
 _FIELDS = ("task", "metric", "systems", "n_examples", "train_lang", "notes")
 _DERIVED = ("averages", "averages_common", "averages_non_english", "languages_common")
@@ -156,6 +161,12 @@ class EvalResults:
         """Mean score of each system over its languages except ``train_lang``."""
         return {s: _mean([v for l, v in scores.items() if l != self.train_lang]) for s, scores in self.systems.items()}
 
+    def single_class(self) -> dict[str, str]:
+        """``{lang: class}`` for the languages whose examples all have one class (``meta["single_class"]``):
+        their scores are flagged, since they only say whether a system predicts that class."""
+        flagged = self.meta.get("single_class")
+        return {str(k): str(v) for k, v in flagged.items()} if isinstance(flagged, Mapping) else {}
+
     def chance_level(self) -> tuple[float, str] | None:
         """``(level, label)`` from ``meta["majority_baseline"]`` or ``meta["chance"]``, when given."""
         for key, label in _CHANCE_KEYS:
@@ -261,14 +272,24 @@ def render_markdown(results: EvalResults) -> str:
     chance = results.chance_level()
     if chance is not None:
         lines.append(f"The {chance[1]} level is {100 * chance[0]:.1f}%.")
-    if results.notes:
-        lines += ["", "Notes:", ""] + [f"- {note}" for note in results.notes]
+    flagged = results.single_class()
+    notes = list(results.notes)
+    if flagged:
+        notes.append(f"{SINGLE_CLASS_MARK} every example of {', '.join(f'{l} ({c})' for l, c in sorted(flagged.items()))} "
+                     f"has the same class: such a score only says whether a system predicts that class (a system that "
+                     f"always does scores 100), so it is not bold and not comparable; evaluate more examples")
+    if notes:
+        lines += ["", "Notes:", ""] + [f"- {note}" for note in notes]
     lines += ["", _row(["Language", "n"] + [_md_escape(s) for s in systems]),
               _row(["---", "---:"] + ["---:"] * len(systems))]
     for lang in results.languages:
         n = results.n_examples.get(lang)
         values = [results.systems[s].get(lang) for s in systems]
-        lines.append(_row([_md_escape(lang), "–" if n is None else str(n)] + _bold_best(values)))
+        if lang in flagged:
+            cells = [_pct(v) if v is None else f"{_pct(v)} {SINGLE_CLASS_MARK}" for v in values]
+        else:
+            cells = _bold_best(values)
+        lines.append(_row([_md_escape(lang), "–" if n is None else str(n)] + cells))
     common = results.common_languages()
     # averages over different language sets are not comparable: bold the best only where the sets agree
     same_sets = len({frozenset(scores) for scores in results.systems.values()}) <= 1
@@ -299,6 +320,10 @@ def format_summary_lines(results: EvalResults) -> list[str]:
         if results.train_lang is not None and results.train_lang in scores and avg_ne[s] is not None:
             line += f" ({_train_lang_words(results.train_lang)} {avg_ne[s]:.3f})"
         lines.append(line)
+    flagged = results.single_class()
+    if flagged:
+        lines.append(f"{SINGLE_CLASS_MARK} one class only in the examples of {', '.join(sorted(flagged))}: their scores "
+                     f"are flagged in {RESULTS_MD}")
     return lines
 
 

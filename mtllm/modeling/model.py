@@ -9,6 +9,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -21,7 +23,9 @@ from transformers.utils import ModelOutput
 from mtllm.device import module_device, place, to_device
 from mtllm.modeling.config import LoraSettings, MTLLMConfig
 from mtllm.modeling.pooling import get_pooler, span_mean_pool
-from mtllm.sources import load_encoder, load_llm, load_tokenizer
+from mtllm.errors import ConfigError, DataError
+from mtllm.sources import (check_model_folder, check_safetensors, from_hub, load_encoder, load_llm, load_tokenizer,
+                           looks_local, read_json_file)
 
 logger = logging.getLogger(__name__)
 
@@ -291,6 +295,16 @@ class MTLLMModel(PreTrainedModel):
         checks and character offsets all read it here."""
         return self.config.encoder_text_prefix if self.config.encoder_lang_style == "prefix" else ""
 
+    def contentless(self, texts: Sequence[Any], *, path: str = "encoder") -> list[int]:
+        """Indices of ``texts`` with nothing to embed on ``path``: not a string, empty, whitespace-only, or
+        no content token for that path's tokenizer (only characters it drops: zero-width, control or format
+        characters, ...). See :func:`no_content_texts`."""
+        if path not in ("encoder", "llm"):
+            raise ValueError(f"path must be 'encoder' or 'llm', not {path!r}")
+        if path == "encoder" and self.encoder_tokenizer is None:
+            raise ValueError("this model has no encoder (LLM only): use path='llm'")
+        return no_content_texts(self.encoder_tokenizer if path == "encoder" else self.llm_tokenizer, texts)
+
     def tokenize(self, texts: Sequence[str], *, lang: str | None = None, pairs: Sequence[str] | None = None,
                  path: str = "encoder", max_length: int | None = None, return_offsets: bool = False):
         """Tokenise ``texts`` for ``path="encoder"`` (the MT-LLM input) or ``path="llm"`` (the LLM's own
@@ -459,15 +473,17 @@ class MTLLMModel(PreTrainedModel):
         """
         single = isinstance(texts, str)
         texts = [texts] if single else list(texts)
-        empty = [i for i, t in enumerate(texts) if not isinstance(t, str) or not t.strip()]
+        path = path or ("encoder" if self.encoder is not None else "llm")
+        empty = self.contentless(texts, path=path)
         if empty:
-            raise ValueError(f"{len(empty)} of {len(texts)} texts are empty, whitespace-only or not strings (indices "
-                             f"{empty[:10]}{' ...' if len(empty) > 10 else ''}): they have nothing to embed. Drop them "
-                             f"(or replace them) before calling encode; nothing was computed.")
+            raise ValueError(f"{len(empty)} of {len(texts)} texts have nothing to embed (indices {empty[:10]}"
+                             f"{' ...' if len(empty) > 10 else ''}): empty, whitespace-only, not strings, or made only "
+                             f"of characters the {path} tokenizer drops (zero-width, control or format characters), "
+                             f"so each would get the same embedding. Drop them (or replace them) before calling "
+                             f"encode; nothing was computed.")
         from mtllm.data.collate import model_inputs
         from mtllm.inference.batching import run_batched
 
-        path = path or ("encoder" if self.encoder is not None else "llm")
         was_training = self.training
         self.eval()
         device = module_device(self)
@@ -565,17 +581,7 @@ class MTLLMModel(PreTrainedModel):
                              "separate (drop one of is_trainable / merge_adapters)")
         from safetensors.torch import load_file
 
-        root = Path(pretrained_model_name_or_path)
-        if not root.exists():
-            if looks_local(pretrained_model_name_or_path):
-                from mtllm.errors import ConfigError
-
-                raise ConfigError(f"{pretrained_model_name_or_path}: no such model folder (it looks like a local path, "
-                                  f"so the hub is not asked); check the path, e.g. a run's DIR/final or DIR/best")
-            from huggingface_hub import snapshot_download
-
-            root = Path(snapshot_download(str(pretrained_model_name_or_path)))
-        _refuse_pickles(root)
+        root = _mtllm_folder(pretrained_model_name_or_path)
         config = MTLLMConfig.from_pretrained(root)
 
         def ref(name: str | None) -> str | None:
@@ -583,6 +589,9 @@ class MTLLMModel(PreTrainedModel):
                 return str(root / name[2:])
             return name
 
+        _check_base_refs(root, [("encoder", config.encoder_name_or_path, ref(config.encoder_name_or_path))
+                                if config.has_encoder and encoder is None else None,
+                                ("LLM", config.llm_name_or_path, ref(config.llm_name_or_path)) if llm is None else None])
         enc = None
         if config.has_encoder:
             enc = load_encoder(encoder if encoder is not None else ref(config.encoder_name_or_path), dtype=dtype)
@@ -608,11 +617,7 @@ class MTLLMModel(PreTrainedModel):
 
             base = PeftModel.from_pretrained(base, str(root / ADAPTER_DIR), is_trainable=is_trainable)
         model = cls(config, llm=base, encoder=enc, llm_tokenizer=llm_tokenizer, encoder_tokenizer=encoder_tokenizer)
-        weights = root / WEIGHTS_NAME
-        if not weights.exists():
-            raise FileNotFoundError(f"{weights} is missing: {root} is not a complete mtllm model directory "
-                                    f"(save it with MTLLMModel.save_pretrained)")
-        state = load_file(str(weights))
+        state = load_file(str(root / WEIGHTS_NAME))  # checked complete by _mtllm_folder
         model.to(device=module_device(base))
         if model.projection is not None:
             model.projection.load_state_dict({k[len("projection."):]: v for k, v in state.items()
@@ -659,6 +664,57 @@ class MTLLMModel(PreTrainedModel):
 
 
 # ---------------------------------------------------------------------- helpers
+_HAS_ALNUM = re.compile(r"[^\W_]")  # a letter or digit: always at least one content token (a piece or <unk>)
+_NOTHING = frozenset({"Cc", "Cf", "Zs", "Zl", "Zp"})  # control, format (zero-width, BOM, ...) and space characters
+
+
+def _is_nothing(text: str) -> bool:
+    """Whether ``text`` holds only control, format and whitespace characters (or nothing)."""
+    return all(c.isspace() or unicodedata.category(c) in _NOTHING for c in text)
+
+
+def no_content_texts(tokenizer: Any, texts: Sequence[Any]) -> list[int]:
+    """Indices of ``texts`` that give ``tokenizer`` no content token, so that they would all be the same
+    input: not a string, empty or whitespace-only, or tokenised (without special tokens) into nothing but
+
+    * special tokens and pieces that decode to blank (``▁``): what is left of characters the tokenizer's
+      normaliser drops (zero-width space, NUL, BOM, ZWJ, other control or format characters), and
+    * ``<unk>`` standing only for such characters (a tokenizer without them in its vocabulary).
+
+    An ``<unk>`` that stands for a letter, digit, symbol or emoji is content (the text held something
+    the tokenizer does not know, e.g. a script outside an encoder's languages), and so is any piece the
+    tokenizer keeps (a byte-level tokenizer encodes a zero-width space as its bytes: not dropped). Texts
+    with a letter or digit are not tokenised here: they always have content."""
+    bad, candidates = [], []
+    for i, text in enumerate(texts):
+        if not isinstance(text, str) or not text.strip():
+            bad.append(i)
+        elif not _HAS_ALNUM.search(text):
+            candidates.append(i)
+    if not candidates:
+        return bad
+    batch = [texts[i] for i in candidates]
+    try:
+        enc = tokenizer(batch, add_special_tokens=False, return_offsets_mapping=True)
+        offsets = enc["offset_mapping"]
+    except (NotImplementedError, ValueError, TypeError):  # a tokenizer without offsets: <unk> counts as content
+        enc, offsets = tokenizer(batch, add_special_tokens=False), [None] * len(batch)
+    specials = set(tokenizer.all_special_ids)
+    unk = tokenizer.unk_token_id
+    blank: dict[int, bool] = {}
+    for i, text, ids, spans in zip(candidates, batch, enc["input_ids"], offsets):
+        def content(k: int, t: int) -> bool:
+            if t == unk:
+                return spans is None or not _is_nothing(text[spans[k][0]:spans[k][1]])
+            if t not in blank:
+                blank[t] = t in specials or not tokenizer.decode([t]).strip()
+            return not blank[t]
+
+        if not any(content(k, t) for k, t in enumerate(ids)):
+            bad.append(i)
+    return sorted(bad)
+
+
 def _add_lora(llm: nn.Module, lora: dict) -> nn.Module:
     from peft import get_peft_model
 
@@ -700,11 +756,65 @@ def _require_source(source: Any, what: str) -> str:
     raise ValueError(f"a model instance was passed without a source path: pass {what}= as well")
 
 
-def looks_local(ref: str | os.PathLike) -> bool:
-    """Whether ``ref`` can only be a local path, not a hub id (``owner/name``): absolute, relative
-    with ``./``/``../``/``~``, or with more than one ``/``. Such a path is never sent to the hub."""
+_MTLLM_FIX = ("copy or save the model again (MTLLMModel.save_pretrained; a run's DIR/final or DIR/best: rerun that "
+              "stage)")
+
+
+def _mtllm_folder(ref: str | os.PathLike) -> Path:
+    """The local folder of the saved MT-LLM ``ref`` (a hub id is downloaded, or taken from the cache when
+    the hub is unreachable), checked before anything loads: a folder (not a file), no pickles, an MT-LLM
+    ``config.json``, a complete ``model.safetensors`` and, when present, a complete LoRA adapter."""
     text = os.fspath(ref)
-    return (os.path.isabs(text) or text.startswith((".", "~")) or text.count("/") > 1 or os.sep != "/" and os.sep in text)
+    root = Path(text).expanduser()
+    if not root.exists():
+        if looks_local(text):
+            raise ConfigError(f"{text}: no such model folder (it looks like a local path, so the hub is not asked); "
+                              f"check the path, e.g. a run's DIR/final or DIR/best")
+        from huggingface_hub import snapshot_download
+
+        root = Path(from_hub(text, "MT-LLM", lambda p: p if Path(p).is_dir() else snapshot_download(p)))
+    if not root.is_dir():
+        raise ConfigError(f"{root} is a file, not a model folder: give the folder save_pretrained wrote (config.json, "
+                          f"{WEIGHTS_NAME}), e.g. a run's DIR/final or DIR/best")
+    _refuse_pickles(root)
+    cfg = root / "config.json"
+    if not cfg.is_file():
+        inside = sorted(p.parent.name for p in root.glob("*/config.json") if (p.parent / WEIGHTS_NAME).is_file())
+        hint = (f"its subfolder(s) {', '.join(inside)} hold one: give e.g. {root / inside[0]}" if inside else
+                f"it is not a saved MT-LLM (or an interrupted save): {_MTLLM_FIX}")
+        raise ConfigError(f"{root} has no config.json; {hint}")
+    data = read_json_file(cfg, fix=_MTLLM_FIX)
+    kind = data.get("model_type") if isinstance(data, dict) else None
+    if kind != MTLLMConfig.model_type:
+        raise ConfigError(f"{cfg} is the config of a {kind!r} model, not of an MT-LLM (model_type "
+                          f"{MTLLMConfig.model_type!r}): a plain transformers model is given as the encoder or llm "
+                          f"setting, not loaded as an MT-LLM")
+    check_safetensors(root / WEIGHTS_NAME, fix=_MTLLM_FIX)
+    if (root / ADAPTER_DIR).exists():
+        check_model_folder(root / ADAPTER_DIR, kind="adapter", what="the MT-LLM's LoRA adapter")
+    return root
+
+
+def _check_base_refs(root: Path, refs: Sequence[tuple[str, str | None, str | None] | None]) -> None:
+    """Check each ``(role, name in config.json, resolved)`` base-model reference of the MT-LLM in ``root``
+    before any of them loads: a local one must be a complete model folder (it is never sent to the hub)."""
+    from mtllm.errors import UserError
+    from mtllm.sources import resolve_source
+
+    for item in refs:
+        if item is None:
+            continue
+        role, name, resolved = item
+        if not name:
+            raise ConfigError(f"{root / 'config.json'} names no {role} ({role.lower()}_name_or_path is empty): "
+                              f"{_MTLLM_FIX}")
+        try:
+            resolve_source(resolved, what=role)
+        except UserError as err:
+            fix = ("the model was saved with its base models inside (full=True): copy the whole folder again"
+                   if name.startswith("./") else f"restore that path, or pass {role.lower()}= (a loaded model)")
+            raise type(err)(f"{root / 'config.json'} refers to the {role} {name!r}, which cannot be loaded ({fix}): "
+                            f"{err}") from None
 
 
 def _is_loadable_ref(ref: str | None) -> bool:

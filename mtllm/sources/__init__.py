@@ -2,24 +2,49 @@
 PyPI, converted once and cached) and ``tiny:NAME`` (random toy models built in code, for tests).
 
 Every loader returns ordinary ``transformers`` objects; nothing here subclasses library internals.
+
+A source that is a local path (it exists, or :func:`looks_local` says it can only be one) is checked
+before anything loads (:func:`check_model_folder`): a missing folder, a file, a folder without
+``config.json`` / ``adapter_config.json``, missing or truncated safetensors weights are each one
+:class:`~mtllm.errors.ConfigError` / :class:`~mtllm.errors.DataError` line naming the file and the fix,
+and such a path is never sent to the hub. A hub id is loaded from the Hugging Face cache alone when the
+hub cannot be reached (``HF_HUB_OFFLINE``, or no connection: :func:`hub_unreachable`), so an offline
+machine fails at once, with one line, instead of retrying for a minute.
 """
 from __future__ import annotations
 
+import functools
+import json
 import logging
+import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import torch
 from torch import nn
+
+from mtllm.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 
 POCKET_PREFIX = "pocket:"
 TINY_PREFIX = "tiny:"
+#: What a local folder of each kind must hold: ``model`` (transformers), ``adapter`` (PEFT), ``tokenizer``.
+_REQUIRED_FILE = {"model": "config.json", "adapter": "adapter_config.json", "tokenizer": None}
+_T = TypeVar("_T")
 
 
-def resolve_source(source: str | Path) -> str:
-    """Turn ``pocket:NAME`` / ``tiny:NAME`` into a local directory; hub ids and paths pass through."""
+def looks_local(ref: str | os.PathLike) -> bool:
+    """Whether ``ref`` can only be a local path, not a hub id (``owner/name``): absolute, relative
+    with ``./``/``../``/``~``, or with more than one ``/``. Such a path is never sent to the hub."""
+    text = os.fspath(ref)
+    return (os.path.isabs(text) or text.startswith((".", "~")) or text.count("/") > 1 or os.sep != "/" and os.sep in text)
+
+
+def resolve_source(source: str | Path, *, kind: str = "model", what: str | None = None) -> str:
+    """Turn ``pocket:NAME`` / ``tiny:NAME`` into a local directory; a local path (existing, or one that
+    :func:`looks_local`) is checked with :func:`check_model_folder` (``kind``: ``model``, ``adapter`` or
+    ``tokenizer``; ``what`` names it in errors) and returned; a hub id passes through."""
     source = str(source)
     if source.startswith(POCKET_PREFIX):
         from mtllm.sources.pocket import pocket_path
@@ -27,7 +52,164 @@ def resolve_source(source: str | Path) -> str:
         return str(pocket_path(source[len(POCKET_PREFIX):]))
     if source.startswith(TINY_PREFIX):
         return str(tiny_path(source[len(TINY_PREFIX):]))
+    path = Path(source).expanduser()
+    if path.exists() or looks_local(source):
+        return str(check_model_folder(path, kind=kind, what=what))
     return source
+
+
+def check_model_folder(path: str | Path, *, kind: str = "model", what: str | None = None) -> Path:
+    """``path`` if it is a usable local ``kind`` folder (see :data:`_REQUIRED_FILE`), with every
+    safetensors file complete (:func:`check_safetensors`); else one clear error naming what is missing."""
+    path = Path(path)
+    name = f"{what} {path}" if what else str(path)
+    if not path.exists():
+        raise ConfigError(f"{name}: no such folder (a local path, so the hub is not asked); check the path")
+    if not path.is_dir():
+        raise ConfigError(f"{name} is a file, not a model folder: give the folder that holds "
+                          f"{_REQUIRED_FILE.get(kind) or 'the tokenizer files'} and the weights")
+    required = _REQUIRED_FILE[kind]
+    if required is not None:
+        if not (path / required).is_file():
+            inside = sorted(p.parent.name for p in path.glob(f"*/{required}"))
+            hint = (f"; its subfolder(s) {', '.join(inside)} hold one: give one of those" if inside else
+                    "; it is not a complete model folder (an interrupted copy or download?): copy or save it again")
+            raise ConfigError(f"{name} has no {required}{hint}")
+        read_json_file(path / required, fix="copy or save the model folder again")
+    if kind != "tokenizer":
+        _check_weights(path, name, kind)
+    return path
+
+
+def _check_weights(path: Path, name: str, kind: str) -> None:
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        shards = sorted(set((read_json_file(index, fix="copy or save the model folder again").get("weight_map")
+                             or {}).values()))
+        missing = [s for s in shards if not (path / s).is_file()]
+        if missing:
+            raise ConfigError(f"{name}: the weight shard(s) {', '.join(missing[:3])} listed in {index.name} are "
+                              f"missing; copy or download the whole model folder again")
+    weights = sorted(path.glob("*.safetensors"))
+    if not weights and not any(path.glob("*.bin")):
+        expected = "adapter_model.safetensors" if kind == "adapter" else "model.safetensors"
+        raise ConfigError(f"{name} has no weights ({expected} is missing); copy or save the model folder again")
+    for file in weights:
+        check_safetensors(file)
+
+
+def check_safetensors(path: str | Path, *, fix: str = "copy or save the model folder again") -> Path:
+    """``path`` if it is a complete safetensors file: its header parses and the file is exactly as long
+    as the header says (reads only the header). Else a :class:`~mtllm.errors.DataError` naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path} is missing; {fix}")
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+            if len(head) < 8:
+                raise ValueError(f"{size} bytes, shorter than a safetensors header")
+            n = int.from_bytes(head, "little")
+            if n > size - 8:
+                raise ValueError(f"its header says {n} bytes of metadata but the file has {size} bytes")
+            header = json.loads(fh.read(n))
+        if not isinstance(header, dict):
+            raise ValueError("its header is not a JSON object")
+        end = max((int(t["data_offsets"][1]) for k, t in header.items() if k != "__metadata__"), default=0)
+    except (ValueError, KeyError, TypeError, IndexError) as err:
+        raise DataError(f"{path} is not a readable safetensors file ({err}); it is corrupt or was not completely "
+                        f"written: {fix}") from None
+    if 8 + n + end != size:
+        raise DataError(f"{path} is truncated or corrupt: its header promises {8 + n + end} bytes, the file has "
+                        f"{size} (an interrupted save or copy); {fix}")
+    return path
+
+
+def read_json_file(path: Path, *, fix: str) -> Any:
+    """A model folder's JSON file (``config.json``, ...), or a :class:`~mtllm.errors.DataError` naming it."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise DataError(f"{path} is not valid JSON ({err}); it is corrupt or was not completely written: {fix}") from None
+
+
+# ---------------------------------------------------------------------------------------------- hub
+def _env_true(name: str) -> bool:
+    return os.environ.get(name, "").strip().upper() in ("1", "ON", "YES", "TRUE")
+
+
+@functools.lru_cache(maxsize=None)
+def _probe_hub(endpoint: str, timeout: float) -> str | None:
+    try:
+        from huggingface_hub.utils import get_session
+
+        get_session().head(endpoint, timeout=timeout)
+    except Exception as err:  # no DNS, refused, timed out, proxy error, ...
+        return f"no connection to {endpoint}: {type(err).__name__}"
+    return None
+
+
+def hub_unreachable(timeout: float = 5.0) -> str | None:
+    """Why the Hugging Face hub cannot be asked (``HF_HUB_OFFLINE``/``TRANSFORMERS_OFFLINE`` set, or one
+    quick request to the endpoint fails), or ``None`` when it can. The probe runs once per process."""
+    if _env_true("HF_HUB_OFFLINE") or _env_true("TRANSFORMERS_OFFLINE"):
+        return "HF_HUB_OFFLINE is set"
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    return _probe_hub(os.environ.get("HF_ENDPOINT", constants.ENDPOINT).rstrip("/"), timeout)
+
+
+def _hub_error_kind(err: BaseException) -> str | None:
+    """``"missing"``/``"gated"`` when ``err`` (or its cause) says the hub has no such repo / denies it."""
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    seen = 0
+    while err is not None and seen < 5:
+        if isinstance(err, GatedRepoError):
+            return "gated"
+        if isinstance(err, RepositoryNotFoundError):
+            return "missing"
+        err, seen = err.__cause__ or err.__context__, seen + 1
+    return None
+
+
+def from_hub(ref: str, what: str, load: Callable[[str], _T]) -> _T:
+    """``load(ref)`` for the hub id ``ref`` (``what`` names it in errors) when the hub can be reached;
+    else ``load(folder)`` of its copy in the Hugging Face cache, so an offline machine fails fast with
+    one line instead of retrying. A repo the hub does not have (or denies) is a
+    :class:`~mtllm.errors.ConfigError`."""
+    reason = hub_unreachable()
+    if reason is None:
+        try:
+            return load(ref)
+        except Exception as err:
+            kind = _hub_error_kind(err)
+            if kind == "gated":
+                raise ConfigError(f"{what} {ref!r} is gated on the Hugging Face hub: accept its licence on its page "
+                                  f"and log in (`hf auth login`), or give a local folder") from None
+            if kind == "missing":
+                raise ConfigError(f"{what} {ref!r} is neither a local folder nor a model on the Hugging Face hub: "
+                                  f"check the id (or the path; a local path looks like ./{ref}), or log in "
+                                  f"(`hf auth login`) if it is private") from None
+            raise
+    from huggingface_hub import snapshot_download
+
+    try:
+        return load(snapshot_download(ref, local_files_only=True))
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"{what} {ref!r} was not found locally (no such folder, not in the Hugging Face cache) and "
+                          f"the hub is unreachable ({reason}): download it once on a connected machine (it is then "
+                          f"cached), or give a local folder") from None
+
+
+def load_source(source: str | Path, what: str, load: Callable[[str], _T], *, kind: str = "model") -> _T:
+    """``load(path)`` for a source (``what`` names it in errors): ``pocket:``/``tiny:`` converted, local paths
+    checked first (:func:`resolve_source`), hub ids via :func:`from_hub`. Every loader goes through this."""
+    path = resolve_source(source, kind=kind, what=what)
+    return load(path) if Path(path).exists() else from_hub(path, what, load)
 
 
 def tiny_path(name: str) -> Path:
@@ -40,12 +222,26 @@ def tiny_path(name: str) -> Path:
 
         raise ConfigError(f"unknown tiny model {name!r}: choose one of {sorted(TINY_BUILDERS)}")
     out = cache_dir() / "tiny" / name
-    if not (out / "config.json").exists():
+    if not _tiny_intact(out):
         from mtllm._io import atomic_path
 
-        with atomic_path(out, keep_existing=True) as tmp:  # another process may build it at the same time
+        # another process may build it at the same time (then the first to finish wins); a broken
+        # copy (an interrupted or damaged cache) is replaced
+        with atomic_path(out, keep_existing=not (out / "config.json").exists()) as tmp:
             TINY_BUILDERS[name](tmp)
     return out
+
+
+def _tiny_intact(folder: Path) -> bool:
+    """Whether a built tiny model's config parses and its weights are complete."""
+    try:
+        if not isinstance(json.loads((folder / "config.json").read_text()), dict):
+            return False
+        for weights in folder.glob("*.safetensors"):
+            check_safetensors(weights)
+        return any(folder.glob("*.safetensors"))
+    except (OSError, ValueError, DataError):
+        return False
 
 
 def _quantization(load_in_4bit: bool, dtype: torch.dtype | None) -> dict[str, Any]:
@@ -70,29 +266,29 @@ def load_encoder(source: str | Path | nn.Module, *, dtype: torch.dtype | None = 
     if isinstance(source, nn.Module):
         model = source
     else:
-        from transformers import AutoConfig, AutoModel
-
-        path = resolve_source(source)
-        config = AutoConfig.from_pretrained(path)
-        kwargs = {"dtype": dtype} if dtype is not None else {}
-        if getattr(config, "is_encoder_decoder", False):
-            if config.model_type in ("t5", "mt5", "umt5"):
-                from transformers import T5EncoderModel, UMT5EncoderModel
-
-                cls = UMT5EncoderModel if config.model_type == "umt5" else T5EncoderModel
-                model = cls.from_pretrained(path, **kwargs)
-            else:
-                full = AutoModel.from_pretrained(path, **kwargs)
-                model = full.get_encoder()
-                del full
-        else:
-            if config.model_type in ("xlm-roberta", "bert", "roberta"):
-                kwargs["add_pooling_layer"] = False
-            model = AutoModel.from_pretrained(path, **kwargs)
+        model = load_source(source, "encoder", functools.partial(_load_encoder, dtype=dtype))
     if hasattr(model, "get_encoder") and getattr(model.config, "is_encoder_decoder", False):
         model = model.get_encoder()
     model.requires_grad_(False)
     return model.eval()
+
+
+def _load_encoder(path: str, *, dtype: torch.dtype | None) -> nn.Module:
+    from transformers import AutoConfig, AutoModel
+
+    config = AutoConfig.from_pretrained(path)
+    kwargs: dict[str, Any] = {"dtype": dtype} if dtype is not None else {}
+    if getattr(config, "is_encoder_decoder", False):
+        if config.model_type in ("t5", "mt5", "umt5"):
+            from transformers import T5EncoderModel, UMT5EncoderModel
+
+            cls = UMT5EncoderModel if config.model_type == "umt5" else T5EncoderModel
+            return cls.from_pretrained(path, **kwargs)
+        full = AutoModel.from_pretrained(path, **kwargs)
+        return full.get_encoder()
+    if config.model_type in ("xlm-roberta", "bert", "roberta"):
+        kwargs["add_pooling_layer"] = False
+    return AutoModel.from_pretrained(path, **kwargs)
 
 
 def load_llm(source: str | Path | nn.Module, *, dtype: torch.dtype | None = None, load_in_4bit: bool = False,
@@ -109,7 +305,7 @@ def load_llm(source: str | Path | nn.Module, *, dtype: torch.dtype | None = None
             kwargs["dtype"] = dtype
         if attn_implementation is not None:
             kwargs["attn_implementation"] = attn_implementation
-        model = AutoModel.from_pretrained(resolve_source(source), **kwargs)
+        model = load_source(source, "LLM", lambda path: AutoModel.from_pretrained(path, **kwargs))
     if hasattr(model, "get_decoder") and not hasattr(model, "embed_tokens"):
         decoder = model.get_decoder()
         if decoder is not None and decoder is not model:
@@ -118,11 +314,12 @@ def load_llm(source: str | Path | nn.Module, *, dtype: torch.dtype | None = None
         from peft import PeftModel
 
         logger.info("merging adapter %s into the LLM", adapter)
-        model = PeftModel.from_pretrained(model, resolve_source(adapter)).merge_and_unload()
+        model = load_source(adapter, "adapter to merge", lambda path: PeftModel.from_pretrained(model, path),
+                          kind="adapter").merge_and_unload()
     return model
 
 
 def load_tokenizer(source: str | Path):
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(resolve_source(source))
+    return load_source(source, "tokenizer", AutoTokenizer.from_pretrained, kind="tokenizer")

@@ -5,6 +5,8 @@ decoders) at toy sizes, so every code path that real models take is exercised in
 """
 from __future__ import annotations
 
+import json
+
 from pathlib import Path
 
 import torch
@@ -29,6 +31,28 @@ TINY_CORPUS = [
 TINY_LANG_CODES = ("eng_Latn", "fra_Latn", "deu_Latn", "swh_Latn", "zho_Hans", "arb_Arab")
 
 
+def _canonical_vocab(vocab: list[list], n_special: int) -> list[list]:
+    """The trained Unigram vocabulary in a form that is the same on every build.
+
+    The trainer's EM runs in parallel threads: piece scores differ between builds in their last bits,
+    and pieces that tie get scores a hair apart (1e-4 steps) in whatever order the threads met them,
+    which also sets their ids. So: round the scores, cut the pieces (after the special tokens, which
+    keep their ids) into runs of near-equal scores, and within a run give the run's scores, highest
+    first, to its pieces in alphabetical order."""
+    rest = [[piece, round(score, 6)] for piece, score in vocab[n_special:]]
+    runs: list[list[list]] = []
+    for entry in rest:
+        if runs and abs(runs[-1][-1][1] - entry[1]) < 5e-4:
+            runs[-1].append(entry)
+        else:
+            runs.append([entry])
+    out = [list(e) for e in vocab[:n_special]]
+    for run in runs:
+        scores = sorted((score for _, score in run), reverse=True)
+        out += [[piece, score] for (piece, _), score in zip(sorted(run), scores)]
+    return out
+
+
 def _unigram_tokenizer(vocab_size: int, specials: list[str], template_single: str, template_pair: str,
                        bos: str, eos: str) -> Tokenizer:
     tok = Tokenizer(models.Unigram())
@@ -37,6 +61,9 @@ def _unigram_tokenizer(vocab_size: int, specials: list[str], template_single: st
     tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
     trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=specials, unk_token="<unk>")
     tok.train_from_iterator(TINY_CORPUS, trainer=trainer)
+    spec = json.loads(tok.to_str())
+    spec["model"]["vocab"] = _canonical_vocab(spec["model"]["vocab"], len(specials))
+    tok = Tokenizer.from_str(json.dumps(spec))
     tok.post_processor = processors.TemplateProcessing(
         single=template_single, pair=template_pair,
         special_tokens=[(bos, tok.token_to_id(bos)), (eos, tok.token_to_id(eos))])

@@ -13,14 +13,13 @@ from __future__ import annotations
 import csv
 import difflib
 import io
-import json
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
-from mtllm._io import read_text_file
+from mtllm._io import read_json_rows, read_text_file
 from mtllm.data.languages import FLORES200, UnknownLanguageError, suggest_languages, validate_lang
 from mtllm.errors import ConfigError, DataError
 
@@ -306,23 +305,22 @@ def _read_text(path: Path) -> str:
 
 def _read_rows(path: Path, *, quoting: int = csv.QUOTE_MINIMAL) -> tuple[list[str], Iterator[Row]]:
     """Columns and rows of a .tsv/.csv/.jsonl file; ``where`` is ``path:line`` for error messages."""
-    text = _read_text(path)
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
         rows: list[Row] = []
-        for n, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise TaskDataError(f"{path}:{n}: not valid JSON ({err.msg}); each line must be one JSON "
-                                    f"object.") from None
+        try:
+            json_rows = list(read_json_rows(path))
+        except TaskDataError:
+            raise
+        except DataError as err:
+            raise TaskDataError(str(err)) from None
+        for where, obj in json_rows:
             if not isinstance(obj, dict):
-                raise TaskDataError(f"{path}:{n}: expected a JSON object per line, got {type(obj).__name__}.")
-            rows.append((f"{path}:{n}", obj))
+                raise TaskDataError(f"{where}: expected a JSON object per line, got {type(obj).__name__}.")
+            rows.append((where, obj))
         return (list(rows[0][1]) if rows else []), iter(rows)
     if suffix in (".tsv", ".csv"):
+        text = _read_text(path)
         reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if suffix == ".tsv" else ",",
                                 quoting=quoting)
         columns = list(reader.fieldnames or [])
@@ -511,7 +509,9 @@ def load_examples(task: str | TaskSpec, lang: str, split: str, data_dir: str | o
     """Examples of ``task`` in ``lang`` (FLORES-200-style code) for ``split`` (train/validation/test).
 
     From ``data_dir`` / ``$MTLLM_DATA_DIR`` when set (local files only: a missing file is an error, there is
-    no silent switch to the hub), else from the Hugging Face hub. ``limit``: at most this many (the first).
+    no silent switch to the hub), else from the Hugging Face hub. ``limit``: at most this many, the first
+    in file order (a file sorted by label gives one class); an evaluation sample is drawn with
+    :func:`mtllm.evaluation.evaluate.sample_examples` instead (fixed seed, stratified by label).
     """
     spec = get_task(task)
     code = spec.check_lang(lang)

@@ -46,19 +46,22 @@ class ArrayCache:
         self.key = key
         self.root = Path(cache_dir) / f"{kind}-{key}"
 
-    def load(self, names: Iterable[str], *, mmap: bool = True,
+    def load(self, names: Iterable[str], *, mmap: bool = True, rows: int | None = None,
              check: Callable[[Mapping[str, Any], Mapping[str, np.ndarray]], bool] | None = None,
              ) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
-        """The arrays ``names`` and the meta of a valid entry, or ``None`` if there is none."""
+        """The arrays ``names`` and the meta of a valid entry, or ``None`` if there is none. ``rows``: the
+        number of items every array must hold along its first axis (one row per text or example)."""
         try:
             meta = json.loads((self.root / META).read_text())
-            if meta.get("key") != self.key:
+            if not isinstance(meta, dict) or meta.get("key") != self.key:
                 return None
             arrays = {name: np.load(self.root / f"{name}.npy", mmap_mode="r" if mmap else None) for name in names}
         except (OSError, ValueError, KeyError, TypeError):
             return None
-        shapes = meta.get("shapes", {})
-        if any(list(a.shape) != shapes.get(name) for name, a in arrays.items()):
+        shapes = meta.get("shapes")
+        if not isinstance(shapes, dict) or any(list(a.shape) != shapes.get(name) for name, a in arrays.items()):
+            return None
+        if rows is not None and any(a.ndim == 0 or a.shape[0] != rows for a in arrays.values()):
             return None
         if check is not None and not check(meta, arrays):
             return None

@@ -56,20 +56,25 @@ def list_checkpoints(output_dir: str | Path) -> list[Path]:
     root = Path(output_dir) / CHECKPOINT_DIR
     if not root.exists():
         return []
-    return sorted((p for p in root.iterdir() if p.is_dir() and p.name.startswith(_PREFIX)),
+    return sorted((p for p in root.iterdir()
+                   if p.is_dir() and p.name.startswith(_PREFIX) and p.name[len(_PREFIX):].isdigit()),
                   key=lambda p: int(p.name[len(_PREFIX):]))
 
 
 def verify_checkpoint(path: Path) -> None:
-    """Raise :class:`CheckpointError` unless every file listed in the manifest is intact."""
+    """Raise :class:`CheckpointError` unless every file listed in the manifest is intact (also when the
+    manifest itself is unreadable, or a file vanishes while it is read)."""
     manifest = path / MANIFEST
     if not manifest.exists():
         raise CheckpointError(f"{path}: no {MANIFEST} (the checkpoint was not finished)")
-    entries = json.loads(manifest.read_text())["files"]
-    for name, meta in entries.items():
-        file = path / name
-        if not file.exists() or file.stat().st_size != meta["size"] or file_sha256(file) != meta["sha256"]:
-            raise CheckpointError(f"{path}: {name} is missing, truncated or altered (size/sha256 mismatch)")
+    try:
+        entries = json.loads(manifest.read_text())["files"]
+        for name, meta in entries.items():
+            file = path / name
+            if not file.exists() or file.stat().st_size != meta["size"] or file_sha256(file) != meta["sha256"]:
+                raise CheckpointError(f"{path}: {name} is missing, truncated or altered (size/sha256 mismatch)")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        raise CheckpointError(f"{path}: unreadable {MANIFEST} or file ({type(err).__name__}: {err})") from None
 
 
 def latest_valid_checkpoint(output_dir: str | Path) -> Path | None:

@@ -21,16 +21,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from mtllm.data.collate import collate_examples, example_lengths
+from mtllm._io import atomic_write_json
+from mtllm.data.collate import check_content, collate_examples, example_lengths
 from mtllm.device import module_device
 from mtllm.inference import accuracy
 from mtllm.inference.batching import forward_inputs, run_batched
 from mtllm.modeling.model import MTLLMModel
 from mtllm.errors import ConfigError
-from mtllm.settings import ModelSettings, check_choices
+from mtllm.settings import MODEL, ModelSettings, check_settings, required_if
 from mtllm.training.finetune import TaskSettings, _check_labels, _head_kind, _load
 from mtllm.training.caches import ArrayCache, cache_key
-from mtllm.training.loop import TrainingArgs, set_seed, train
+from mtllm.training.loop import TrainingArgs, epoch_evals, set_seed, start_run, train
 from mtllm.training.objectives import classification_loss, distill_loss, target_stats
 
 __all__ = ["DistillSettings", "pre_embed", "run_distill"]
@@ -40,8 +41,8 @@ __all__ = ["DistillSettings", "pre_embed", "run_distill"]
 class DistillSettings:
     """Task distillation into the MT-LLM (and the paper's variants)."""
 
-    stage1_model: str | None = field(default=None, metadata={"help": "Stage-1 model dir (DIR/final); null = no stage 1 (fresh stack from the model keys)."})
-    teacher_model: str | None = field(default=None, metadata={"help": "Fine-tuned teacher dir (finetune's DIR/best); needed for objective=distill."})
+    stage1_model: str | None = field(default=None, metadata={"help": "Stage-1 model dir (DIR/final); null = no stage 1 (fresh stack from the model keys).", "check": MODEL})
+    teacher_model: str | None = field(default=None, metadata={"help": "Fine-tuned teacher dir (finetune's DIR/best); needed for objective=distill.", "check": (required_if("objective", "distill", "the folder written by `mtllm finetune` (its DIR/best), or use objective: ce"), MODEL)})
     objective: Literal["distill", "ce"] = field(default="distill", metadata={"help": "'distill' (MSE to the teacher's embeddings, the paper) or 'ce' (cross-entropy on labels directly)."})
     train_lora: bool = field(default=True, metadata={"help": "Train the LLM's LoRA adapter."})
     train_projection: bool = field(default=False, metadata={"help": "Train the up-projection (the paper freezes it in stage 2)."})
@@ -50,7 +51,7 @@ class DistillSettings:
     cache_encoder_outputs: bool = field(default=False, metadata={"help": "Compute the frozen encoder's outputs once per training example and reuse them every epoch (fp16, memory-mapped under output_dir/cache)."})
 
     def __post_init__(self) -> None:
-        check_choices(self)
+        check_settings(self)
 
 
 def _dir_fingerprint(model_dir: str | Path) -> str:
@@ -76,7 +77,7 @@ def pre_embed(teacher: MTLLMModel, examples: Sequence[Any], *, cache_dir: str | 
     key = cache_key([teacher_id, cfg.pooling, cfg.bidirectional, cfg.max_seq_length, cfg.pair_separator],
                     (json.dumps([e.id, list(e.texts), list(e.options)], ensure_ascii=False) for e in examples))
     cache = ArrayCache(cache_dir, "preembed", key)
-    if (hit := cache.load(["embeddings"], check=lambda meta, _: meta.get("ids") == ids)) is not None:
+    if (hit := cache.load(["embeddings"], rows=len(examples), check=lambda meta, _: meta.get("ids") == ids)) is not None:
         return hit[0]["embeddings"]
     device = module_device(teacher)
     was_training = teacher.training
@@ -108,6 +109,7 @@ def run_distill(model_settings: ModelSettings, task: TaskSettings, distill: Dist
     """Distil the fine-tuned teacher into the MT-LLM on English task data (or, with
     ``objective="ce"``, fine-tune the MT-LLM on the labels). Saves ``args.output_dir/final`` and, when
     validation data exists, ``best`` by validation accuracy through the encoder path."""
+    resume_from = start_run(args, "distill")  # before any work: the output folder may be refused
     set_seed(args.seed)
     spec, train_ex = _load(task, task.train_split, limit=task.max_train_examples)
     _, val_ex = _load(task, task.eval_split)
@@ -118,6 +120,7 @@ def run_distill(model_settings: ModelSettings, task: TaskSettings, distill: Dist
                                                  dtype=model_settings.torch_dtype())
         else:
             student = model_settings.build()
+    check_content(student, train_ex + val_ex, path="encoder")  # before any work: every text has a content token
     targets = None
     if distill.objective == "distill":
         if not distill.teacher_model:
@@ -126,6 +129,7 @@ def run_distill(model_settings: ModelSettings, task: TaskSettings, distill: Dist
         teacher = MTLLMModel.from_pretrained(distill.teacher_model, dtype=model_settings.torch_dtype())
         if teacher.head is None:
             raise ConfigError(f"{distill.teacher_model} has no task head: is it the output of `mtllm finetune`?")
+        check_content(teacher, train_ex, path="llm")
         student.set_head(teacher.config.head_kind, teacher.config.label_names, init_from=teacher.head)
         targets = pre_embed(teacher, train_ex, cache_dir=out / "cache", teacher_id=_dir_fingerprint(distill.teacher_model),
                             batch_size=task.eval_batch_size)
@@ -168,14 +172,9 @@ def run_distill(model_settings: ModelSettings, task: TaskSettings, distill: Dist
             batch["targets"] = torch.from_numpy(np.asarray(targets[np.asarray(indices)], dtype=np.float32))
         return batch
 
-    best = {"accuracy": -1.0}
-    evals: list[dict[str, Any]] = []
-
     def on_epoch_end(m: nn.Module, epoch: int, step: int) -> dict[str, float]:
         acc = accuracy(m, val_ex, path="encoder", lang=lang, batch_size=task.eval_batch_size)
-        evals.append({"epoch": epoch, "step": step, "val_accuracy": acc})
         print(f"[distill] epoch {epoch} step {step}: {lang} {task.eval_split} accuracy {acc:.4f}", flush=True)
-        best.update(accuracy=max(best["accuracy"], acc))
         return {"val_accuracy": acc}
 
     groups: dict[str, list[nn.Parameter]] = {"lora": [], "projection": [], "head": []}
@@ -187,12 +186,12 @@ def run_distill(model_settings: ModelSettings, task: TaskSettings, distill: Dist
     param_groups = [{"params": ps, "lr": lrs[k]} for k, ps in groups.items() if ps]
     result = train(model=student, param_groups=param_groups, n_examples=len(train_ex), collate=collate,
                    loss_fn=loss_fn, args=args, stage="distill", lengths=example_lengths(train_ex),
-                   on_epoch_end=on_epoch_end, save_final=lambda m, d: m.save_pretrained(d),
+                   on_epoch_end=on_epoch_end, save_final=lambda m, d: m.save_pretrained(d), resume_from=resume_from,
                    config_to_save={"model": asdict(model_settings), "task": asdict(task), "distill": asdict(distill),
                                    "training": asdict(args)})
-    summary = {"final_dir": str(result.final_dir), "evals": evals, "steps": result.steps,
+    summary = {"final_dir": str(result.final_dir), "evals": epoch_evals(result.history), "steps": result.steps,
                "seconds": round(result.seconds, 2), "n_train": len(train_ex), "trainable": sorted({_part(n) for n in trainable}), "objective": distill.objective,
                "first": result.history[0] if result.history else None,
                "last": result.history[-1] if result.history else None}
-    (out / "distill_summary.json").write_text(json.dumps(summary, indent=1))
+    atomic_write_json(out / "distill_summary.json", summary, indent=1)
     return summary

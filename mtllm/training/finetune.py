@@ -11,12 +11,12 @@ from typing import Any, Sequence
 from torch import nn
 
 from mtllm._io import atomic_path, atomic_write_json
-from mtllm.data.collate import collate_examples, example_lengths
+from mtllm.data.collate import check_content, collate_examples, example_lengths
 from mtllm.inference import accuracy
 from mtllm.modeling.model import MTLLMModel
 from mtllm.errors import DataError
-from mtllm.settings import ModelSettings
-from mtllm.training.loop import TrainingArgs, set_seed, train
+from mtllm.settings import EXISTING_DIR, NON_EMPTY, TASK, ModelSettings, at_least, check_settings
+from mtllm.training.loop import TrainingArgs, epoch_evals, set_seed, start_run, train
 from mtllm.training.objectives import classification_loss
 
 __all__ = ["TaskSettings", "run_finetune"]
@@ -26,13 +26,16 @@ __all__ = ["TaskSettings", "run_finetune"]
 class TaskSettings:
     """Which task and data a stage-2 command uses."""
 
-    task: str = field(default="sib200", metadata={"help": "Task name (mtllm.tasks.list_tasks())."})
-    data_dir: str | None = field(default=None, metadata={"help": "Local data root (else $MTLLM_DATA_DIR, else the hub)."})
+    task: str = field(default="sib200", metadata={"help": "Task name (mtllm.tasks.list_tasks()).", "check": TASK})
+    data_dir: str | None = field(default=None, metadata={"help": "Local data root (else $MTLLM_DATA_DIR, else the hub).", "check": EXISTING_DIR})
     train_lang: str = field(default="eng_Latn", metadata={"help": "Language of the training data (FLORES-200)."})
-    train_split: str = field(default="train", metadata={"help": "Split to train on."})
-    eval_split: str = field(default="validation", metadata={"help": "Split for model selection."})
-    max_train_examples: int | None = field(default=None, metadata={"help": "Use at most this many training examples."})
-    eval_batch_size: int = field(default=32, metadata={"help": "Batch size for evaluation and pre-embedding."})
+    train_split: str = field(default="train", metadata={"help": "Split to train on.", "check": NON_EMPTY})
+    eval_split: str = field(default="validation", metadata={"help": "Split for model selection.", "check": NON_EMPTY})
+    max_train_examples: int | None = field(default=None, metadata={"help": "Use at most this many training examples.", "check": at_least(1)})
+    eval_batch_size: int = field(default=32, metadata={"help": "Batch size for evaluation and pre-embedding.", "check": at_least(1)})
+
+    def __post_init__(self) -> None:
+        check_settings(self)
 
 
 def _load(task: TaskSettings, split: str, lang: str | None = None, limit: int | None = None):
@@ -61,6 +64,7 @@ def run_finetune(model_settings: ModelSettings, task: TaskSettings, args: Traini
                  model: MTLLMModel | None = None) -> dict[str, Any]:
     """Fine-tune the LLM alone (fresh LoRA + head) on ``task`` in ``task.train_lang``; keep the best
     checkpoint by validation accuracy in ``args.output_dir/best``. Returns a summary."""
+    resume_from = start_run(args, "finetune")  # before any work: the output folder may be refused
     set_seed(args.seed)
     spec, train_ex = _load(task, task.train_split, limit=task.max_train_examples)
     _, val_ex = _load(task, task.eval_split)
@@ -71,16 +75,16 @@ def run_finetune(model_settings: ModelSettings, task: TaskSettings, args: Traini
             dtype=model_settings.torch_dtype(), llm_adapters_to_merge=model_settings.llm_adapters_to_merge,
             max_seq_length=model_settings.max_seq_length, attn_implementation=model_settings.attn_implementation)
     model.set_head(_head_kind(spec), spec.label_names)
+    check_content(model, train_ex + val_ex, path="llm")  # before any work: every text has a content token
     _check_labels(train_ex, len(spec.label_names) if spec.kind != "multiple_choice" else len(train_ex[0].options), "train")
     out = Path(args.output_dir)
     best_path = out / "best"
     best_file = out / "best_score.json"
-    best = json.loads(best_file.read_text()) if (args.resume and best_file.exists()) else {"accuracy": -1.0}
-    evals: list[dict[str, Any]] = []
+    # the best so far of the run this one continues (a fresh run removed best/ and best_score.json)
+    best = json.loads(best_file.read_text()) if resume_from is not None and best_file.exists() else {"accuracy": -1.0}
 
     def on_epoch_end(m: nn.Module, epoch: int, step: int) -> dict[str, float]:
         acc = accuracy(m, val_ex, path="llm", batch_size=task.eval_batch_size)
-        evals.append({"epoch": epoch, "step": step, "val_accuracy": acc})
         print(f"[finetune] epoch {epoch} step {step}: {task.train_lang} {task.eval_split} accuracy {acc:.4f}"
               + (" (best so far)" if acc > best["accuracy"] else ""), flush=True)
         if acc > best["accuracy"]:
@@ -99,10 +103,10 @@ def run_finetune(model_settings: ModelSettings, task: TaskSettings, args: Traini
               {"params": head_params, "lr": args.head_lr or args.learning_rate}]
     result = train(model=model, param_groups=[g for g in groups if g["params"]], n_examples=len(train_ex),
                    collate=collate, loss_fn=classification_loss, args=args, stage="finetune",
-                   lengths=example_lengths(train_ex), on_epoch_end=on_epoch_end,
+                   lengths=example_lengths(train_ex), on_epoch_end=on_epoch_end, resume_from=resume_from,
                    save_final=lambda m, d: m.save_pretrained(d),
                    config_to_save={"model": asdict(model_settings), "task": asdict(task), "training": asdict(args)})
-    summary = {"best_dir": str(best_path), "best": best, "evals": evals, "steps": result.steps,
+    summary = {"best_dir": str(best_path), "best": best, "evals": epoch_evals(result.history), "steps": result.steps,
                "seconds": round(result.seconds, 2), "n_train": len(train_ex), "n_val": len(val_ex)}
-    (out / "finetune_summary.json").write_text(json.dumps(summary, indent=1))
+    atomic_write_json(out / "finetune_summary.json", summary, indent=1)
     return summary

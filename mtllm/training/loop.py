@@ -6,6 +6,11 @@ a fixed *global* batch size, mixed precision, warmup + linear decay, crash-safe 
 (:mod:`mtllm.training.checkpoint`: trainable tensors, optimizer, scheduler, every process's random states,
 data position), exact resume (also with another number of processes, then not bit-exact), NaN/inf
 detection, and logs to stdout, ``metrics.jsonl`` and TensorBoard/W&B when installed.
+
+Ctrl-C (SIGINT) while training finishes the current step, writes a checkpoint at it and raises
+:class:`~mtllm.errors.TrainingInterrupted` (a :class:`KeyboardInterrupt`): ``--resume`` then continues exactly
+as if nothing had happened; a second Ctrl-C stops at once, keeping the checkpoints written so far.
+:func:`start_run` claims ``output_dir`` first (:mod:`mtllm.outputs`) and says whether the run resumes.
 """
 from __future__ import annotations
 
@@ -14,6 +19,8 @@ import logging
 import math
 import os
 import random
+import signal
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,9 +30,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from mtllm._io import atomic_write_text
-from mtllm.errors import CheckpointError, ConfigError, TrainingDiverged  # noqa: F401 (raised here, re-exported)
-from mtllm.settings import check_choices
+from mtllm._io import atomic_path, atomic_write_json, atomic_write_text
+from mtllm.errors import (CheckpointError, ConfigError, TrainingDiverged,  # noqa: F401 (raised here, re-exported)
+                          TrainingInterrupted)
+from mtllm.settings import FRACTION, OUTPUT_DIR, SEED, above, at_least, check_settings, divides
 from mtllm.training.checkpoint import (CHECKPOINT_DIR, checkpoint_path, latest_valid_checkpoint,  # noqa: F401
                                        list_checkpoints, load_checkpoint, prune_checkpoints, save_checkpoint,
                                        verify_checkpoint)
@@ -37,31 +45,32 @@ logger = logging.getLogger(__name__)
 class TrainingArgs:
     """Optimisation and bookkeeping shared by all stages."""
 
-    output_dir: str = field(default="runs/mtllm", metadata={"help": "Where checkpoints, logs and the final model go."})
-    learning_rate: float = field(default=2e-4, metadata={"help": "Peak learning rate (LoRA)."})
-    projection_lr: float | None = field(default=None, metadata={"help": "Learning rate of the up-projection (default: learning_rate)."})
-    head_lr: float | None = field(default=None, metadata={"help": "Learning rate of the task head (default: learning_rate)."})
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
-    warmup_ratio: float = field(default=0.01, metadata={"help": "Fraction of steps of linear warmup."})
-    max_steps: int | None = field(default=None, metadata={"help": "Optimizer steps; default: num_epochs over the data."})
-    num_epochs: float = field(default=1.0, metadata={"help": "Passes over the data when max_steps is not set."})
-    batch_size: int = field(default=16, metadata={"help": "Global batch: examples per optimizer step, all processes together."})
-    micro_batch_size: int | None = field(default=None, metadata={"help": "Examples per forward pass per process (default: batch_size / processes)."})
-    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm (0 = off)."})
-    seed: int = field(default=0, metadata={"help": "Seed for initialisation, data order and dropout."})
+    output_dir: str = field(default="runs/mtllm", metadata={"help": "Where checkpoints, logs and the final model go.", "check": OUTPUT_DIR})
+    learning_rate: float = field(default=2e-4, metadata={"help": "Peak learning rate (LoRA).", "check": above(0)})
+    projection_lr: float | None = field(default=None, metadata={"help": "Learning rate of the up-projection (default: learning_rate).", "check": above(0)})
+    head_lr: float | None = field(default=None, metadata={"help": "Learning rate of the task head (default: learning_rate).", "check": above(0)})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay.", "check": at_least(0)})
+    warmup_ratio: float = field(default=0.01, metadata={"help": "Fraction of steps of linear warmup.", "check": FRACTION})
+    max_steps: int | None = field(default=None, metadata={"help": "Optimizer steps; default: num_epochs over the data.", "check": at_least(1)})
+    num_epochs: float = field(default=1.0, metadata={"help": "Passes over the data when max_steps is not set.", "check": above(0)})
+    batch_size: int = field(default=16, metadata={"help": "Global batch: examples per optimizer step, all processes together.", "check": at_least(1)})
+    micro_batch_size: int | None = field(default=None, metadata={"help": "Examples per forward pass per process (default: batch_size / processes).", "check": (at_least(1), divides("batch_size"))})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm (0 = off).", "check": at_least(0)})
+    seed: int = field(default=0, metadata={"help": "Seed for initialisation, data order and dropout.", "check": SEED})
     mixed_precision: Literal["no", "bf16", "fp16"] = field(default="no", metadata={"help": "'no', 'bf16' or 'fp16' (Accelerate)."})
     group_by_length: bool = field(default=True, metadata={"help": "Batch texts of similar length together (less padding)."})
-    log_steps: int = field(default=10, metadata={"help": "Log every N optimizer steps."})
-    save_steps: int = field(default=0, metadata={"help": "Checkpoint every N steps (0 = only at the end)."})
-    keep_checkpoints: int = field(default=2, metadata={"help": "How many recent checkpoints to keep."})
+    log_steps: int = field(default=10, metadata={"help": "Log every N optimizer steps.", "check": at_least(1)})
+    save_steps: int = field(default=0, metadata={"help": "Checkpoint every N steps (0 = only at the end).", "check": at_least(0)})
+    keep_checkpoints: int = field(default=2, metadata={"help": "How many recent checkpoints to keep.", "check": at_least(1)})
     resume: bool = field(default=False, metadata={"help": "Resume from the newest valid checkpoint in output_dir."})
+    overwrite: bool = field(default=False, metadata={"help": "Write into an output_dir that holds a finished or unfinished run, or files mtllm did not write (the earlier run's outputs are removed; other files are kept)."})
     report_to: str = field(default="auto", metadata={"help": "'auto' (TensorBoard/W&B if installed), 'none', or a tracker name."})
     progress: bool = field(default=True, metadata={"help": "Show a tqdm progress bar."})
 
     def __post_init__(self) -> None:
         from accelerate.utils import LoggerType
 
-        check_choices(self)
+        check_settings(self)
         trackers = ["auto", "none", *(t.value for t in LoggerType)]
         if self.report_to not in trackers:
             raise ConfigError(f"report_to must be one of {', '.join(trackers)}, not {self.report_to!r}")
@@ -70,6 +79,61 @@ class TrainingArgs:
     def from_dict(cls, values: dict[str, Any]) -> "TrainingArgs":
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in values.items() if k in known})
+
+
+def _is_main_process() -> bool:
+    """Rank 0 under torchrun / accelerate launch (or a single process), before any Accelerator exists."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def start_run(args: TrainingArgs, stage: str) -> Path | None:
+    """Claim ``args.output_dir`` for a run and return the checkpoint it resumes from (None: a fresh run).
+
+    With ``resume`` and a valid checkpoint, the run continues it (:func:`train` loads the same one). Otherwise
+    it is a fresh run, exactly as without ``resume``: the folder must pass :func:`mtllm.outputs.claim_output_dir`
+    (no finished run, no unfinished one, no foreign files, unless ``overwrite``) and what an earlier run wrote
+    there is removed, so that no stale checkpoint, ``initial/`` or ``best/`` is taken for this run's. Call it
+    before any work, on every process."""
+    from mtllm.outputs import check_writable, claim_output_dir, clear_outputs
+
+    out = Path(args.output_dir)
+    ckpt = latest_valid_checkpoint(out) if args.resume and out.is_dir() else None
+    if ckpt is not None:
+        check_writable(out)  # a resumed run writes checkpoints and final/ there too
+    else:
+        claim_output_dir(out, overwrite=args.overwrite, resume=args.resume)
+        if _is_main_process():
+            removed = clear_outputs(out)
+            if removed and args.overwrite:
+                print(f"[{stage}] --overwrite: removed the earlier run's {', '.join(removed)} from {out}", flush=True)
+    return ckpt
+
+
+class _StopRequest:
+    """While open, the first Ctrl-C (SIGINT) only sets :attr:`requested`: the loop finishes its step, writes a
+    checkpoint and stops. The handler is then taken down, so a second Ctrl-C interrupts at once. Only in the
+    main thread, and not where SIGINT is ignored (e.g. ``nohup``)."""
+
+    def __init__(self, stage: str):
+        self.stage, self.requested, self._previous = stage, False, None
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
+        signal.signal(signal.SIGINT, self._previous)
+        # os.write: a print could re-enter a stream the interrupted code was writing to
+        os.write(2, f"\n[{self.stage}] Ctrl-C: finishing this step, then writing a checkpoint (Ctrl-C again to stop "
+                    f"at once, without one)\n".encode())
+
+    def __enter__(self) -> "_StopRequest":
+        if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) not in (
+                signal.SIG_IGN, None):
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        if self._previous is not None and not self.requested:
+            signal.signal(signal.SIGINT, self._previous)
+        return False
 
 
 # ---------------------------------------------------------------------- batching
@@ -163,6 +227,7 @@ def train(
     config_to_save: dict[str, Any] | None = None,
     accelerator=None,
     on_epoch_end: Callable[[nn.Module, int, int], dict[str, float]] | None = None,
+    resume_from: Path | None | Literal["find"] = "find",
 ) -> StageResult:
     """Train ``param_groups`` of ``model`` on ``n_examples`` examples.
 
@@ -170,7 +235,8 @@ def train(
     mean loss over the micro-batch and metrics to log (averaged over the step). Checkpoints hold only
     the trainable tensors (``requires_grad``), so they stay small for LoRA. ``on_epoch_end(model,
     epoch, step)`` runs on the main process after every epoch (and the last step), e.g. to evaluate
-    and keep the best model; what it returns is logged with that step.
+    and keep the best model; what it returns is logged with that step. With ``args.resume``, the run continues
+    from ``resume_from`` (what :func:`start_run` returned; by default the newest valid checkpoint).
     """
     from accelerate import Accelerator
     from transformers import get_linear_schedule_with_warmup
@@ -196,7 +262,7 @@ def train(
     model, optimizer = accelerator.prepare(model, optimizer)
     step, history = 0, []
     if args.resume:
-        ckpt = latest_valid_checkpoint(out)
+        ckpt = latest_valid_checkpoint(out) if resume_from == "find" else resume_from
         if ckpt is not None:
             state = load_checkpoint(accelerator, model, scheduler, ckpt)
             step, history = state["step"], state.get("history", [])
@@ -214,7 +280,7 @@ def train(
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         if config_to_save is not None:
-            (out / f"{stage}_config.json").write_text(json.dumps(config_to_save, indent=1, default=str))
+            atomic_write_json(out / f"{stage}_config.json", config_to_save, indent=1, default=str)
     metrics_path = out / "metrics.jsonl"
     if accelerator.is_main_process:
         _truncate_metrics(metrics_path, step)
@@ -228,69 +294,87 @@ def train(
     model.train()
     rank, device = accelerator.process_index, accelerator.device
     epoch_batches: dict[int, list[list[int]]] = {}
-    while step < max_steps:
-        epoch, pos = divmod(step, steps_per_epoch)
-        if epoch not in epoch_batches:
-            epoch_batches = {epoch: batch_order(n_examples, args.batch_size, epoch=epoch, seed=args.seed,
-                                                lengths=lengths if args.group_by_length else None)}
-        global_batch = epoch_batches[epoch][pos]
-        mine = global_batch[rank * micro * accum:(rank + 1) * micro * accum]
-        sums: dict[str, float] = {}
-        for k in range(accum):
-            batch = collate(mine[k * micro:(k + 1) * micro])
-            batch = {key: v.to(device) if isinstance(v, torch.Tensor) else v for key, v in batch.items()}
-            sync = k == accum - 1
-            ctx = accelerator.no_sync(model) if not sync and world > 1 else _null()
-            with ctx, accelerator.autocast():
-                loss, metrics = loss_fn(model, batch)
-            if not torch.isfinite(loss):
-                raise TrainingDiverged(
-                    f"{stage}: loss is {loss.item()} at step {step + 1} (epoch {epoch}, batch {pos}, micro-batch "
-                    f"{k}, examples {mine[k * micro:(k + 1) * micro][:8]}...). Nothing was saved from this step; "
-                    f"the last good checkpoint is {latest_valid_checkpoint(out)}. Lower the learning rate or "
-                    f"check these examples, then rerun with --resume.")
-            accelerator.backward(loss / accum)
-            for key, value in metrics.items():
-                sums[key] = sums.get(key, 0.0) + float(value) / accum
-        if args.max_grad_norm:
-            accelerator.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], args.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        if world > 1:
-            reduced = accelerator.reduce(torch.tensor(list(sums.values()), device=device), reduction="mean")
-            sums = dict(zip(sums, reduced.tolist()))
-        record = {"step": step, "epoch": epoch, "lr": scheduler.get_last_lr()[0], **sums,
-                  "elapsed_s": round(time.perf_counter() - t0, 3)}
-        if on_epoch_end is not None and (step % steps_per_epoch == 0 or step == max_steps):
-            if accelerator.is_main_process:
-                record.update(on_epoch_end(accelerator.unwrap_model(model), math.ceil(step / steps_per_epoch), step))
-                model.train()
-            accelerator.wait_for_everyone()
-        history.append(record)
-        if accelerator.is_main_process:
-            with open(metrics_path, "a") as fh:
-                fh.write(json.dumps(record) + "\n")
-            if trackers:
-                accelerator.log({k: v for k, v in record.items() if k != "step"}, step=step)
+    saved_at = step if step else None  # the step of the newest checkpoint of this run
+    stopping = False
+    with _StopRequest(stage) as stop:
+        try:
+            while step < max_steps:
+                epoch, pos = divmod(step, steps_per_epoch)
+                if epoch not in epoch_batches:
+                    epoch_batches = {epoch: batch_order(n_examples, args.batch_size, epoch=epoch, seed=args.seed,
+                                                        lengths=lengths if args.group_by_length else None)}
+                global_batch = epoch_batches[epoch][pos]
+                mine = global_batch[rank * micro * accum:(rank + 1) * micro * accum]
+                sums: dict[str, float] = {}
+                for k in range(accum):
+                    batch = collate(mine[k * micro:(k + 1) * micro])
+                    batch = {key: v.to(device) if isinstance(v, torch.Tensor) else v for key, v in batch.items()}
+                    sync = k == accum - 1
+                    ctx = accelerator.no_sync(model) if not sync and world > 1 else _null()
+                    with ctx, accelerator.autocast():
+                        loss, metrics = loss_fn(model, batch)
+                    if not torch.isfinite(loss):
+                        raise TrainingDiverged(
+                            f"{stage}: loss is {loss.item()} at step {step + 1} (epoch {epoch}, batch {pos}, micro-batch "
+                            f"{k}, examples {mine[k * micro:(k + 1) * micro][:8]}...). Nothing was saved from this step; "
+                            f"the last good checkpoint is {latest_valid_checkpoint(out)}. Lower the learning rate or "
+                            f"check these examples, then rerun with --resume.")
+                    accelerator.backward(loss / accum)
+                    for key, value in metrics.items():
+                        sums[key] = sums.get(key, 0.0) + float(value) / accum
+                if args.max_grad_norm:
+                    accelerator.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], args.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                if world > 1:
+                    reduced = accelerator.reduce(torch.tensor(list(sums.values()), device=device), reduction="mean")
+                    sums = dict(zip(sums, reduced.tolist()))
+                record = {"step": step, "epoch": epoch, "lr": scheduler.get_last_lr()[0], **sums,
+                          "elapsed_s": round(time.perf_counter() - t0, 3)}
+                if on_epoch_end is not None and (step % steps_per_epoch == 0 or step == max_steps):
+                    if accelerator.is_main_process:
+                        record.update(on_epoch_end(accelerator.unwrap_model(model), math.ceil(step / steps_per_epoch),
+                                                   step))
+                        model.train()
+                    accelerator.wait_for_everyone()
+                history.append(record)
+                if accelerator.is_main_process:
+                    with open(metrics_path, "a") as fh:
+                        fh.write(json.dumps(record) + "\n")
+                    if trackers:
+                        accelerator.log({k: v for k, v in record.items() if k != "step"}, step=step)
+                    if bar is not None:
+                        bar.update(1)
+                        bar.set_postfix({k: f"{v:.4g}" for k, v in sums.items()})
+                    if step % args.log_steps == 0 or step == max_steps:
+                        text = " ".join(f"{k}={v:.4g}" for k, v in sums.items())
+                        print(f"[{stage}] step {step}/{max_steps} {text} lr={record['lr']:.3g}", flush=True)
+                if args.save_steps and step % args.save_steps == 0 and step < max_steps:
+                    _save_checkpoint(accelerator, model, optimizer, scheduler, out, step, history, args.keep_checkpoints)
+                    saved_at = step
+                if _any_process(accelerator, stop.requested):
+                    stopping = True
+                    break
+        finally:
             if bar is not None:
-                bar.update(1)
-                bar.set_postfix({k: f"{v:.4g}" for k, v in sums.items()})
-            if step % args.log_steps == 0 or step == max_steps:
-                text = " ".join(f"{k}={v:.4g}" for k, v in sums.items())
-                print(f"[{stage}] step {step}/{max_steps} {text} lr={record['lr']:.3g}", flush=True)
-        if args.save_steps and step % args.save_steps == 0 and step < max_steps:
-            _save_checkpoint(accelerator, model, optimizer, scheduler, out, step, history, args.keep_checkpoints)
-    if bar is not None:
-        bar.close()
-    seconds = time.perf_counter() - t0
-    final_dir = out / "final"
-    unwrapped = accelerator.unwrap_model(model)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process and save_final is not None:
-        save_final(unwrapped, final_dir)
-        print(f"[{stage}] saved {final_dir}", flush=True)
+                bar.close()
+        seconds = time.perf_counter() - t0
+        final_dir = out / "final"
+        unwrapped = accelerator.unwrap_model(model)
+        accelerator.wait_for_everyone()
+        if not stopping and accelerator.is_main_process and save_final is not None:
+            with atomic_path(final_dir) as tmp:  # final/ appears complete or not at all
+                save_final(unwrapped, tmp)
+            print(f"[{stage}] saved {final_dir}", flush=True)
+        if stopping or _any_process(accelerator, stop.requested):  # also a Ctrl-C during the last step's end
+            if saved_at != step:
+                _save_checkpoint(accelerator, model, optimizer, scheduler, out, step, history, args.keep_checkpoints)
+            if trackers:
+                accelerator.end_training()
+            raise TrainingInterrupted(f"{stage} stopped by Ctrl-C after step {step}/{max_steps}; checkpoint "
+                                      f"{checkpoint_path(out, step)}", step=step, checkpoint=str(checkpoint_path(out, step)))
     if trackers:
         accelerator.end_training()
     accelerator.wait_for_everyone()
@@ -311,6 +395,20 @@ def _save_checkpoint(accelerator, model, optimizer, scheduler, out: Path, step: 
     if accelerator.is_main_process:
         prune_checkpoints(out, keep)
     accelerator.wait_for_everyone()
+
+
+def epoch_evals(history: Sequence[dict[str, Any]], key: str = "val_accuracy") -> list[dict[str, Any]]:
+    """The end-of-epoch evaluations (``on_epoch_end``'s ``key``) of a run's history, resumed parts included:
+    ``[{"epoch": .., "step": .., key: ..}]``, each step once."""
+    # a record's epoch is that of the step's batches (0-based); on_epoch_end got ceil(step / steps_per_epoch)
+    return [{"epoch": r["epoch"] + 1, "step": r["step"], key: r[key]} for r in history if key in r]
+
+
+def _any_process(accelerator, flag: bool) -> bool:
+    """Whether ``flag`` is set on any process (every process must call this at the same point)."""
+    if accelerator.num_processes == 1:
+        return flag
+    return accelerator.reduce(torch.tensor([float(flag)], device=accelerator.device), reduction="sum").item() > 0
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
