@@ -16,7 +16,8 @@ from typing import Any, Iterator
 
 from mtllm.errors import DataError
 
-__all__ = ["file_sha256", "atomic_path", "remove_stale_temporaries", "atomic_write_text", "atomic_write_json", "read_text_file", "read_json_rows"]
+__all__ = ["file_sha256", "atomic_path", "remove_path", "remove_stale_temporaries", "atomic_write_text",
+           "atomic_write_json", "read_text_file", "read_json_rows"]
 
 _CHUNK = 1 << 20
 
@@ -30,7 +31,8 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def _remove(path: Path) -> None:
+def remove_path(path: Path) -> None:
+    """Remove a file, link or folder (a missing one is fine)."""
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
     else:
@@ -56,7 +58,7 @@ def remove_stale_temporaries(path: str | Path) -> list[Path]:
     for tmp in path.parent.glob(f".{path.name}.tmp-*") if path.parent.is_dir() else []:
         pid = tmp.name.rsplit("-", 1)[-1]
         if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
-            _remove(tmp)
+            remove_path(tmp)
             removed.append(tmp)
     return removed
 
@@ -76,25 +78,25 @@ def atomic_path(path: str | Path, *, fsync: bool = False, keep_existing: bool = 
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    _remove(tmp)
+    remove_path(tmp)
     try:
         yield tmp
         if fsync and tmp.is_file():
             with open(tmp, "rb") as fh:
                 os.fsync(fh.fileno())
         if keep_existing and path.exists():
-            _remove(tmp)
+            remove_path(tmp)
             return
         if tmp.is_dir() and path.exists():
-            _remove(path)  # os.replace cannot replace a non-empty folder
+            remove_path(path)  # os.replace cannot replace a non-empty folder
         try:
             os.replace(tmp, path)
         except OSError:
             if not (keep_existing and path.exists()):  # else another process finished first: keep its copy
                 raise
-            _remove(tmp)
+            remove_path(tmp)
     except BaseException:
-        _remove(tmp)
+        remove_path(tmp)
         raise
 
 

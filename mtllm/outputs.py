@@ -20,7 +20,7 @@ import os
 import re
 from pathlib import Path
 
-from mtllm._io import _remove as remove_path
+from mtllm._io import remove_path
 from mtllm.errors import ConfigError
 
 __all__ = ["TRAINING_STAGES", "OWN_NAMES", "FINISHED", "KEPT", "foreign_entries", "check_writable", "claim_output_dir", "clear_outputs"]

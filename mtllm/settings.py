@@ -42,7 +42,7 @@ from mtllm.modeling.config import LoraSettings
 __all__ = ["ConfigError", "load_yaml", "parse_overrides", "read_config", "settings_parser", "check_keys",
            "build_settings", "Rule", "at_least", "above", "between", "FRACTION", "SEED", "NON_EMPTY", "OUTPUT_DIR",
            "EXISTING_DIR", "MODEL", "TASK", "TASK_OR_RETRIEVAL", "TEXT_SOURCE", "NAMED_MODELS", "each", "divides",
-           "required_if", "check_settings", "check_inputs", "check_choices", "parse_dtype", "Dtype", "MIN_SEQ_LENGTH",
+           "required_if", "check_settings", "check_inputs", "parse_dtype", "Dtype", "MIN_SEQ_LENGTH",
            "ModelSettings"]
 
 
@@ -317,7 +317,7 @@ EXISTING_DIR = Rule("an existing folder", _existing_dir, inputs=True)
 
 
 def _model(value: Any, _: Any) -> str | None:
-    from mtllm.modeling.model import looks_local
+    from mtllm.sources import looks_local
     from mtllm.sources import POCKET_PREFIX, TINY_PREFIX
 
     ref = str(value)
@@ -464,9 +464,6 @@ def check_settings(settings: Any) -> None:
             raise ConfigError(f"{f.name} must be {_describe(hint)}, not {value!r}")
     _apply(settings, inputs=False)
 
-
-#: The name this check had before it checked more than choices.
-check_choices = check_settings
 
 
 def check_inputs(settings: Any) -> None:

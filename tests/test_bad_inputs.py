@@ -17,7 +17,7 @@ import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from mtllm import LoraSettings, MTLLMModel
-from mtllm.errors import ConfigError, DataError, UserError
+from mtllm.errors import ConfigError, DataError
 from mtllm.tasks import Example
 
 ROOT = Path(__file__).resolve().parents[1]

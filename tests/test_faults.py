@@ -36,10 +36,10 @@ from typing import Callable
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from fault_inject import Plan, command, install
 from mtllm.training.checkpoint import latest_valid_checkpoint, list_checkpoints, verify_checkpoint
+from saved_run import max_weight_diff
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "configs" / "tiny.yaml")
@@ -198,18 +198,8 @@ def _ok(argv: list[str], log: Path) -> str:
 
 
 # ------------------------------------------------------------------------------------------- comparisons
-def _weights(folder: Path) -> dict[str, torch.Tensor]:
-    weights = load_file(str(folder / "model.safetensors"))
-    adapter = folder / "adapter" / "adapter_model.safetensors"
-    if adapter.exists():
-        weights.update({f"adapter.{k}": v for k, v in load_file(str(adapter)).items()})
-    return weights
-
-
 def _assert_same_weights(ref: Path, got: Path) -> None:
-    a, b = _weights(ref), _weights(got)
-    assert a.keys() == b.keys(), got
-    diff = max((a[k] - b[k]).abs().max().item() for k in a)
+    diff = max_weight_diff(ref, got)
     assert diff <= 1e-6, f"{got}: weights differ from {ref} by {diff}"
 
 

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from mtllm.cli import main
 from mtllm.settings import ModelSettings
@@ -24,28 +23,13 @@ from mtllm.training.checkpoint import latest_valid_checkpoint, list_checkpoints
 from mtllm.training.finetune import TaskSettings, run_finetune
 from mtllm.training.loop import TrainingArgs
 from mtllm.training.stage1 import Stage1Settings, run_stage1
+from saved_run import max_weight_diff, metrics_records
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = str(ROOT / "tests" / "fixtures" / "english.txt")
 PIPELINE_DATA = str(ROOT / "tests" / "fixtures" / "pipeline")
 MODEL = ModelSettings(encoder="tiny:xlmr", llm="tiny:gemma3", lora_r=4, lora_alpha=8, lora_dropout=0.1,
                       max_seq_length=64)
-
-
-def _weights(folder: Path) -> dict[str, torch.Tensor]:
-    weights = load_file(str(folder / "model.safetensors"))
-    weights.update(load_file(str(folder / "adapter" / "adapter_model.safetensors")))
-    return weights
-
-
-def _max_diff(a: Path, b: Path) -> float:
-    wa, wb = _weights(a), _weights(b)
-    assert wa.keys() == wb.keys()
-    return max((wa[k] - wb[k]).abs().max().item() for k in wa)
-
-
-def _records(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
 # ------------------------------------------------------------------------------------- a real Ctrl-C
@@ -107,16 +91,16 @@ def _interrupted_adapt_then_resume(tmp_path: Path, capsys) -> None:
     assert f"checkpoint {cut / 'checkpoints' / f'step-{step:07d}'}" in err and "rerun the same command with --resume" in err
     assert [p.name for p in list_checkpoints(cut)] == [f"step-{step:07d}"]
     assert latest_valid_checkpoint(cut).name == f"step-{step:07d}"
-    assert [r["step"] for r in _records(cut)] == list(range(1, step + 1))  # the finished step is logged, once
+    assert [r["step"] for r in metrics_records(cut)] == list(range(1, step + 1))  # the finished step is logged, once
     assert not (cut / "final").exists()
 
     capsys.readouterr()
     assert main([*common, "--output_dir", str(cut), "--resume"]) == 0
     assert f"at step {step}" in capsys.readouterr().out
-    assert [r["step"] for r in _records(cut)] == list(range(1, 101))
-    assert [r["loss"] for r in _records(cut)] == pytest.approx([r["loss"] for r in _records(tmp_path / "full")],
+    assert [r["step"] for r in metrics_records(cut)] == list(range(1, 101))
+    assert [r["loss"] for r in metrics_records(cut)] == pytest.approx([r["loss"] for r in metrics_records(tmp_path / "full")],
                                                              abs=1e-6)
-    assert _max_diff(tmp_path / "full" / "final", cut / "final") <= 1e-6
+    assert max_weight_diff(tmp_path / "full" / "final", cut / "final") <= 1e-6
 
 
 def test_ctrl_c_in_the_middle_of_a_step_in_mtllm_run(tmp_path, capsys, monkeypatch):
@@ -149,15 +133,15 @@ def test_ctrl_c_in_the_middle_of_a_step_in_mtllm_run(tmp_path, capsys, monkeypat
     stage = tmp_path / "cut" / "stage1"
     assert json.loads((stage / "stage.json").read_text())["status"] == "running"
     assert [p.name for p in list_checkpoints(stage)] == ["step-0000003"]
-    assert [r["step"] for r in _records(stage)] == [1, 2, 3]
+    assert [r["step"] for r in metrics_records(stage)] == [1, 2, 3]
 
     monkeypatch.setattr(stage1, "stage1_loss", real_loss)
     assert run(tmp_path / "cut") == 0
     assert "resumed from" in capsys.readouterr().out
     full = tmp_path / "full" / "stage1"
-    assert [r["step"] for r in _records(stage)] == list(range(1, 13))
-    assert [r["loss"] for r in _records(stage)] == pytest.approx([r["loss"] for r in _records(full)], abs=1e-6)
-    assert _max_diff(full / "final", stage / "final") <= 1e-6
+    assert [r["step"] for r in metrics_records(stage)] == list(range(1, 13))
+    assert [r["loss"] for r in metrics_records(stage)] == pytest.approx([r["loss"] for r in metrics_records(full)], abs=1e-6)
+    assert max_weight_diff(full / "final", stage / "final") <= 1e-6
     assert json.loads((stage / "stage.json").read_text())["status"] == "done"
 
 
@@ -228,9 +212,9 @@ def test_resume_without_a_checkpoint_is_exactly_a_fresh_run(tmp_path, monkeypatc
     run_stage1(MODEL, stage1, _stage1_args(left, resume=True))
 
     for out in (tmp_path / "missing", left):
-        assert _max_diff(tmp_path / "fresh" / "initial", out / "initial") == 0.0, out  # calibrated, not seed 1's
-        assert _max_diff(tmp_path / "fresh" / "final", out / "final") == 0.0, out
-        assert [r["loss"] for r in _records(out)] == [r["loss"] for r in _records(tmp_path / "fresh")]
+        assert max_weight_diff(tmp_path / "fresh" / "initial", out / "initial") == 0.0, out  # calibrated, not seed 1's
+        assert max_weight_diff(tmp_path / "fresh" / "final", out / "final") == 0.0, out
+        assert [r["loss"] for r in metrics_records(out)] == [r["loss"] for r in metrics_records(tmp_path / "fresh")]
         assert list_checkpoints(out) == []  # the torn checkpoint of the killed run is gone
 
 
@@ -264,13 +248,13 @@ def test_finetune_resume_keeps_every_evaluation_and_the_best(tmp_path, monkeypat
     resumed = run_finetune(LLM, TASK, _finetune_args(tmp_path / "cut", save_steps=steps_per_epoch, resume=True))
     assert [e["epoch"] for e in resumed["evals"]] == [1, 2, 3]
     assert resumed["evals"] == full["evals"] and resumed["best"] == full["best"]
-    assert [r["step"] for r in _records(tmp_path / "cut")] == [r["step"] for r in _records(tmp_path / "full")]
+    assert [r["step"] for r in metrics_records(tmp_path / "cut")] == [r["step"] for r in metrics_records(tmp_path / "full")]
     assert json.loads((tmp_path / "cut" / "best_score.json").read_text()) == full["best"]
-    assert _max_diff(tmp_path / "full" / "best", tmp_path / "cut" / "best") <= 1e-6
+    assert max_weight_diff(tmp_path / "full" / "best", tmp_path / "cut" / "best") <= 1e-6
 
     stale = tmp_path / "stale"
     stale.mkdir()
     (stale / "best_score.json").write_text(json.dumps({"accuracy": 1.0, "epoch": 9, "step": 99}))
     again = run_finetune(LLM, TASK, _finetune_args(stale, resume=True))
     assert again["best"] == full["best"] and again["evals"] == full["evals"]
-    assert _max_diff(tmp_path / "full" / "best", stale / "best") == 0.0
+    assert max_weight_diff(tmp_path / "full" / "best", stale / "best") == 0.0

@@ -261,7 +261,7 @@ def test_a_missing_local_model_folder_is_never_sent_to_the_hub(tmp_path, monkeyp
     import huggingface_hub
 
     from mtllm.errors import ConfigError
-    from mtllm.modeling.model import looks_local
+    from mtllm.sources import looks_local
 
     def no_hub(*args, **kwargs):
         raise AssertionError("the hub was asked for a local path")

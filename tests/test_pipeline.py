@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from mtllm.cli import main
 from mtllm.inference import predict
@@ -17,6 +16,7 @@ from mtllm.modeling.model import MTLLMModel
 from mtllm.tasks import load_examples
 from mtllm.training import loop
 from mtllm.training.checkpoint import latest_valid_checkpoint
+from saved_run import max_weight_diff, metrics_records
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "configs" / "tiny-sib200.yaml")
@@ -111,16 +111,6 @@ def test_run_end_to_end_then_skip_then_partial_redo(tmp_path, capsys, monkeypatc
     _assert_eval_used_the_run_models(tmp_path)  # the redone eval read the redone distillation
 
 
-def _stage1_weights(out: Path) -> dict[str, torch.Tensor]:
-    weights = load_file(str(out / "stage1" / "final" / "model.safetensors"))
-    weights.update(load_file(str(out / "stage1" / "final" / "adapter" / "adapter_model.safetensors")))
-    return weights
-
-
-def _metrics(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "stage1" / "metrics.jsonl").read_text().splitlines()]
-
-
 def test_interrupted_stage_resumes_from_its_checkpoint(tmp_path, capsys, monkeypatch):
     full, cut = tmp_path / "full", tmp_path / "cut"
     stage1_only = ("--stages", "[stage1]", "--save_steps", "5")  # tiny-sib200: 10 steps, a checkpoint at step 5
@@ -144,12 +134,10 @@ def test_interrupted_stage_resumes_from_its_checkpoint(tmp_path, capsys, monkeyp
     assert f"[run] stage1: resuming the interrupted run in {cut / 'stage1'}" in out
     assert f"resumed from {cut / 'stage1' / 'checkpoints' / 'step-0000005'} at step 5" in out
     assert json.loads((cut / "stage1" / "stage.json").read_text())["status"] == "done"
-    resumed, uninterrupted = _metrics(cut), _metrics(full)
+    resumed, uninterrupted = metrics_records(cut / "stage1"), metrics_records(full / "stage1")
     assert [r["step"] for r in resumed] == list(range(1, 11))  # each step logged exactly once
     assert [r["loss"] for r in resumed] == pytest.approx([r["loss"] for r in uninterrupted], abs=1e-6)
-    a, b = _stage1_weights(full), _stage1_weights(cut)
-    assert a.keys() == b.keys()
-    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6  # as if it had never stopped
+    assert max_weight_diff(full / "stage1" / "final", cut / "stage1" / "final") <= 1e-6  # as if it had never stopped
 
 
 def test_unreachable_data_names_both_options(tmp_path, capsys, monkeypatch):

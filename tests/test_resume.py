@@ -12,12 +12,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from mtllm.settings import ModelSettings
 from mtllm.training import loop
-from mtllm.training.loop import TrainingArgs, latest_valid_checkpoint
+from mtllm.training.checkpoint import latest_valid_checkpoint, list_checkpoints
+from mtllm.training.loop import TrainingArgs
 from mtllm.training.stage1 import Stage1Settings, run_stage1
+from saved_run import max_weight_diff, metrics_records
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = str(ROOT / "tests" / "fixtures" / "english.txt")
@@ -43,24 +44,8 @@ def _run(out: Path, **overrides) -> None:
     run_stage1(model, Stage1Settings(data=[DATA]), TrainingArgs(**dict(args, **overrides)))
 
 
-def _final_weights(out: Path) -> dict[str, torch.Tensor]:
-    weights = load_file(str(out / "final" / "model.safetensors"))
-    weights.update(load_file(str(out / "final" / "adapter" / "adapter_model.safetensors")))
-    return weights
-
-
-def _max_weight_diff(a: Path, b: Path) -> float:
-    wa, wb = _final_weights(a), _final_weights(b)
-    assert wa.keys() == wb.keys()
-    return max((wa[k] - wb[k]).abs().max().item() for k in wa)
-
-
-def _records(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-
-
 def _max_loss_diff(a: Path, b: Path) -> float:
-    ra, rb = _records(a), _records(b)
+    ra, rb = metrics_records(a), metrics_records(b)
     assert [r["step"] for r in ra] == [r["step"] for r in rb]
     return max(abs(x["loss"] - y["loss"]) for x, y in zip(ra, rb))
 
@@ -94,9 +79,9 @@ def test_resume_with_dropout_equals_uninterrupted_run(device, tmp_path, monkeypa
     assert ("torch_cuda_manual_seed" in rng) == torch.cuda.is_available()  # saved whenever there is a GPU
 
     _run(tmp_path / "cut", resume=True)
-    assert [r["step"] for r in _records(tmp_path / "cut")] == list(range(1, 13))
+    assert [r["step"] for r in metrics_records(tmp_path / "cut")] == list(range(1, 13))
     assert _max_loss_diff(tmp_path / "full", tmp_path / "cut") <= 1e-6
-    assert _max_weight_diff(tmp_path / "full", tmp_path / "cut") <= 1e-6
+    assert max_weight_diff(tmp_path / "full" / "final", tmp_path / "cut" / "final") <= 1e-6
 
     # The same resume with the random states left as they are: dropout draws other masks, the run diverges.
     real_load_state = Accelerator.load_state
@@ -110,7 +95,7 @@ def test_resume_with_dropout_equals_uninterrupted_run(device, tmp_path, monkeypa
     monkeypatch.setattr(Accelerator, "load_state", load_state_keeping_rng)
     _run(tmp_path / "cut-no-rng", resume=True)
     assert _max_loss_diff(tmp_path / "full", tmp_path / "cut-no-rng") > 1e-4
-    assert _max_weight_diff(tmp_path / "full", tmp_path / "cut-no-rng") > 1e-4
+    assert max_weight_diff(tmp_path / "full" / "final", tmp_path / "cut-no-rng" / "final") > 1e-4
 
 
 def test_resume_truncates_metrics_to_the_checkpoint(tmp_path):
@@ -118,12 +103,12 @@ def test_resume_truncates_metrics_to_the_checkpoint(tmp_path):
     metrics.jsonl then holds every step once, with the losses of the uninterrupted run."""
     out = tmp_path / "run"
     _run(out, lora_dropout=0.0, max_steps=6, save_steps=2, keep_checkpoints=5)
-    before = _records(out)
-    assert [p.name for p in loop.list_checkpoints(out)] == ["step-0000002", "step-0000004"]
+    before = metrics_records(out)
+    assert [p.name for p in list_checkpoints(out)] == ["step-0000002", "step-0000004"]
     with open(out / "metrics.jsonl", "a") as fh:
         fh.write('{"step": 7, "lo')
     _run(out, lora_dropout=0.0, max_steps=6, save_steps=2, keep_checkpoints=5, resume=True)
-    after = _records(out)
+    after = metrics_records(out)
     assert [r["step"] for r in after] == [1, 2, 3, 4, 5, 6]
     assert [r["loss"] for r in after] == [r["loss"] for r in before]
 
@@ -155,6 +140,6 @@ def test_every_process_saves_and_restores_its_random_states(tmp_path):
                              capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resumed from" in resumed.stdout and "step 4" in resumed.stdout
-    assert [r["step"] for r in _records(tmp_path / "re")] == list(range(1, 9))
+    assert [r["step"] for r in metrics_records(tmp_path / "re")] == list(range(1, 9))
     assert _max_loss_diff(tmp_path / "full", tmp_path / "re") <= 1e-6
-    assert _max_weight_diff(tmp_path / "full", tmp_path / "re") <= 1e-6
+    assert max_weight_diff(tmp_path / "full" / "final", tmp_path / "re" / "final") <= 1e-6

@@ -12,12 +12,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from mtllm.training import loop
-from mtllm.training.loop import CheckpointError, TrainingArgs, TrainingDiverged, latest_valid_checkpoint
+from mtllm.errors import CheckpointError, TrainingDiverged
+from mtllm.training.checkpoint import latest_valid_checkpoint, list_checkpoints, verify_checkpoint
+from mtllm.training.loop import TrainingArgs
 from mtllm.settings import ModelSettings
 from mtllm.training.stage1 import Stage1Settings, run_stage1
+from saved_run import max_weight_diff
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = str(ROOT / "tests" / "fixtures" / "english.txt")
@@ -31,17 +33,6 @@ def _settings(out: Path, **overrides):
                 log_steps=10, save_steps=0, seed=0, progress=False, report_to="none")
     args.update(overrides)
     return model, stage1, TrainingArgs(**args)
-
-
-def _final_weights(out: Path) -> dict[str, torch.Tensor]:
-    weights = load_file(str(out / "final" / "model.safetensors"))
-    weights.update(load_file(str(out / "final" / "adapter" / "adapter_model.safetensors")))
-    return weights
-
-
-def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
-    assert a.keys() == b.keys()
-    return max((a[k] - b[k]).abs().max().item() for k in a)
 
 
 def test_stage1_loss_falls_over_30_steps(tmp_path):
@@ -60,7 +51,7 @@ def test_same_seed_same_metrics(tmp_path):
     ma = [json.loads(line)["loss"] for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
     mb = [json.loads(line)["loss"] for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
     assert ma == mb
-    assert _max_diff(_final_weights(tmp_path / "a"), _final_weights(tmp_path / "b")) == 0.0
+    assert max_weight_diff(tmp_path / "a" / "final", tmp_path / "b" / "final") == 0.0
 
 
 def test_resume_equals_uninterrupted_run(tmp_path, monkeypatch):
@@ -79,7 +70,7 @@ def test_resume_equals_uninterrupted_run(tmp_path, monkeypatch):
     monkeypatch.setattr(loop, "_save_checkpoint", real_save)
     assert latest_valid_checkpoint(tmp_path / "cut").name == "step-0000008"
     run_stage1(*_settings(tmp_path / "cut", max_steps=12, save_steps=4, resume=True))
-    assert _max_diff(_final_weights(tmp_path / "full"), _final_weights(tmp_path / "cut")) <= 1e-6
+    assert max_weight_diff(tmp_path / "full" / "final", tmp_path / "cut" / "final") <= 1e-6
     curve = [json.loads(line)["step"] for line in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
     assert curve[-4:] == [9, 10, 11, 12]
 
@@ -108,17 +99,17 @@ def test_kill_9_mid_run_then_resume_matches(tmp_path):
                              env=env, cwd=ROOT, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resumed from" in resumed.stdout
-    assert _max_diff(_final_weights(tmp_path / "full"), _final_weights(tmp_path / "cut")) <= 1e-6
+    assert max_weight_diff(tmp_path / "full" / "final", tmp_path / "cut" / "final") <= 1e-6
 
 
 def test_truncated_checkpoint_falls_back_to_previous(tmp_path):
     run_stage1(*_settings(tmp_path, max_steps=10, save_steps=3, keep_checkpoints=5))
-    ckpts = loop.list_checkpoints(tmp_path)
+    ckpts = list_checkpoints(tmp_path)
     assert [p.name for p in ckpts] == ["step-0000003", "step-0000006", "step-0000009"]
     victim = ckpts[-1] / "trainables.safetensors"
     victim.write_bytes(victim.read_bytes()[:100])
     with pytest.raises(CheckpointError, match="truncated"):
-        loop.verify_checkpoint(ckpts[-1])
+        verify_checkpoint(ckpts[-1])
     assert latest_valid_checkpoint(tmp_path) == ckpts[-2]
 
 

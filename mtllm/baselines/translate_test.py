@@ -33,7 +33,7 @@ from typing import Any, Iterable, Sequence
 import torch
 
 from mtllm.device import module_device, place, to_device
-from mtllm.errors import ConfigError, UnsupportedLanguageError  # noqa: F401 (raised here, re-exported)
+from mtllm.errors import UnsupportedLanguageError  # noqa: F401 (raised here, re-exported)
 from mtllm.inference.batching import run_batched
 from mtllm.settings import MODEL, OUTPUT_DIR, at_least, check_settings
 

@@ -162,7 +162,7 @@ def run_evaluate(settings: EvaluateSettings, *, models: dict[str, Any] | None = 
     """Evaluate and write ``results.json``, ``results.md`` and ``results.png`` into ``output_dir``.
 
     ``models`` may pass already-loaded models by role (``mtllm``, ``teacher``) to skip loading."""
-    from mtllm.evaluation.report import EvalResults, format_summary_lines, write_results
+    from mtllm.evaluation.report import format_summary_lines, write_results
 
     models = dict(models or {})
     if settings.task == "retrieval":

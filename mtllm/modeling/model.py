@@ -23,7 +23,7 @@ from transformers.utils import ModelOutput
 from mtllm.device import module_device, place, to_device
 from mtllm.modeling.config import LoraSettings, MTLLMConfig
 from mtllm.modeling.pooling import get_pooler, span_mean_pool
-from mtllm.errors import ConfigError, DataError
+from mtllm.errors import ConfigError
 from mtllm.sources import (check_model_folder, check_safetensors, from_hub, load_encoder, load_llm, load_tokenizer,
                            looks_local, read_json_file)
 

@@ -199,7 +199,7 @@ def from_hub(ref: str, what: str, load: Callable[[str], _T]) -> _T:
 
     try:
         return load(snapshot_download(ref, local_files_only=True))
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError):
         raise ConfigError(f"{what} {ref!r} was not found locally (no such folder, not in the Hugging Face cache) and "
                           f"the hub is unreachable ({reason}): download it once on a connected machine (it is then "
                           f"cached), or give a local folder") from None

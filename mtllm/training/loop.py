@@ -31,12 +31,10 @@ import torch
 from torch import nn
 
 from mtllm._io import atomic_path, atomic_write_json, atomic_write_text
-from mtllm.errors import (CheckpointError, ConfigError, TrainingDiverged,  # noqa: F401 (raised here, re-exported)
-                          TrainingInterrupted)
+from mtllm.errors import ConfigError, TrainingDiverged, TrainingInterrupted
 from mtllm.settings import FRACTION, OUTPUT_DIR, SEED, above, at_least, check_settings, divides
-from mtllm.training.checkpoint import (CHECKPOINT_DIR, checkpoint_path, latest_valid_checkpoint,  # noqa: F401
-                                       list_checkpoints, load_checkpoint, prune_checkpoints, save_checkpoint,
-                                       verify_checkpoint)
+from mtllm.training.checkpoint import (CHECKPOINT_DIR, checkpoint_path, latest_valid_checkpoint, load_checkpoint,
+                                       prune_checkpoints, save_checkpoint)
 
 logger = logging.getLogger(__name__)
 
@@ -238,7 +236,6 @@ def train(
     and keep the best model; what it returns is logged with that step. With ``args.resume``, the run continues
     from ``resume_from`` (what :func:`start_run` returned; by default the newest valid checkpoint).
     """
-    from accelerate import Accelerator
     from transformers import get_linear_schedule_with_warmup
 
     out = Path(args.output_dir)
