@@ -22,7 +22,7 @@ from torch import nn
 
 from mtllm.errors import ConfigError
 
-__all__ = ["ENV_VAR", "resolve_device", "module_device", "place", "to_device"]
+__all__ = ["ENV_VAR", "resolve_device", "module_device", "place", "to_device", "fast_bf16"]
 
 #: Environment variable naming the device when no setting does (``cpu``, ``cuda``, ``cuda:1``, ``mps``).
 ENV_VAR = "MTLLM_DEVICE"
@@ -95,3 +95,33 @@ def place(model: nn.Module, device: str | torch.device | None = None) -> nn.Modu
 def to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
     """A copy of ``batch`` with every tensor moved to ``device`` (other values kept as they are)."""
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+#: CPU flags of native bfloat16 arithmetic (Linux ``/proc/cpuinfo``): AVX-512 BF16 (Cooper Lake, Zen 4 and
+#: later) and AMX (Sapphire Rapids and later). Without one, torch emulates bf16 on the CPU.
+CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.partition(":")[2].split())
+    except OSError:
+        pass
+    return set()
+
+
+def fast_bf16(device: str | torch.device | None = None) -> bool:
+    """Whether bfloat16 is *faster* than float32 on ``device`` (default: :func:`resolve_device`), which
+    decides ``mixed_precision: auto`` and ``dtype: auto``: on a CUDA GPU that supports it; on a CPU only with
+    native bf16 arithmetic (:data:`CPU_BF16_FLAGS`). Measured on a 2-core AMD EPYC without them: bf16 autocast
+    training 12x slower than fp32 and bf16-weight inference 6x slower (RESULTS.md); with ``avx512_bf16`` both
+    were about 2x faster (BENCHMARKS.md). Elsewhere (MPS, CPUs without ``/proc/cpuinfo``): ``False``."""
+    device = resolve_device(device)
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    if device.type == "cpu":
+        return bool(_cpu_flags() & set(CPU_BF16_FLAGS))
+    return False

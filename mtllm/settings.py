@@ -42,7 +42,7 @@ from mtllm.modeling.config import LoraSettings
 __all__ = ["ConfigError", "load_yaml", "parse_overrides", "read_config", "settings_parser", "check_keys",
            "build_settings", "Rule", "at_least", "above", "between", "FRACTION", "SEED", "NON_EMPTY", "OUTPUT_DIR",
            "EXISTING_DIR", "MODEL", "TASK", "TASK_OR_RETRIEVAL", "TEXT_SOURCE", "NAMED_MODELS", "each", "divides",
-           "required_if", "check_settings", "check_inputs", "parse_dtype", "Dtype", "MIN_SEQ_LENGTH",
+           "required_if", "check_settings", "check_inputs", "parse_dtype", "Dtype", "InferenceDtype", "MIN_SEQ_LENGTH",
            "ModelSettings"]
 
 
@@ -347,30 +347,33 @@ MODEL = Rule("a hub id, pocket:NAME, tiny:NAME or an existing model folder", _mo
 
 
 def _task(value: Any, _: Any, also: tuple[str, ...] = ()) -> str | None:
+    from mtllm.errors import UserError
     from mtllm.tasks import get_task
 
     if value in also:
         return None
     try:
-        get_task(value)
-    except ConfigError as err:
-        return str(err)
+        get_task(value)  # a task file (my-task.yaml) is read and checked here: keys, languages, files, labels
+    except UserError as err:
+        return " ".join(str(err).split())
     return None
 
 
-#: A registered task (:func:`mtllm.tasks.list_tasks`); ``TASK_OR_RETRIEVAL`` also takes ``retrieval``.
+#: A registered task (:func:`mtllm.tasks.list_tasks`) or the path of a task file (``my-task.yaml``,
+#: :mod:`mtllm.tasks.files`); ``TASK_OR_RETRIEVAL`` also takes ``retrieval``.
 TASK = Rule("a task name", _task)
 TASK_OR_RETRIEVAL = Rule("a task name or 'retrieval'", lambda v, s: _task(v, s, ("retrieval",)))
 
 
-def _text_source(value: Any, _: Any) -> str | None:
+def _text_source(value: Any, settings: Any) -> str | None:
     from mtllm.data.texts import source_problem
 
-    return source_problem(str(value))
+    return source_problem(str(value), getattr(settings, "data_dir", None))
 
 
 #: A source of stage-1 text (:func:`mtllm.data.texts.iter_texts`).
-TEXT_SOURCE = Rule("a text file or folder, 'fineweb' or task:NAME/LANG/SPLIT", _text_source, inputs=True)
+TEXT_SOURCE = Rule("a text file or folder, data:PATH (inside the data directory), 'fineweb' or task:NAME/LANG/SPLIT",
+                   _text_source, inputs=True)
 
 
 def _named(value: Any, _: Any) -> str | None:
@@ -472,15 +475,22 @@ def check_inputs(settings: Any) -> None:
     _apply(settings, inputs=True)
 
 
-def parse_dtype(name: str) -> torch.dtype:
-    """``"float32"``, ``"bfloat16"`` or ``"float16"`` -> the torch dtype (a clear error otherwise)."""
+def parse_dtype(name: str, device: str | torch.device | None = None) -> torch.dtype:
+    """``"float32"``, ``"bfloat16"``, ``"float16"`` or ``"auto"`` -> the torch dtype (a clear error otherwise).
+    ``auto``: bfloat16 where it is faster than float32 on ``device`` (:func:`mtllm.device.fast_bf16`), else float32."""
+    if name == "auto":
+        from mtllm.device import fast_bf16
+
+        return torch.bfloat16 if fast_bf16(device) else torch.float32
     try:
         return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
     except KeyError:
-        raise ConfigError(f"dtype must be float32, bfloat16 or float16, not {name!r}") from None
+        raise ConfigError(f"dtype must be float32, bfloat16, float16 or auto, not {name!r}") from None
 
 
 Dtype = Literal["float32", "bfloat16", "float16"]
+#: Inference weights: also ``auto`` (bfloat16 where the device does it faster than float32, else float32).
+InferenceDtype = Literal["auto", "float32", "bfloat16", "float16"]
 
 #: The shortest ``max_seq_length``: room for the special tokens (``<bos>``, ``</s>``, a language token or
 #: e5's ``query:`` prefix) and a few tokens of text.

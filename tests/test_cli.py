@@ -83,7 +83,7 @@ PRESETS = {  # preset -> (model settings, stage-1 settings, training arguments) 
                dict(data=["task:sib200/eng_Latn/train", "task:nusax/eng_Latn/train"], target_norm="standardize",
                     projection_init="rms_match"),
                dict(learning_rate=2e-4, projection_lr=1e-3, batch_size=16, micro_batch_size=4, max_steps=240,
-                    warmup_ratio=0.05, save_steps=60, mixed_precision="no", seed=0)),
+                    warmup_ratio=0.05, save_steps=60, mixed_precision="auto", seed=0)),
     "paper": (dict(encoder="facebook/nllb-200-distilled-600M", llm="meta-llama/Meta-Llama-3-8B-Instruct",
                    llm_adapters_to_merge=["McGill-NLP/LLM2Vec-Meta-Llama-3-8B-Instruct-mntp",
                                           "McGill-NLP/LLM2Vec-Meta-Llama-3-8B-Instruct-mntp-unsup-simcse"],

@@ -162,6 +162,28 @@ def test_retrieval_probe(models, tmp_path):
         for system, fn in embed.items():
             expected = _hand_retrieval(fn([english[i] for i in ids], "eng_Latn"), fn([target[i] for i in ids], lang))
             assert results.systems[system][lang] == pytest.approx(expected), (system, lang)
+        # the FVU measure: each system's X state against the teacher's (the LLM alone) parallel English state
+        teacher = embed["llm"]([english[i] for i in ids], "eng_Latn")
+        fvu = results.meta["measures"]["FVU against the teacher's English"]["systems"]
+        assert set(fvu) == {"mtllm", "llm"}  # the encoder lives in another space
+        for system in ("mtllm", "llm"):
+            student = embed[system]([target[i] for i in ids], lang)
+            by_hand = ((student - teacher) ** 2).sum(-1).mean() / teacher.var(0).sum()
+            assert fvu[system][lang] == pytest.approx(float(by_hand), rel=1e-4), (system, lang)
+    english_fvu = ((embed["mtllm"](list(english.values()), "eng_Latn") - embed["llm"](list(english.values()), "eng_Latn")) ** 2)
+    assert fvu["mtllm"]["eng_Latn"] == pytest.approx(float(english_fvu.sum(-1).mean() / embed["llm"](
+        list(english.values()), "eng_Latn").var(0).sum()), rel=1e-4)
+    assert "eng_Latn" not in fvu["llm"]  # the teacher against itself
+    assert "## FVU against the teacher's English" in (tmp_path / "results.md").read_text()
+
+
+def test_alignment_fvu_is_zero_for_the_teacher_and_about_one_for_its_mean():
+    from mtllm.evaluation.evaluate import alignment_fvu
+
+    torch.manual_seed(0)
+    teacher = torch.randn(50, 8) * torch.arange(1, 9)
+    assert alignment_fvu(teacher, teacher) == 0.0
+    assert alignment_fvu(teacher.mean(0, keepdim=True).expand_as(teacher), teacher) == pytest.approx(49 / 50)
 
 
 def test_encoder_language_fallback_is_explicit_and_warned():

@@ -16,6 +16,7 @@ from mtllm.cli import COMMANDS, ConvertSettings, TranslateTestSettings, command_
 from mtllm.cli.pipeline import PipelineSettings, _hash, _stage_inputs, plan_run
 from mtllm.errors import ConfigError
 from mtllm.evaluation.evaluate import EvaluateSettings
+from mtllm.inference.files import EncodeFileSettings, PredictFileSettings
 from mtllm.settings import ModelSettings, build_settings, load_yaml, parse_overrides
 from mtllm.training.distill import DistillSettings
 from mtllm.training.finetune import TaskSettings
@@ -74,6 +75,10 @@ def test_a_shared_preset_serves_every_command(monkeypatch, tmp_path):
             elif is_run_config and name in ("finetune", "distill", "evaluate"):
                 with pytest.raises(ConfigError, match=f"is a `mtllm run` config: its {name}: (section is|and retrieval: sections are) read by "):
                     command_values(name, argv)
+            elif name in ("predict", "encode"):  # they need a model and files of the user's; of a preset they take
+                # only their own keys (e.g. batch_size, dtype) and leave the shared layer
+                values = command_values(name, argv)
+                assert set(values) <= {f.name for c in cmd.settings() for f in dataclasses.fields(c)}, (name, preset)
             elif name != "convert":
                 build_settings(cmd.settings(), command_values(name, argv))
     ft = command_values("finetune", ["--config", TINY])
@@ -109,7 +114,7 @@ def test_unknown_key_is_one_line_with_close_match(tmp_path, capsys):
 
 @pytest.mark.parametrize("flag, value, message", [
     ("--target_norm", "bad", "target_norm must be 'standardize' or 'none', not 'bad'"),
-    ("--mixed_precision", "fp8", "mixed_precision must be 'no', 'bf16' or 'fp16', not 'fp8'"),
+    ("--mixed_precision", "fp8", "mixed_precision must be 'no', 'bf16', 'fp16' or 'auto', not 'fp8'"),
     ("--max_steps", "many", "max_steps must be an integer or null, not 'many'"),
     ("--dtype", "float64", "dtype must be 'float32', 'bfloat16' or 'float16', not 'float64'"),
     ("--batch_size", "0", "batch_size must be >= 1, not 0: the default is 16"),
@@ -125,7 +130,7 @@ def test_unknown_key_is_one_line_with_close_match(tmp_path, capsys):
     ("--lora_dropout", "1", "lora_dropout must be in [0, 1), not 1.0: the default is 0.05"),
     ("--max_seq_length", "4", "max_seq_length must be >= 8, not 4: the default is 512"),
     ("--data", "[]", "data must be non-empty, not []: the default is ['fineweb']"),
-    ("--data", "[nope.txt]", "data must be a list, each a text file or folder, 'fineweb' or task:NAME/LANG/SPLIT, "
+    ("--data", "[nope.txt]", "data must be a list, each a text file or folder, data:PATH (inside the data directory), 'fineweb' or task:NAME/LANG/SPLIT, "
                              "not ['nope.txt']: 'nope.txt': no such file or folder."),
     ("--encoder", "./no/such/model", "encoder must be a hub id, pocket:NAME, tiny:NAME or an existing model folder, "
                                      "not './no/such/model': there is no folder no/such/model (a path like this "
@@ -184,7 +189,8 @@ def test_ranges_are_checked_when_settings_are_built(cls, values, message):
 
 
 SETTINGS_CLASSES = (ModelSettings, Stage1Settings, TrainingArgs, TaskSettings, DistillSettings, EvaluateSettings,
-                    TranslateSettings, TranslateTestSettings, ConvertSettings, PipelineSettings)
+                    TranslateSettings, TranslateTestSettings, ConvertSettings, PipelineSettings, PredictFileSettings,
+                    EncodeFileSettings)
 
 
 def test_every_settings_class_checks_itself_and_every_number_has_a_range(monkeypatch):
@@ -206,7 +212,9 @@ def test_every_settings_class_checks_itself_and_every_number_has_a_range(monkeyp
     seen = []
     monkeypatch.setattr(settings_module, "_apply", lambda s, inputs: seen.append((type(s), inputs)))
     for cls in SETTINGS_CLASSES:
-        dataclasses.replace(cls(**({"objective": "ce"} if cls is DistillSettings else {})))
+        required = {DistillSettings: {"objective": "ce"}, PredictFileSettings: {"lang": "eng_Latn"},
+                    EncodeFileSettings: {"lang": "eng_Latn"}}.get(cls, {})
+        dataclasses.replace(cls(**required))
         assert seen[-2:] == [(cls, False), (cls, False)], cls
 
 
@@ -260,7 +268,7 @@ def test_missing_inputs_are_named_before_any_model_loads(tmp_path, capsys, monke
          f"compare must be a list of NAME=DIR, not ['before={tmp_path / 'm'}']: 'before={tmp_path / 'm'}': there is "
          f"no folder {tmp_path / 'm'}"),
         (["adapt", *args, "--data", str(ROOT / "README.md")],
-         "data must be a list, each a text file or folder, 'fineweb' or task:NAME/LANG/SPLIT, not"),
+         "data must be a list, each a text file or folder, data:PATH (inside the data directory), 'fineweb' or task:NAME/LANG/SPLIT, not"),
     ]
     for argv, message in cases:
         assert main(argv) == 2, argv

@@ -314,10 +314,13 @@ def test_hub_columns_are_checked(hub):
         load_examples("nusax", "eng_Latn", "test")
 
 
-def test_hub_empty_text_names_the_row(hub):
+def test_hub_row_without_text_is_dropped_and_counted_naming_the_row(hub):
+    # the bad-row policy (mtllm.tasks.base; more in tests/test_bad_rows.py): no text -> dropped, counted
     hub(lambda p, n, s: _ds({"index_id": [1, 2], "category": ["health", "travel"], "text": ["ok", "  "]}))
-    with pytest.raises(TaskDataError, match=r"'Davlan/sib200'.*row 1: empty 'text'"):
-        load_examples("sib200", "eng_Latn", "test")
+    examples = load_examples("sib200", "eng_Latn", "test")
+    assert examples == [Example("1", ("ok",), get_task("sib200").label_names.index("health"))]
+    assert examples.report.counts() == {"blank_segment_kept": 0, "no_text_dropped": 1}
+    assert examples.report.dropped_rows == ["hub dataset 'Davlan/sib200' config 'eng_Latn' split 'test' row 1"]
 
 
 def test_available_languages_from_hub_is_the_task_list():
@@ -404,10 +407,10 @@ def test_unknown_label_names_row_and_labels(tmp_path):
     assert len(load_examples("sib200", "eng_Latn", "test", tmp_path, limit=1)) == 1  # rows before are fine
 
 
-def test_empty_text_raises_with_row(tmp_path):
+def test_empty_text_is_dropped_and_counted_with_its_row(tmp_path):
     path = _sib(tmp_path, "index_id\tcategory\ttext\n1\thealth\tok\n2\thealth\t   \n")
-    with pytest.raises(TaskDataError, match=rf"{path}:3: empty 'text'.*nothing is dropped silently"):
-        load_examples("sib200", "eng_Latn", "test", tmp_path)
+    examples = load_examples("sib200", "eng_Latn", "test", tmp_path)
+    assert [e.id for e in examples] == ["1"] and examples.report.dropped_rows == [f"{path}:3"]
 
 
 def test_too_many_fields_and_bad_json(tmp_path):

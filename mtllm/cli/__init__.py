@@ -183,6 +183,32 @@ def _run(values: dict[str, Any]) -> None:
     run_pipeline(values)
 
 
+def _predict_settings() -> tuple[type, ...]:
+    from mtllm.inference.files import PredictFileSettings
+
+    return (PredictFileSettings,)
+
+
+def _predict(values: dict[str, Any]) -> None:
+    from mtllm.inference.files import predict_file
+
+    (settings,) = build_settings(_predict_settings(), values)
+    print(json.dumps(predict_file(settings)))
+
+
+def _encode_settings() -> tuple[type, ...]:
+    from mtllm.inference.files import EncodeFileSettings
+
+    return (EncodeFileSettings,)
+
+
+def _encode(values: dict[str, Any]) -> None:
+    from mtllm.inference.files import encode_file
+
+    (settings,) = build_settings(_encode_settings(), values)
+    print(json.dumps(encode_file(settings)))
+
+
 def _convert(values: dict[str, Any]) -> None:
     from mtllm.sources.pocket import pocket_path
 
@@ -202,6 +228,10 @@ COMMANDS: dict[str, Command] = {
                               _translate_test_settings, _translate_test),
     "run": Command("the whole pipeline (models, stage 1, teacher, distillation, evaluation), resumable",
                    _run_settings, _run, _run_sections),
+    "predict": Command("label every row of a .txt/.csv/.tsv/.jsonl/.parquet file with a trained model (streamed, "
+                       "resumable)", _predict_settings, _predict),
+    "encode": Command("embed every row of a file into .npy or .parquet (streamed, resumable)", _encode_settings,
+                      _encode),
     "convert": Command("convert the pocket models (from PyPI) once into the cache", lambda: (ConvertSettings,),
                        _convert),
 }
@@ -311,4 +341,7 @@ def _interrupted(name: str, err: KeyboardInterrupt) -> str:
         if isinstance(err, TrainingInterrupted):
             return f"{what}; to continue from it, rerun the same command with --resume"
         return f"{what}; to continue from the last checkpoint, if any, rerun the same command with --resume"
+    if name in ("predict", "encode"):
+        return (f"{what}; every finished chunk of rows is kept: rerun the same command to continue with the next row "
+                f"(--overwrite starts again)")
     return f"{what}; every file is written whole or not at all, so rerunning the same command redoes it"

@@ -12,6 +12,12 @@ Stages, each in its own folder under ``output_dir``::
 Runs of several tasks can share one ``output_dir``: stage 1 and the retrieval probe are then done
 once and reused (same inputs, same hash).
 
+``task`` is a task name or the path of a task file (``task: my-task.yaml``, :mod:`mtllm.tasks.files`): its
+stage folders are named by the task's ``name:`` (``teacher-my-sentiment``), its hashes cover the bytes of
+every file it names (changing a file redoes the stages that read it), and the splits and languages the
+stages use are checked before the first stage starts. The teacher and distillation stages print the bad
+rows (kept with a blank segment, dropped without text: :mod:`mtllm.tasks.base`) of their training data.
+
 A run config is a flat preset (model and stage-1 keys, e.g. ``base: pocket.yaml``) plus one section
 per later stage (``finetune:``, ``distill:``, ``evaluate:``, ``retrieval:``) holding that stage's
 keys; ``--section.key value`` overrides one of them (``--finetune.num_epochs 2``). Every stage's
@@ -63,7 +69,7 @@ SECTION_SETTINGS: dict[str, tuple[type, ...]] = {
 class PipelineSettings:
     """Top-level keys of ``mtllm run`` (besides the model/stage-1 keys and the per-stage sections)."""
 
-    task: str = field(default="sib200", metadata={"help": "Task to train the teacher on and evaluate.", "check": TASK})
+    task: str = field(default="sib200", metadata={"help": "Task to train the teacher on and evaluate: a name, or the path of a task YAML (mtllm.tasks.files).", "check": TASK})
     output_dir: str = field(default="runs/pocket-sib200", metadata={"help": "Root folder of the run.", "check": OUTPUT_DIR})
     data_dir: str | None = field(default=None, metadata={"help": "Local data root (else $MTLLM_DATA_DIR, else the hub).", "check": EXISTING_DIR})
     stages: list[StageName] = field(default_factory=lambda: ["stage1", "retrieval", "teacher", "distill", "eval"],
@@ -118,6 +124,9 @@ def _stage1_key(stage1_s: Any) -> dict[str, Any]:
     key = asdict(stage1_s)
     if not key.get("cache_encoder_outputs"):
         key.pop("cache_encoder_outputs", None)
+    if key.get("stage1_objective") == "sequence":  # the paper's: runs from before the span objective keep their hash
+        key.pop("stage1_objective", None)
+        key.pop("span_weight", None)
     return key
 
 
@@ -144,6 +153,8 @@ class RunPlan:
     evaluate: EvaluateSettings
     retrieval: EvaluateSettings | None
     sections: dict[str, dict[str, Any] | None]
+    task_name: str = ""               # the task's name (a task file's name:), for folders and headers
+    task_files: str | None = None     # a task file's FileTask.files_digest(); None for a registered task
 
 
 def _resolve_data_dir(data_dir: str | None) -> str | None:
@@ -174,8 +185,10 @@ def plan_run(values: dict[str, Any]) -> RunPlan:
         STAGE1_SETTINGS, {k: v for k, v in flat.items() if k not in top_keys or k == "seed"})
     data_dir = _resolve_data_dir(pipe.data_dir)
     root = Path(pipe.output_dir)
-    dirs = {"stage1": root / "stage1", "retrieval": root / "retrieval", "teacher": root / f"teacher-{pipe.task}",
-            "distill": root / f"distill-{pipe.task}", "eval": root / f"eval-{pipe.task}"}
+    spec = _task_spec(pipe.task)
+    task_name = spec.name if spec.reads_own_files else pipe.task
+    dirs = {"stage1": root / "stage1", "retrieval": root / "retrieval", "teacher": root / f"teacher-{task_name}",
+            "distill": root / f"distill-{task_name}", "eval": root / f"eval-{task_name}"}
     common = {"task": pipe.task, "data_dir": data_dir}
     ev_common = {"data_dir": data_dir, "notes": pipe.notes}
     teacher = _section_settings(sections, "finetune", {**common, "seed": pipe.seed}, dirs["teacher"])
@@ -191,20 +204,39 @@ def plan_run(values: dict[str, Any]) -> RunPlan:
             "task": "retrieval", "model": str(dirs["stage1"] / "final"), "systems": ["mtllm", "llm", "encoder"],
             "compare": [f"mtllm_before_stage1={dirs['stage1'] / 'initial'}"], **ev_common}, dirs["retrieval"])
     stages = tuple(s for s in pipe.stages if not (s == "retrieval" and retrieval is None))
+    task_files = None
+    if spec.reads_own_files:  # a task file: the splits and languages the stages use exist, before any stage
+        from mtllm.evaluation.evaluate import _languages
+
+        for split in (teacher[0].train_split, teacher[0].eval_split, distill[0].train_split, distill[0].eval_split,
+                      evaluate.split):
+            spec.check_split(split)
+        _languages(spec, evaluate.langs, None)
+        task_files = spec.files_digest()
     return RunPlan(pipe, root, data_dir, stages, dirs, model, stage1, stage1_args, tuple(teacher), tuple(distill),
-                   evaluate, retrieval, sections)
+                   evaluate, retrieval, sections, task_name, task_files)
+
+
+def _task_spec(task: str):
+    from mtllm.tasks import get_task
+
+    return get_task(task)  # already checked by PipelineSettings (a task file is read once, then cached)
 
 
 def _stage_inputs(plan: RunPlan, name: str, hashes: dict[str, str]) -> list[Any]:
     """What stage ``name``'s hash covers: its settings (sections as written) and the hashes of the stages
     it reads, when they ran earlier in this run."""
     s, data_dir, pipe = plan.sections, plan.data_dir, plan.pipe
+    # a task file: its name and the hash of its files' bytes, not its path (moving it redoes nothing); a
+    # registered task's hash stays what it always was
+    files = [plan.task_files] if plan.task_files is not None else []
+    task = plan.task_name if plan.task_files is not None else pipe.task
     return {
         "stage1": [asdict(plan.model), _stage1_key(plan.stage1), _args_key(plan.stage1_args)],
         "retrieval": [hashes.get("stage1"), _args_key(s["retrieval"] or {}), data_dir],
-        "teacher": [asdict(plan.model), pipe.task, _args_key(s["finetune"]), data_dir, pipe.seed],
-        "distill": [hashes.get("stage1"), hashes.get("teacher"), _args_key(s["distill"]), data_dir, pipe.seed],
-        "eval": [hashes.get("distill"), hashes.get("teacher"), _args_key(s["evaluate"]), data_dir, pipe.task],
+        "teacher": [asdict(plan.model), task, _args_key(s["finetune"]), data_dir, pipe.seed, *files],
+        "distill": [hashes.get("stage1"), hashes.get("teacher"), _args_key(s["distill"]), data_dir, pipe.seed, *files],
+        "eval": [hashes.get("distill"), hashes.get("teacher"), _args_key(s["evaluate"]), data_dir, task, *files],
     }[name]
 
 
@@ -227,14 +259,32 @@ def _run_retrieval(plan: RunPlan, resume: bool) -> StageResult:
     return _results_artefacts(plan.dirs["retrieval"]), run_evaluate(plan.retrieval).averages()
 
 
+def _print_bad_rows(stage: str, task: TaskSettings) -> None:
+    """Print the bad rows (kept with a blank segment, dropped without text) of ``task``'s training and
+    validation data, as the stage will load them; nothing when there are none."""
+    from mtllm.tasks import get_task, load_examples, load_train_examples
+
+    spec = get_task(task.task)
+    for split in dict.fromkeys([task.train_split, task.eval_split]):
+        if split == "train" and task.train_lang == "eng_Latn":
+            examples = load_train_examples(spec, data_dir=task.data_dir)
+        else:
+            examples = load_examples(spec, task.train_lang, split, data_dir=task.data_dir)
+        report = examples.report
+        if report.any:
+            print(f"[run] {stage}: {report.task} {report.lang} {report.split} data: {report.summary()}", flush=True)
+
+
 def _run_teacher(plan: RunPlan, resume: bool) -> StageResult:
     task, args = plan.teacher
+    _print_bad_rows("teacher", task)
     summary = run_finetune(plan.model, task, replace(args, resume=resume, overwrite=True))
     return {"best": summary["best_dir"], "metrics": str(plan.dirs["teacher"] / "metrics.jsonl")}, summary["best"]
 
 
 def _run_distill(plan: RunPlan, resume: bool) -> StageResult:
     task, distill, args = plan.distill
+    _print_bad_rows("distill", task)
     summary = run_distill(plan.model, task, distill, replace(args, resume=resume, overwrite=True))
     return ({"final": summary["final_dir"], "metrics": str(plan.dirs["distill"] / "metrics.jsonl")},
             {k: summary[k] for k in ("evals", "steps", "seconds", "trainable")})
@@ -386,7 +436,7 @@ def run_pipeline(values: dict[str, Any]) -> dict[str, Any]:
     results: dict[str, Any] = {}
     for i, (name, stage) in enumerate(stages.items(), 1):
         what, body = STAGES[name]
-        _header(i, len(plan.stages), name, what.format(task=plan.pipe.task))
+        _header(i, len(plan.stages), name, what.format(task=plan.task_name or plan.pipe.task))
         results[name] = stage.run(body, plan)
     total = time.perf_counter() - t_run
     _print_summary(plan, results, total)

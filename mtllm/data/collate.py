@@ -67,8 +67,12 @@ def collate_examples(model: Any, examples: Sequence[Any], *, path: str, lang: st
 
 
 def _fields(example: Any) -> list[tuple[str, Any]]:
-    """``(name, text)`` of every text an example feeds the model: ``texts[i]`` and ``options[j]``."""
-    return ([(f"texts[{i}]", t) for i, t in enumerate(example.texts)]
+    """``(name, text)`` of every text an example feeds the model that must have content: ``texts[i]`` and
+    ``options[j]``, except a segment that is exactly ``""`` while another segment has text (a pair with one
+    blank side, which the task loaders keep: :mod:`mtllm.tasks.base`)."""
+    texts = list(example.texts)
+    keep_blank = len(texts) > 1 and any(isinstance(t, str) and t != "" for t in texts)
+    return ([(f"texts[{i}]", t) for i, t in enumerate(texts) if not (keep_blank and t == "")]
             + [(f"options[{j}]", o) for j, o in enumerate(example.options)])
 
 
@@ -76,7 +80,8 @@ def check_content(model: Any, examples: Sequence[Any], *, path: str) -> None:
     """A :class:`~mtllm.errors.DataError` naming the examples (ids and fields) of which a text has no content
     token for ``path``'s tokenizer (:meth:`MTLLMModel.contentless`: empty, or only characters the tokenizer
     drops, such as zero-width or control characters): every such text would get the same embedding, so it
-    is refused like an empty text, before any work."""
+    is refused like an empty text, before any work. One segment of a pair may be exactly ``""`` (the task
+    loaders keep such rows); an example with no text at all is always refused."""
     where = [(e.id, name) for e in examples for name, _ in _fields(e)]
     bad = model.contentless([text for e in examples for _, text in _fields(e)], path=path)
     if bad:

@@ -81,10 +81,20 @@ def _iter_file(path: Path, text_field: str) -> Iterator[str]:
         raise DataError(f"{path}: unsupported file type {suffix!r}; use one of {', '.join(LOCAL_SUFFIXES)}")
 
 
-def source_problem(source: str) -> str | None:
+def source_problem(source: str, data_dir: str | None = None) -> str | None:
     """What is wrong with the stage-1 text source ``source`` (see :func:`iter_texts`), or ``None``: a missing
     file or folder, a folder without text files, a file type or ``task:`` source that cannot be read. The
-    settings check it (:data:`mtllm.settings.TEXT_SOURCE`) before any model loads."""
+    settings check it (:data:`mtllm.settings.TEXT_SOURCE`) before any model loads. A ``data:`` source is
+    checked against ``data_dir`` (else ``$MTLLM_DATA_DIR``) when one is set; without one, only its form."""
+    if source.startswith(DATA_PREFIX):
+        rel = source[len(DATA_PREFIX):]
+        if not rel or Path(rel).is_absolute() or ".." in Path(rel).parts:
+            return "data sources look like data:PATH with PATH inside the data directory, e.g. data:english-wordnet/texts.txt"
+        root = _data_root(data_dir)
+        if root is None:
+            return None
+        problem = source_problem(str(root / rel))
+        return f"{root / rel}: {problem}" if problem else None
     if source.startswith(TASK_PREFIX):
         if len(source[len(TASK_PREFIX):].split("/")) != 3:
             return "task sources look like task:NAME/LANG/SPLIT, e.g. task:sib200/eng_Latn/train"
@@ -105,7 +115,8 @@ def source_problem(source: str) -> str | None:
 
 
 def iter_texts(sources: str | Sequence[str], *, text_field: str = "text", data_dir: str | None = None) -> Iterator[str]:
-    """Texts from ``sources``: files, folders (every supported file inside, sorted), ``"fineweb"``
+    """Texts from ``sources``: files, folders (every supported file inside, sorted), ``"data:PATH"`` (a
+    file or folder inside the data directory ``data_dir``), ``"fineweb"``
     (streamed from the hub, ``HuggingFaceFW/fineweb`` ``sample-10BT``), or ``"task:NAME/LANG/SPLIT"``
     (every text field of a task's examples, e.g. ``task:sib200/eng_Latn/train``, from the local data
     dir or the hub, see :mod:`mtllm.tasks`). Files: ``.txt`` (blank-line separated paragraphs, else one
@@ -115,7 +126,7 @@ def iter_texts(sources: str | Sequence[str], *, text_field: str = "text", data_d
     if isinstance(sources, str):
         sources = [sources]
     for source in sources:
-        if (problem := source_problem(source)) is not None:
+        if (problem := source_problem(source, data_dir)) is not None:
             raise DataError(f"{source}: {problem}")
         if source.startswith(TASK_PREFIX):
             yield from _iter_task(source, data_dir)
@@ -123,6 +134,14 @@ def iter_texts(sources: str | Sequence[str], *, text_field: str = "text", data_d
         if source == FINEWEB or source.startswith(FINEWEB_HUB_ID):
             yield from _iter_fineweb(text_field)
             continue
+        if source.startswith(DATA_PREFIX):
+            root = _data_root(data_dir)
+            if root is None:
+                raise DataError(f"{source}: a data: source is a path inside the data directory; pass --data-dir DIR "
+                                f"(or set $MTLLM_DATA_DIR), or give the file's path instead")
+            source = str(root / source[len(DATA_PREFIX):])
+            if (problem := source_problem(source)) is not None:
+                raise DataError(f"{source}: {problem}")
         path = Path(source).expanduser()
         files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in LOCAL_SUFFIXES) \
             if path.is_dir() else [path]
@@ -133,6 +152,15 @@ def iter_texts(sources: str | Sequence[str], *, text_field: str = "text", data_d
 
 
 TASK_PREFIX = "task:"
+#: ``data:PATH``: a file or folder inside the local data directory (``--data-dir``/``$MTLLM_DATA_DIR``), e.g.
+#: ``data:english-wordnet/texts.txt`` (155k English WordNet definitions and examples in ``../shared/data``).
+DATA_PREFIX = "data:"
+
+
+def _data_root(data_dir: str | None) -> Path | None:
+    from mtllm.tasks import resolve_data_dir
+
+    return resolve_data_dir(data_dir)
 
 
 def _iter_task(source: str, data_dir: str | None) -> Iterator[str]:

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from mtllm.errors import ConfigError
-from mtllm.settings import (EXISTING_DIR, MODEL, NAMED_MODELS, NON_EMPTY, OUTPUT_DIR, TASK_OR_RETRIEVAL, Dtype,
+from mtllm.settings import (EXISTING_DIR, MODEL, NAMED_MODELS, NON_EMPTY, OUTPUT_DIR, TASK_OR_RETRIEVAL, InferenceDtype,
                             at_least, check_settings)
 
 __all__ = ["EvaluateSettings", "run_evaluate", "retrieval_accuracy", "encoder_lang", "sample_examples"]
@@ -57,7 +57,7 @@ class EvaluateSettings:
     translate_model: str = field(default="facebook/nllb-200-distilled-600M", metadata={"help": "Seq2seq MT model for translate_test.", "check": MODEL})
     compare: list[str] = field(default_factory=list, metadata={"help": "Extra MT-LLMs as NAME=DIR (e.g. mtllm_before_stage1=runs/x/stage1/initial).", "check": NAMED_MODELS})
     fallbacks: dict = field(default_factory=dict, metadata={"help": "Explicit encoder-language fallbacks {code: code}."})
-    dtype: Dtype = field(default="float32", metadata={"help": "Weights dtype: float32, bfloat16 or float16."})
+    dtype: InferenceDtype = field(default="float32", metadata={"help": "Weights dtype: float32, bfloat16, float16, or auto (bfloat16 where the device computes it faster than float32: a GPU with bf16, a CPU with avx512_bf16/AMX; else float32)."})
     device: str | None = field(default=None, metadata={"help": "Where the models run: cpu, cuda, cuda:N or mps (default: $MTLLM_DEVICE, else cuda if available, else mps, else cpu)."})
     notes: list[str] = field(default_factory=list, metadata={"help": "Free-text notes written into results.md."})
 
@@ -140,18 +140,21 @@ def encoder_lang(model: Any, lang: str, fallbacks: dict | None = None) -> str:
     return resolve_encoder_lang(lang, supported, fallbacks=fallbacks)
 
 
-def _languages(task: str, requested: Sequence[str], data_dir: str | None) -> list[str]:
+def _languages(task: Any, requested: Sequence[str], data_dir: str | None) -> list[str]:
+    """``requested`` (``all``: every language the task has data for here; a task file: its test languages),
+    each checked."""
     from mtllm.data.languages import validate_lang
-    from mtllm.tasks import available_languages
+    from mtllm.tasks import available_languages, get_task
 
-    langs = available_languages(task, data_dir)
+    spec = get_task(task)
+    langs = available_languages(spec, data_dir)
     if list(requested) in (["all"], []):
         return langs
     out = []
     for code in requested:
         code = validate_lang(code)
         if code not in langs:
-            raise ConfigError(f"{task} has no {code!r} data here; available: {', '.join(langs[:20])}"
+            raise ConfigError(f"{spec.name} has no {code!r} data here; available: {', '.join(langs[:20])}"
                              + (" ..." if len(langs) > 20 else ""))
         out.append(code)
     return out
@@ -193,11 +196,11 @@ def _run_task(s: EvaluateSettings, models: dict[str, Any], progress: bool, trans
     from mtllm.tasks import get_task, load_examples
     from mtllm.inference import predict
 
-    spec = get_task(s.task)
-    langs = _languages(spec.name, s.langs, s.data_dir)
+    spec = get_task(s.task)  # a name, or the path of a task file (mtllm.tasks.files)
+    langs = _languages(spec, s.langs, s.data_dir)
     from mtllm.settings import parse_dtype
 
-    dtype = parse_dtype(s.dtype)
+    dtype = parse_dtype(s.dtype, s.device)
     mtllm = models.get("mtllm")
     if mtllm is None and {"mtllm", "encoder"} & set(s.systems):
         if not s.model:
@@ -219,9 +222,11 @@ def _run_task(s: EvaluateSettings, models: dict[str, Any], progress: bool, trans
 
     examples_of: dict[str, list[Any]] = {}
     single_class: dict[str, str] = {}
+    bad_rows: dict[str, dict[str, int]] = {}  # lang -> {"blank_segment_kept": n, "no_text_dropped": m}
     n_sampled = 0
     for lang in langs:
         everything = load_examples(spec, lang, s.split, data_dir=s.data_dir)
+        bad_rows[lang] = everything.report.counts()
         examples_of[lang] = sample_examples(everything, s.max_examples, seed=s.sample_seed)
         n_sampled += len(examples_of[lang]) < len(everything)
         if (only := _single_class(spec, examples_of[lang])) is not None:
@@ -314,6 +319,7 @@ def _run_task(s: EvaluateSettings, models: dict[str, Any], progress: bool, trans
         meta["sample"] = {"max_examples": s.max_examples, "seed": s.sample_seed, "method": "stratified by label"}
     if single_class:
         meta["single_class"] = single_class
+    meta["bad_rows"] = bad_rows  # results.md notes the languages with any (mtllm.evaluation.report)
     return EvalResults(task=spec.name, metric="accuracy", systems=accs, n_examples=n_examples, train_lang=s.train_lang,
                        notes=sorted(set(notes), key=notes.index), meta=meta)
 
@@ -341,7 +347,7 @@ def _run_retrieval(s: EvaluateSettings, models: dict[str, Any], progress: bool):
 
     from mtllm.settings import parse_dtype
 
-    dtype = parse_dtype(s.dtype)
+    dtype = parse_dtype(s.dtype, s.device)
     langs = [c for c in _languages("sib200", s.langs, s.data_dir) if c != s.train_lang]
     mtllms: dict[str, Any] = {}
     if "mtllm" in s.systems:
@@ -395,21 +401,42 @@ def _run_retrieval(s: EvaluateSettings, models: dict[str, Any], progress: bool):
         bar = tqdm(langs, desc="retrieval", unit="lang")
     ids_all = list(english)
     pos = {i: k for k, i in enumerate(ids_all)}
+    for name, embed in embedders.items():
+        t0 = time.perf_counter()
+        eng_cache[name] = embed([english[i] for i in ids_all], s.train_lang)
+        seconds[name] = time.perf_counter() - t0
+    # what stage 1 buys across languages: each system's X state against the teacher's (the LLM without
+    # adapters) state of the parallel English sentence; the encoder has another space and no such measure
+    fvu = None
+    if "llm" in embedders and len(ids_all) > 1:
+        fvu = {name: {} for name in embedders if name != "encoder"}
+        for name in fvu:
+            if name != "llm":  # the LLM's own English states are the teacher (FVU 0 by definition)
+                fvu[name][s.train_lang] = alignment_fvu(eng_cache[name], eng_cache["llm"])
     for lang in bar:
         target = {e.id: e.texts[0] for e in load_examples("sib200", lang, s.split, data_dir=s.data_dir)}
         ids = [i for i in ids_all if i in target]
         n_examples[lang] = len(ids)
+        rows = [pos[i] for i in ids]
         for name, embed in embedders.items():
             t0 = time.perf_counter()
-            if name not in eng_cache:
-                eng_cache[name] = embed([english[i] for i in ids_all], s.train_lang)
-            src = eng_cache[name][[pos[i] for i in ids]]
+            src = eng_cache[name][rows]
             tgt = embed([target[i] for i in ids], lang)
             a, b = retrieval_accuracy(src, tgt)
             accs[name][lang] = (a + b) / 2
+            if fvu is not None and name in fvu and len(ids) > 1:
+                fvu[name][lang] = alignment_fvu(tgt, eng_cache["llm"][rows])
             seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - t0
         if progress:
             bar.set_postfix({k: f"{v[lang]:.2f}" for k, v in accs.items()})
+    measures = {}
+    if fvu is not None:
+        measures["FVU against the teacher's English"] = {
+            "description": ("FVU of each system's pooled state of the sentence in that language against the teacher "
+                            "LLM's (no adapters) pooled state of the parallel English sentence (0 = identical, 1 = no "
+                            "better than the teacher's mean; lower is better). Same sentences as the retrieval table; "
+                            f"the `{s.train_lang}` row is each MT-LLM on the English sentences themselves."),
+            "systems": fvu}
     notes = [f"retrieval: English<->X top-1 accuracy (mean of both directions) over {len(ids_all)} SIB-200 "
              f"{s.split} sentences; chance is 1/{len(ids_all)}"]
     if len(ids_all) < len(all_english):
@@ -421,6 +448,15 @@ def _run_retrieval(s: EvaluateSettings, models: dict[str, Any], progress: bool):
                        train_lang=s.train_lang, notes=notes,
                        meta={"seconds": {k: round(v, 2) for k, v in seconds.items()}, "split": s.split,
                              "models": {k: getattr(v.config, "_name_or_path", None) for k, v in mtllms.items()},
-                             "chance": 1.0 / max(1, len(ids_all)),
+                             "chance": 1.0 / max(1, len(ids_all)), "measures": measures,
                              **({"sample": {"max_examples": s.max_examples, "seed": s.sample_seed,
                                             "method": "stratified by topic"}} if s.max_examples is not None else {})})
+
+
+def alignment_fvu(student_ND: torch.Tensor, teacher_ND: torch.Tensor) -> float:
+    """Fraction of the teacher's variance the student leaves unexplained: ``sum ||s_i - t_i||^2`` over the
+    pairs divided by ``N`` times the teacher rows' total variance (the sum of the per-dimension variances).
+    0 = the student reproduces the teacher; 1 = no better than predicting the teacher's mean."""
+    total_var = teacher_ND.float().var(0).sum().clamp_min(1e-12)
+    return float((student_ND.float() - teacher_ND.float()).pow(2).sum(-1).mean() / total_var)
+

@@ -18,7 +18,9 @@ plot.
     accuracy in % with one decimal, ``n`` per language, the averages last; a missing cell is ``–`` and
     the best system of a row is bold. A language in ``meta["single_class"]`` (``{LANG: class}``: every
     example it was scored on has that one class) has each score marked with :data:`SINGLE_CLASS_MARK`,
-    no bold, and a note: its score only says whether a system predicts that class.
+    no bold, and a note: its score only says whether a system predicts that class. ``meta["bad_rows"]``
+    (``{LANG: {"blank_segment_kept": n, "no_text_dropped": m}}``, written by evaluation) adds a note naming
+    the languages whose data had rows kept with a blank segment or dropped for having no text.
 ``results.png``
     per-language accuracy by system (one marker per system and language), languages sorted by the first
     system's accuracy, a dashed line at the chance / majority-class level when known, the figure wide
@@ -34,7 +36,7 @@ import math
 import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 from mtllm._io import atomic_path, atomic_write_text
 
@@ -278,6 +280,7 @@ def render_markdown(results: EvalResults) -> str:
         notes.append(f"{SINGLE_CLASS_MARK} every example of {', '.join(f'{l} ({c})' for l, c in sorted(flagged.items()))} "
                      f"has the same class: such a score only says whether a system predicts that class (a system that "
                      f"always does scores 100), so it is not bold and not comparable; evaluate more examples")
+    notes += _bad_rows_notes(results)
     if notes:
         lines += ["", "Notes:", ""] + [f"- {note}" for note in notes]
     lines += ["", _row(["Language", "n"] + [_md_escape(s) for s in systems]),
@@ -302,7 +305,46 @@ def render_markdown(results: EvalResults) -> str:
     for label, avg, comparable in averages:
         values = [avg[s] for s in systems]
         lines.append(_row([f"**{label}**", ""] + (_bold_best(values) if comparable else [_pct(v) for v in values])))
+    for name, measure in (results.meta.get("measures") or {}).items():
+        lines += [""] + _measure_table(name, measure, results.languages)
     return "\n".join(lines) + "\n"
+
+
+def _measure_table(name: str, measure: Mapping[str, Any], languages: Sequence[str]) -> list[str]:
+    """A further per-language measure from ``meta["measures"][name]`` (``{"description", "systems": {system:
+    {lang: value}}}``, e.g. the retrieval probe's FVU), as plain numbers with a per-system mean."""
+    per_system: Mapping[str, Mapping[str, float]] = measure.get("systems", {})
+    systems = list(per_system)
+    # languages only this measure has (the retrieval probe's English row) first, then the table's own
+    langs = list(dict.fromkeys([*(l for v in per_system.values() for l in v if l not in languages), *languages]))
+    lines = [f"## {name}", "", str(measure.get("description", "")), "",
+             _row(["Language"] + [_md_escape(s) for s in systems]), _row(["---"] + ["---:"] * len(systems))]
+    for lang in langs:
+        lines.append(_row([_md_escape(lang)] + [_num(per_system[s].get(lang)) for s in systems]))
+    means = [sum(v.values()) / len(v) if v else None for v in (per_system[s] for s in systems)]
+    lines.append(_row(["**mean**"] + [_num(m) for m in means]))
+    return lines
+
+
+def _num(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3f}"
+
+
+def _bad_rows_notes(results: EvalResults) -> list[str]:
+    """The note on ``meta["bad_rows"]`` (``{lang: {"blank_segment_kept": n, "no_text_dropped": m}}``, from the
+    task loaders): the languages whose data had rows kept with a blank segment or dropped without text."""
+    bad = results.meta.get("bad_rows")
+    if not isinstance(bad, Mapping):
+        return []
+    parts = []
+    for lang, counts in sorted(bad.items()):
+        kept, dropped = (int((counts or {}).get(k) or 0) for k in ("blank_segment_kept", "no_text_dropped"))
+        if kept or dropped:
+            parts.append(f"{lang}: {kept} kept with a blank segment, {dropped} dropped without text")
+    if not parts:
+        return []
+    return [f"bad rows in the data (bad_rows in {RESULTS_JSON}; a row with one blank segment of a pair is scored "
+            f"with that segment empty, a row with no text is not scored and not counted in n): {'; '.join(parts)}"]
 
 
 def format_summary_lines(results: EvalResults) -> list[str]:

@@ -48,7 +48,14 @@ class MTLLMConfig(PretrainedConfig):
         max_seq_length: truncation length for both tokenisations.
         lora: :class:`LoraSettings` as a dict, or ``None`` for no trainable adapter.
         label_names / head_kind: the task head, if any (``classification``: one logit per label;
-            ``multiple_choice``: one score per option span); saved with the model.
+            ``multiple_choice``: one score per option span); saved with the model. ``id2label`` /
+            ``label2id`` (the ``transformers`` names for the same labels) always follow ``label_names``:
+            setting ``label_names`` (as :meth:`MTLLMModel.set_head` does) sets them, and a config saved
+            before they were recorded gets them when it loads.
+
+    Registered with ``transformers`` on ``import mtllm`` (``AutoConfig`` model type ``"mtllm"``,
+    ``AutoModel`` -> :class:`mtllm.MTLLMModel`), so ``AutoModel.from_pretrained(folder)`` loads a saved
+    MT-LLM through :meth:`mtllm.MTLLMModel.from_pretrained`.
     """
 
     model_type = "mtllm"
@@ -92,6 +99,23 @@ class MTLLMConfig(PretrainedConfig):
         self.head_kind = head_kind
         self.pair_separator = pair_separator
         super().__init__(**kwargs)
+        if self.label_names:  # transformers' init set its own id2label (from kwargs, or LABEL_0/LABEL_1)
+            self._sync_labels(self.label_names)
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        super().__setattr__(key, value)
+        if key == "label_names":
+            if value:
+                self._sync_labels(value)
+            else:  # no labels (no head, or a multiple-choice head): transformers' default
+                super().__setattr__("id2label", {0: "LABEL_0", 1: "LABEL_1"})
+                super().__setattr__("label2id", {"LABEL_0": 0, "LABEL_1": 1})
+
+    def _sync_labels(self, names: list[str]) -> None:
+        """``id2label`` / ``label2id`` from the head's ``label_names`` (position = logit index)."""
+        names = [str(n) for n in names]
+        super().__setattr__("id2label", dict(enumerate(names)))
+        super().__setattr__("label2id", {n: i for i, n in enumerate(names)})
 
     @property
     def has_encoder(self) -> bool:

@@ -13,7 +13,7 @@ import re
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -67,9 +67,13 @@ def _is_peft(model: nn.Module) -> bool:
     return isinstance(model, PeftModel)
 
 
-def _detect_lang_style(encoder_tokenizer: Any, encoder_source: str | None) -> tuple[str, str]:
-    """(style, prefix): NLLB-style tokenizers take ``src_lang``; e5 models want ``"query: "``."""
+def _detect_lang_style(encoder_tokenizer: Any, encoder_source: str | None,
+                       encoder_type: str | None = None) -> tuple[str, str]:
+    """(style, prefix): NLLB-style tokenizers take ``src_lang`` (an M2M100/NLLB encoder loaded without its
+    tokenizer files is known by its model type); e5 models want ``"query: "``."""
     if encoder_tokenizer is not None and hasattr(encoder_tokenizer, "src_lang"):
+        return "nllb", ""
+    if encoder_tokenizer is None and encoder_type in ("m2m_100", "nllb_moe"):
         return "nllb", ""
     name = (encoder_source or "").lower()
     if "e5" in name:
@@ -137,8 +141,9 @@ class MTLLMModel(PreTrainedModel):
         encoder_source = _source_name(encoder)
         enc = load_encoder(encoder, dtype=dtype)
         if encoder_tokenizer is None:
-            encoder_tokenizer = load_tokenizer(_require_source(encoder, "encoder_tokenizer"))
-        style, prefix = _detect_lang_style(encoder_tokenizer, encoder_source)
+            encoder_tokenizer = load_tokenizer(_require_source(encoder, "encoder_tokenizer"), optional=True,
+                                               what="encoder")
+        style, prefix = _detect_lang_style(encoder_tokenizer, encoder_source, getattr(enc.config, "model_type", None))
         return cls._build(
             encoder=enc, encoder_source=encoder_source, encoder_tokenizer=encoder_tokenizer, llm=llm,
             llm_tokenizer=llm_tokenizer, bidirectional=bidirectional, lora=lora, pooling=pooling,
@@ -171,7 +176,7 @@ class MTLLMModel(PreTrainedModel):
         base_llm = load_llm(llm, dtype=dtype, load_in_4bit=load_in_4bit, adapters_to_merge=llm_adapters_to_merge,
                             attn_implementation=attn_implementation)
         if llm_tokenizer is None:
-            llm_tokenizer = load_tokenizer(_require_source(llm, "llm_tokenizer"))
+            llm_tokenizer = load_tokenizer(_require_source(llm, "llm_tokenizer"), optional=True, what="LLM")
         if isinstance(lora, LoraSettings):
             lora = lora.to_dict()
         config = MTLLMConfig(
@@ -179,7 +184,7 @@ class MTLLMModel(PreTrainedModel):
             llm_name_or_path=llm_source, llm_adapters_to_merge=list(llm_adapters_to_merge),
             encoder_hidden_size=_hidden_size(encoder) if encoder is not None else None,
             llm_hidden_size=_hidden_size(base_llm), bidirectional=bidirectional, pooling=pooling,
-            prepend_llm_bos=prepend_llm_bos, llm_bos_token_id=llm_tokenizer.bos_token_id,
+            prepend_llm_bos=prepend_llm_bos, llm_bos_token_id=_bos_token_id(llm_tokenizer, base_llm),
             encoder_lang_style=encoder_lang_style, encoder_text_prefix=encoder_text_prefix,
             encoder_languages=list(encoder_languages) if encoder_languages else None,
             max_seq_length=max_seq_length, lora=lora,
@@ -301,9 +306,23 @@ class MTLLMModel(PreTrainedModel):
         characters, ...). See :func:`no_content_texts`."""
         if path not in ("encoder", "llm"):
             raise ValueError(f"path must be 'encoder' or 'llm', not {path!r}")
-        if path == "encoder" and self.encoder_tokenizer is None:
+        if path == "encoder" and self.encoder is None:
             raise ValueError("this model has no encoder (LLM only): use path='llm'")
-        return no_content_texts(self.encoder_tokenizer if path == "encoder" else self.llm_tokenizer, texts)
+        return no_content_texts(self._text_tokenizer(path), texts)
+
+    def _text_tokenizer(self, path: str) -> Any:
+        """The tokenizer of ``path``, or a :class:`~mtllm.errors.ConfigError` when the model was loaded without
+        one (its folder had no tokenizer files): text input needs it, token ids and hidden states do not."""
+        tok = self.encoder_tokenizer if path == "encoder" else self.llm_tokenizer
+        if tok is None:
+            key = "encoder_tokenizer" if path == "encoder" else "llm_tokenizer"
+            source = self.config.encoder_name_or_path if path == "encoder" else self.config.llm_name_or_path
+            ids = "input_ids= or encoder_hidden_states=" if path == "encoder" else "llm_input_ids="
+            role = "encoder" if path == "encoder" else "LLM"
+            raise ConfigError(f"this model has no {role} tokenizer (its {role} {source!r} has no tokenizer files), so "
+                              f"it cannot read text: pass {key}=AutoTokenizer.from_pretrained(...) to MTLLMModel."
+                              f"from_pretrained (or from_encoder_and_llm), or call the model on token ids ({ids})")
+        return tok
 
     def tokenize(self, texts: Sequence[str], *, lang: str | None = None, pairs: Sequence[str] | None = None,
                  path: str = "encoder", max_length: int | None = None, return_offsets: bool = False):
@@ -318,9 +337,10 @@ class MTLLMModel(PreTrainedModel):
         if path == "encoder":
             if self.encoder is None:
                 raise ValueError("this model has no encoder (LLM only): tokenize with path='llm'")
-            tok, texts = self.encoder_tokenizer, self._encoder_texts(texts, lang)
+            tok = self._text_tokenizer(path)
+            texts = self._encoder_texts(texts, lang)
         elif path == "llm":
-            tok = self.llm_tokenizer
+            tok = self._text_tokenizer(path)
         else:
             raise ValueError(f"path must be 'encoder' or 'llm', not {path!r}")
         prev_side = tok.padding_side
@@ -463,59 +483,85 @@ class MTLLMModel(PreTrainedModel):
         return MTLLMOutput(last_hidden_state=hidden_NLD, pooled=pooled, attention_mask=mask_NL,
                            pool_mask=pool_mask_NL, logits=logits)
 
-    @torch.no_grad()
+    #: What :meth:`encode` takes from sentence-transformers' ``encode`` (and MTEB's calls of it) beyond its own
+    #: keywords, and ignores: none of them changes the embedding of this model.
+    _ENCODE_IGNORED = ("prompt_name", "prompt", "task_name", "prompt_type", "task_metadata", "hf_split",
+                       "hf_subset")
+
     def encode(self, texts: Sequence[str] | str, *, lang: str | None = None, batch_size: int = 32,
-               path: str | None = None, normalize: bool = False, show_progress: bool = False) -> torch.Tensor:
-        """Pooled embeddings ``(N, D)`` of ``texts`` (in language ``lang``, a FLORES-200 code).
+               path: str | None = None, normalize: bool = False, show_progress: bool = False,
+               normalize_embeddings: bool | None = None, show_progress_bar: bool | None = None,
+               convert_to_numpy: bool | None = None, convert_to_tensor: bool = False, device: Any = None,
+               precision: str = "float32", output_value: str = "sentence_embedding", **kwargs: Any):
+        """Pooled embeddings ``(N, D)`` of ``texts`` (in language ``lang``, a FLORES-200 code), a float32
+        tensor on the CPU (one text: ``(D,)``).
 
         ``path`` defaults to ``encoder`` (the MT-LLM) when the model has an encoder, else ``llm``.
         Batches are formed from length-sorted texts and returned in the input order.
-        """
+
+        It also takes sentence-transformers' keywords, so that the model drops into retrieval and MTEB-style
+        code: ``normalize_embeddings`` (= ``normalize``), ``show_progress_bar`` (= ``show_progress``),
+        ``convert_to_numpy=True`` (a NumPy array), ``convert_to_tensor=True`` (a tensor; wins over
+        ``convert_to_numpy``), ``device`` (where the model runs: the model's device, or ``None``),
+        ``precision="float32"`` and ``output_value="sentence_embedding"`` (the only ones there are here);
+        ``prompt_name``, ``prompt``, ``task_name``, ``prompt_type`` (and MTEB's ``task_metadata``, ``hf_split``,
+        ``hf_subset``) are accepted and ignored. Any other keyword is a ``TypeError``."""
+        from mtllm.inference.embed import embed_texts
+
+        unknown = sorted(set(kwargs) - set(self._ENCODE_IGNORED))
+        if unknown:
+            raise TypeError(f"encode() got unexpected keyword argument(s) {unknown}")
+        if precision != "float32":
+            raise ValueError(f"precision={precision!r}: this model's embeddings are float32 only")
+        if output_value != "sentence_embedding":
+            raise ValueError(f"output_value={output_value!r}: only 'sentence_embedding' (pooled vectors) is available")
+        from mtllm.device import resolve_device
+
+        if device is not None and resolve_device(device) != module_device(self):
+            raise ValueError(f"encode(device={device!r}) but the model is on {module_device(self)}: move the model "
+                             f"(model.to(...)) or set MTLLM_DEVICE before loading it")
         single = isinstance(texts, str)
-        texts = [texts] if single else list(texts)
-        path = path or ("encoder" if self.encoder is not None else "llm")
-        empty = self.contentless(texts, path=path)
-        if empty:
-            raise ValueError(f"{len(empty)} of {len(texts)} texts have nothing to embed (indices {empty[:10]}"
-                             f"{' ...' if len(empty) > 10 else ''}): empty, whitespace-only, not strings, or made only "
-                             f"of characters the {path} tokenizer drops (zero-width, control or format characters), "
-                             f"so each would get the same embedding. Drop them (or replace them) before calling "
-                             f"encode; nothing was computed.")
-        from mtllm.data.collate import model_inputs
-        from mtllm.inference.batching import run_batched
+        result = embed_texts(self, [texts] if single else texts, lang=lang, path=path, batch_size=batch_size,
+                             normalize=normalize if normalize_embeddings is None else normalize_embeddings,
+                             show_progress=show_progress if show_progress_bar is None else show_progress_bar)
+        if single:
+            result = result[0]
+        if convert_to_numpy and not convert_to_tensor:
+            return result.numpy()
+        return result
 
-        was_training = self.training
-        self.eval()
-        device = module_device(self)
-        n_truncated = 0
+    def predict(self, texts: Sequence[str] | str, *, lang: str | Sequence[str] | None = None,
+                pairs: Sequence[str] | str | None = None, options: Sequence[Sequence[str]] | None = None,
+                batch_size: int = 32, return_probs: bool = False, show_progress: bool = False):
+        """The task head's prediction for each of ``texts`` (in language ``lang``: one FLORES-200 code, or one
+        per text), in input order: a label name (``config.label_names``) per text, or, for a multiple-choice
+        head, the index of the chosen option among ``options`` (one list of answer options per text; ``texts``
+        are then the passages and ``pairs`` the questions). ``pairs``: a second text per text (an NLI
+        hypothesis), joined as :meth:`tokenize` joins pairs. With ``return_probs``, ``(labels, probs)``: probs
+        ``(N, C)`` (``(N, K)`` over the options; a list of arrays when the number of options varies). One text
+        (a string) gives one label (and one row of probabilities).
 
-        def step(batch_texts: list[str]) -> torch.Tensor:
-            nonlocal n_truncated
-            batch = self.tokenize(batch_texts, lang=lang if path == "encoder" else None, path=path)
-            n_truncated += batch["n_truncated"]
-            pooled = self(**to_device(model_inputs(batch, path), device)).pooled.float()
-            if normalize:
-                pooled = nn.functional.normalize(pooled, dim=-1)
-            return pooled.cpu()
+        Batches are length-sorted within each language (:func:`mtllm.inference.predict.predict_texts`) and run
+        on the model's device. No head, a ``pairs``/``options``/``lang`` list of the wrong length, an unknown
+        language code and a text with nothing to read are clear errors before any model work."""
+        from mtllm.inference.predict import predict_texts
 
-        out = run_batched(texts, step, batch_size=batch_size, lengths=[len(t) for t in texts],
-                          progress=show_progress, desc="encode", unit="text")
-        self.train(was_training)
-        if n_truncated:
-            import warnings
-
-            warnings.warn(f"{n_truncated} of {len(texts)} texts were longer than {self.config.max_seq_length} tokens "
-                          f"({path} tokenizer) and were truncated; raise max_seq_length to keep them whole",
-                          stacklevel=2)
-        result = torch.stack(out) if out else torch.empty(0, self.config.llm_hidden_size)
-        return result[0] if single else result
+        return predict_texts(self, texts, lang=lang, pairs=pairs, options=options, batch_size=batch_size,
+                             return_probs=return_probs, show_progress=show_progress)
 
     # ------------------------------------------------------------------ save / load
-    def save_pretrained(self, save_directory: str | os.PathLike, *, full: bool = False, **kwargs: Any) -> None:
+    def save_pretrained(self, save_directory: str | os.PathLike, *, full: bool = False,
+                        base_model_ids: Mapping[str, str] | None = None, for_hub: bool = False, **kwargs: Any) -> None:
         """Save config + up-projection (+ head) as safetensors and the LoRA adapter in PEFT's format;
         the base models are referenced by their source. ``full=True`` (or base models built from
         instances with no source) also saves the encoder and LLM (adapters not merged) and their
-        tokenizers, so the directory loads with no other files. ``push_to_hub`` uses this too."""
+        tokenizers (when the model has them), so the directory loads with no other files.
+
+        ``base_model_ids`` records hub ids instead of local paths: ``{"llm": "google/gemma-3-270m",
+        "encoder": "intfloat/multilingual-e5-small"}`` (a key may also be a recorded path itself, e.g. an
+        adapter of ``llm_adapters_to_merge``). ``for_hub=True`` prepares the folder for the hub (what
+        :meth:`push_to_hub` uploads): a base model still recorded as a local path is a
+        :class:`~mtllm.errors.ConfigError` naming it, since no one else could load it."""
         from safetensors.torch import save_file
 
         if self.adapters_merged and not full:
@@ -529,15 +575,18 @@ class MTLLMModel(PreTrainedModel):
             self.encoder is not None and not _is_loadable_ref(config.encoder_name_or_path))
         if needs_full:
             self.base_llm_unwrapped_save(out / "llm")
-            self.llm_tokenizer.save_pretrained(out / "llm")
+            if self.llm_tokenizer is not None:
+                self.llm_tokenizer.save_pretrained(out / "llm")
             config.llm_name_or_path = "./llm"
             config.llm_adapters_to_merge = []
             if self.adapters_merged:
                 config.lora = None  # the saved LLM already contains it
             if self.encoder is not None:
                 self.encoder.save_pretrained(out / "encoder")
-                self.encoder_tokenizer.save_pretrained(out / "encoder")
+                if self.encoder_tokenizer is not None:
+                    self.encoder_tokenizer.save_pretrained(out / "encoder")
                 config.encoder_name_or_path = "./encoder"
+        _record_hub_ids(config, base_model_ids or {}, for_hub=for_hub)
         config.save_pretrained(out)
         tensors = {}
         if self.projection is not None:
@@ -564,25 +613,66 @@ class MTLLMModel(PreTrainedModel):
         else:
             self.base_llm.save_pretrained(path)
 
+    def push_to_hub(self, repo_id: str, *, base_model_ids: Mapping[str, str] | None = None, full: bool = False,
+                    commit_message: str | None = None, commit_description: str | None = None,
+                    private: bool | None = None, token: bool | str | None = None, revision: str | None = None,
+                    create_pr: bool = False, tags: list[str] | None = None, **_: Any) -> Any:
+        """Upload the model to the hub repository ``repo_id``: what ``save_pretrained(..., for_hub=True)``
+        writes (config, projection/head, LoRA adapter; with ``full=True`` the base models too), with the
+        repository's model card (``tags`` plus ``mtllm``; ``base_model`` = the base models' hub ids).
+
+        A base model recorded as a local path must be mapped to the hub id of the same weights,
+        ``base_model_ids={"llm": "google/gemma-3-270m", "encoder": "intfloat/multilingual-e5-small"}``
+        (or uploaded with ``full=True``); otherwise a :class:`~mtllm.errors.ConfigError` names it. The
+        folder is written and checked before anything is sent. transformers' ``PushToHubMixin`` steps
+        otherwise; returns the hub's commit info."""
+        import tempfile
+
+        from transformers.utils import hub
+
+        with tempfile.TemporaryDirectory() as tmp:
+            self.save_pretrained(tmp, full=full, base_model_ids=base_model_ids, for_hub=True)
+            saved = read_json_file(Path(tmp) / "config.json", fix="save the model again")
+            repo_id = hub.hf_api().create_repo(repo_id, private=private, token=token, exist_ok=True).repo_id
+            card = hub.create_and_tag_model_card(repo_id, sorted({*(tags or []), "mtllm"}), token=token)
+            base_models = _base_model_hub_ids(saved, base_model_ids or {})
+            if base_models and getattr(card, "data", None) is not None:
+                card.data.base_model = base_models
+            card.save(os.path.join(tmp, "README.md"))
+            return self._upload_modified_files(tmp, repo_id, files_timestamps={},
+                                               commit_message=commit_message or "Upload MT-LLM", token=token,
+                                               create_pr=create_pr, revision=revision,
+                                               commit_description=commit_description)
+
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *, is_trainable: bool = False,
                         dtype: torch.dtype | None = None, load_in_4bit: bool = False,
                         encoder: nn.Module | None = None, llm: nn.Module | None = None,
                         encoder_tokenizer: Any = None, llm_tokenizer: Any = None,
                         attn_implementation: str | None = None, merge_adapters: bool = False,
-                        device: str | torch.device | None = None, **_: Any) -> "MTLLMModel":
+                        device: str | torch.device | None = None, config: MTLLMConfig | None = None,
+                        **_: Any) -> "MTLLMModel":
         """Load a model saved by :meth:`save_pretrained` (a local directory or a hub id). The saved base
         model references are used unless ``encoder``/``llm`` instances are passed; a mismatch between
         them and the saved sizes is a clear error. ``merge_adapters=True`` folds LoRA into the weights
         for faster inference (:meth:`merge_adapters`; not with ``is_trainable``). The model is put on
-        ``device`` (:func:`mtllm.device.resolve_device`: ``$MTLLM_DEVICE``, else cuda, else mps, else cpu)."""
+        ``device`` (:func:`mtllm.device.resolve_device`: ``$MTLLM_DEVICE``, else cuda, else mps, else cpu).
+
+        ``transformers.AutoModel.from_pretrained(folder)`` comes here too (``import mtllm`` registers the
+        model type), with ``config`` the folder's own config. A base model folder without tokenizer files
+        loads without a tokenizer: token ids and ``encoder_hidden_states`` work, text input asks for
+        ``encoder_tokenizer=`` / ``llm_tokenizer=``."""
         if merge_adapters and is_trainable:
             raise ValueError("merge_adapters=True is for inference; a trainable model keeps its LoRA adapter "
                              "separate (drop one of is_trainable / merge_adapters)")
         from safetensors.torch import load_file
 
         root = _mtllm_folder(pretrained_model_name_or_path)
-        config = MTLLMConfig.from_pretrained(root)
+        if config is None:
+            config = MTLLMConfig.from_pretrained(root)
+        elif not isinstance(config, MTLLMConfig):
+            raise ConfigError(f"config= must be an MTLLMConfig (the config of a saved MT-LLM), not a "
+                              f"{type(config).__name__}")
 
         def ref(name: str | None) -> str | None:
             if name is not None and name.startswith("./"):
@@ -595,17 +685,19 @@ class MTLLMModel(PreTrainedModel):
         enc = None
         if config.has_encoder:
             enc = load_encoder(encoder if encoder is not None else ref(config.encoder_name_or_path), dtype=dtype)
-            encoder_tokenizer = encoder_tokenizer or load_tokenizer(ref(config.encoder_name_or_path))
+            if encoder_tokenizer is None:  # optional: a folder without tokenizer files loads (text input then asks)
+                encoder_tokenizer = load_tokenizer(ref(config.encoder_name_or_path), optional=True, what="encoder")
             _check_size("encoder hidden size", config.encoder_hidden_size, _hidden_size(enc), config.encoder_name_or_path)
             _check_type("encoder", config.to_dict().get("encoder_model_type"), getattr(enc.config, "model_type", None),
                         config.encoder_name_or_path)
-            if config.to_dict().get("encoder_vocab_size") is not None:
+            if config.to_dict().get("encoder_vocab_size") is not None and encoder_tokenizer is not None:
                 _check_size("encoder tokenizer vocabulary", config.encoder_vocab_size, len(encoder_tokenizer),
                             config.encoder_name_or_path)
         base = load_llm(llm if llm is not None else ref(config.llm_name_or_path), dtype=dtype,
                         load_in_4bit=load_in_4bit, adapters_to_merge=config.llm_adapters_to_merge,
                         attn_implementation=attn_implementation)
-        llm_tokenizer = llm_tokenizer or load_tokenizer(ref(config.llm_name_or_path))
+        if llm_tokenizer is None:
+            llm_tokenizer = load_tokenizer(ref(config.llm_name_or_path), optional=True, what="LLM")
         _check_size("LLM hidden size", config.llm_hidden_size, _hidden_size(base), config.llm_name_or_path)
         _check_type("LLM", config.to_dict().get("llm_model_type"), getattr(base.config, "model_type", None),
                     config.llm_name_or_path)
@@ -815,6 +907,74 @@ def _check_base_refs(root: Path, refs: Sequence[tuple[str, str | None, str | Non
                    if name.startswith("./") else f"restore that path, or pass {role.lower()}= (a loaded model)")
             raise type(err)(f"{root / 'config.json'} refers to the {role} {name!r}, which cannot be loaded ({fix}): "
                             f"{err}") from None
+
+
+def _bos_token_id(tokenizer: Any, llm: nn.Module) -> int | None:
+    """The LLM's ``<bos>`` id: its tokenizer's, else (an LLM loaded without tokenizer files) its config's."""
+    if tokenizer is not None:
+        return tokenizer.bos_token_id
+    cfg = llm.config
+    text = getattr(cfg, "get_text_config", lambda: cfg)()
+    bos = getattr(cfg, "bos_token_id", None)
+    return bos if bos is not None else getattr(text, "bos_token_id", None)
+
+
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
+_ROLES = {"encoder": "encoder_name_or_path", "llm": "llm_name_or_path"}
+
+
+def _is_local_ref(ref: str) -> bool:
+    """Whether a recorded base-model reference is a local path outside the saved folder (``./llm`` is inside)."""
+    if ref.startswith(("./", "pocket:", "tiny:")):
+        return False
+    return looks_local(ref) or Path(ref).expanduser().exists()
+
+
+def _record_hub_ids(config: MTLLMConfig, base_model_ids: Mapping[str, str], *, for_hub: bool) -> None:
+    """Put the hub ids of ``base_model_ids`` (keys ``encoder``/``llm`` or a recorded path) in ``config`` in
+    place of what it records (not of a base model saved inside the folder, ``./llm``); with ``for_hub``,
+    refuse a local path left over."""
+    adapters = list(config.llm_adapters_to_merge)
+    for key, hub_id in base_model_ids.items():
+        if key not in _ROLES and key not in adapters and key not in (config.encoder_name_or_path,
+                                                                     config.llm_name_or_path):
+            raise ConfigError(f"base_model_ids has the key {key!r}, which is neither 'encoder', 'llm' nor a base "
+                              f"model this model records ({config.encoder_name_or_path!r}, {config.llm_name_or_path!r}"
+                              f"{', ' + ', '.join(map(repr, adapters)) if adapters else ''})")
+        if not isinstance(hub_id, str) or not _HUB_ID.fullmatch(hub_id) or _is_local_ref(hub_id):
+            raise ConfigError(f"base_model_ids[{key!r}] = {hub_id!r} is not a hub id (owner/name, e.g. "
+                              f"'google/gemma-3-270m')")
+    for role, attr in _ROLES.items():
+        ref = getattr(config, attr)
+        mapped = base_model_ids.get(role, base_model_ids.get(ref)) if ref is not None else None
+        if mapped is not None and not ref.startswith("./"):  # inside the folder (full=True): only the card says
+            setattr(config, attr, mapped)
+    config.llm_adapters_to_merge = [base_model_ids.get(a, a) for a in adapters]
+    if for_hub:
+        local = [(role, getattr(config, attr)) for role, attr in _ROLES.items()
+                 if getattr(config, attr) is not None and _is_local_ref(getattr(config, attr))]
+        local += [(a, a) for a in config.llm_adapters_to_merge if _is_local_ref(a)]
+        if local:
+            named = ", ".join(f"{key if key in _ROLES else 'adapter to merge'} {path!r}" for key, path in local)
+            keys = ", ".join(f"{key!r}: '<owner/name>'" for key, _ in local)
+            raise ConfigError(f"this model records local paths as its base models ({named}), which no one loading it "
+                              f"from the hub has: map each to the hub id of the same weights with "
+                              f"base_model_ids={{{keys}}}, or pass full=True to upload the base models too")
+
+
+def _base_model_hub_ids(saved: Mapping[str, Any], base_model_ids: Mapping[str, str]) -> list[str]:
+    """The hub ids of a saved config's base models, LLM first, for the model card's ``base_model``: a
+    recorded hub id, or for one saved inside the folder (``./llm``) its ``base_model_ids`` entry."""
+    ids = []
+    for role in ("llm", "encoder"):
+        ref = saved.get(_ROLES[role])
+        if ref is None:
+            continue
+        if ref.startswith("./"):
+            ref = base_model_ids.get(role)
+        if ref and not ref.startswith(("pocket:", "tiny:")) and not _is_local_ref(ref):
+            ids.append(ref)
+    return ids
 
 
 def _is_loadable_ref(ref: str | None) -> bool:

@@ -68,3 +68,18 @@ def span_mean_pool(hidden_NLD: torch.Tensor, spans_NK2: torch.Tensor) -> torch.T
     weights_NKL = inside_NKL.to(hidden_NLD.dtype)
     total_NKD = torch.einsum("nkl,nld->nkd", weights_NKL, hidden_NLD)
     return total_NKD / weights_NKL.sum(-1, keepdim=True).clamp_min(1.0)
+
+
+def unit_mean_pool(hidden_NLD: torch.Tensor, units_NL: torch.Tensor, n_units: int) -> torch.Tensor:
+    """Mean of the hidden states of each unit: ``units_NL`` holds, per position, a unit index in
+    ``0..n_units-1`` (numbered across the whole batch) or ``-1`` for positions that belong to none.
+    Returns ``(n_units, D)``; a unit with no position pools to zeros. Used by the stage-1 span
+    objective (:mod:`mtllm.data.spans`), where a unit is a word both tokenisers cover."""
+    D = hidden_NLD.shape[-1]
+    flat_PD = hidden_NLD.reshape(-1, D)
+    units_P = units_NL.reshape(-1).to(flat_PD.device)
+    keep_P = units_P >= 0
+    total_UD = flat_PD.new_zeros(n_units, D).index_add(0, units_P[keep_P], flat_PD[keep_P])
+    count_U = torch.zeros(n_units, dtype=flat_PD.dtype, device=flat_PD.device).index_add(
+        0, units_P[keep_P], torch.ones_like(units_P[keep_P], dtype=flat_PD.dtype))
+    return total_UD / count_U.clamp_min(1.0).unsqueeze(-1)

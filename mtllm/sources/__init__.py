@@ -10,6 +10,11 @@ before anything loads (:func:`check_model_folder`): a missing folder, a file, a 
 and such a path is never sent to the hub. A hub id is loaded from the Hugging Face cache alone when the
 hub cannot be reached (``HF_HUB_OFFLINE``, or no connection: :func:`hub_unreachable`), so an offline
 machine fails at once, with one line, instead of retrying for a minute.
+
+A model folder without tokenizer files (saved with ``save_pretrained`` alone) is never handed to
+``AutoTokenizer``, which would build an empty tokenizer that reads every text as ``<unk>``:
+:func:`load_tokenizer` gives ``None`` for it with ``optional=True`` (how models load their tokenizers:
+text input then asks for one) and a :class:`~mtllm.errors.ConfigError` otherwise.
 """
 from __future__ import annotations
 
@@ -23,7 +28,7 @@ from typing import Any, Callable, TypeVar
 import torch
 from torch import nn
 
-from mtllm.errors import ConfigError, DataError
+from mtllm.errors import ConfigError, DataError, UserError
 
 logger = logging.getLogger(__name__)
 
@@ -199,6 +204,8 @@ def from_hub(ref: str, what: str, load: Callable[[str], _T]) -> _T:
 
     try:
         return load(snapshot_download(ref, local_files_only=True))
+    except UserError:  # the cached copy was found; what it holds is wrong, and the error says so
+        raise
     except (OSError, ValueError):
         raise ConfigError(f"{what} {ref!r} was not found locally (no such folder, not in the Hugging Face cache) and "
                           f"the hub is unreachable ({reason}): download it once on a connected machine (it is then "
@@ -319,7 +326,48 @@ def load_llm(source: str | Path | nn.Module, *, dtype: torch.dtype | None = None
     return model
 
 
-def load_tokenizer(source: str | Path):
+#: Files of which a folder needs at least one for ``AutoTokenizer`` to load a real tokenizer from it.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "spiece.model",
+                   "sentencepiece.bpe.model", "sentencepiece.model", "vocab.txt", "vocab.json", "tekken.json")
+
+
+def has_tokenizer_files(folder: str | Path) -> bool:
+    """Whether the local ``folder`` holds tokenizer files (:data:`TOKENIZER_FILES`); a model saved with
+    ``save_pretrained`` alone has none."""
+    folder = Path(folder)
+    return any((folder / name).is_file() for name in TOKENIZER_FILES)
+
+
+def _is_empty_tokenizer(tok: Any) -> bool:
+    """Whether ``tok`` knows nothing but its special tokens: what ``AutoTokenizer`` (transformers 5) builds
+    from a model folder without tokenizer files, which turns every text into ``<unk>``."""
+    try:
+        vocab = tok.get_vocab()
+    except (AttributeError, NotImplementedError):
+        return False
+    return len(vocab) <= len(set(tok.all_special_tokens))
+
+
+def load_tokenizer(source: str | Path, *, optional: bool = False, what: str = "tokenizer"):
+    """The tokenizer of ``source`` (hub id, local folder, ``pocket:``/``tiny:``; ``what`` names it in errors).
+
+    A model folder without tokenizer files (saved with ``save_pretrained`` alone) has no tokenizer: with
+    ``optional=True`` that gives ``None`` (the model then takes token ids or hidden states, and text input
+    asks for a tokenizer), else a :class:`~mtllm.errors.ConfigError`. Such a folder is never given to
+    ``AutoTokenizer``, which would build an empty tokenizer that turns every text into ``<unk>``."""
     from transformers import AutoTokenizer
 
-    return load_source(source, "tokenizer", AutoTokenizer.from_pretrained, kind="tokenizer")
+    def load(path: str):
+        local = Path(path).is_dir()
+        tok = AutoTokenizer.from_pretrained(path) if not local or has_tokenizer_files(path) else None
+        if tok is None or _is_empty_tokenizer(tok):
+            if optional:
+                logger.info("%s %s has no tokenizer files: loaded without a tokenizer (text input needs one)",
+                            what, source)
+                return None
+            raise ConfigError(f"{what} {source} has no tokenizer files (none of {', '.join(TOKENIZER_FILES[:3])}, "
+                              f"...): it was saved without its tokenizer; save the tokenizer there too, or pass "
+                              f"a tokenizer loaded from elsewhere")
+        return tok
+
+    return load_source(source, what, load, kind="tokenizer")

@@ -25,7 +25,10 @@ AmericasNLI and Kardeş-NLU have no training split: they are trained on English 
 supply English multiple-choice data in Belebele's columns as ``belebele/train/eng_Latn.jsonl``.
 
 Bad input fails loudly, naming the file (and line) and the fix: unknown task or language, missing file,
-missing columns, non-UTF-8 text, a label outside ``TaskSpec.label_names``, an empty text.
+missing columns, non-UTF-8 text, a label outside ``TaskSpec.label_names`` or a blank one. Blank text is not
+an error: a row with one blank segment of a pair is kept (the segment ``""``), a row with no text at all is
+dropped, and both are counted in the ``report`` of what :func:`load_examples` returns (see
+:mod:`mtllm.tasks.base`); nothing is dropped silently.
 
 Each benchmark is one module (``sib200``, ``nusax``, ``xnli``, ``americasnli``, ``kardes_nlu``, ``belebele``)
 defining a :class:`TaskSpec` subclass and registering it; what they share is in :mod:`mtllm.tasks.base`.
@@ -36,21 +39,27 @@ A task of your own needs no change here::
                            hub_id=None, languages=("eng_Latn", "deu_Latn")))
     load_examples("my-sentiment", "deu_Latn", "test", "data")  # data/my-sentiment/deu_Latn/test.jsonl
 
+A task defined by files needs no code: a YAML naming one file per split and language (csv/tsv/jsonl/parquet)
+and its columns, given wherever a task name is (``mtllm run --task my-task.yaml``); see
+:mod:`mtllm.tasks.files` (``load_task_file``, ``task_from_dict``).
+
 The default reader takes ``DATA_DIR/<local_dir or name>/<code>/<split>.{jsonl,tsv,csv}`` in the columns of
 the task's kind (``KIND_COLUMNS``: text, label | premise, hypothesis, label | Belebele's); subclass
 :class:`TaskSpec` and override ``read_local`` / ``read_hub`` / ``local_languages`` for another layout.
 """
 
 from mtllm.tasks.base import (DATA_DIR_ENV, KIND_COLUMNS, KINDS, SPLITS, TASKS, DataNotFoundError,
-                              DataUnavailableError, Example, TaskDataError, TaskSpec, available_languages,
-                              get_task, list_tasks, load_examples, load_train_examples, register_task,
-                              resolve_data_dir)
+                              DataUnavailableError, Example, Examples, LoadReport, TaskDataError, TaskSpec,
+                              available_languages, get_task, is_task_file, list_tasks, load_examples,
+                              load_train_examples, register_task, resolve_data_dir)
 # the benchmarks: importing each registers it
 from mtllm.tasks import americasnli, belebele, kardes_nlu, nusax, sib200, xnli  # noqa: F401
+from mtllm.tasks.files import FileTask, load_task_file, task_from_dict
 from mtllm.tasks.sib200 import SIB200_LABELS
 
 __all__ = [
-    "Example", "TaskSpec", "TASKS", "SPLITS", "KINDS", "KIND_COLUMNS", "DATA_DIR_ENV", "TaskDataError",
-    "DataNotFoundError", "DataUnavailableError", "register_task", "get_task", "list_tasks", "resolve_data_dir",
-    "available_languages", "load_examples", "load_train_examples", "SIB200_LABELS",
+    "Example", "Examples", "LoadReport", "TaskSpec", "FileTask", "TASKS", "SPLITS", "KINDS", "KIND_COLUMNS",
+    "DATA_DIR_ENV", "TaskDataError", "DataNotFoundError", "DataUnavailableError", "register_task", "get_task",
+    "list_tasks", "resolve_data_dir", "available_languages", "load_examples", "load_train_examples",
+    "load_task_file", "task_from_dict", "is_task_file", "SIB200_LABELS",
 ]

@@ -6,27 +6,50 @@ and the registry (:func:`register_task`, :func:`get_task`, :func:`list_tasks`) b
 A task of your own is a :class:`TaskSpec` (or a subclass overriding :meth:`TaskSpec.read_local` /
 :meth:`TaskSpec.read_hub` / :meth:`TaskSpec.local_languages`) passed to :func:`register_task`. The
 defaults read ``DATA_DIR/<local_dir or name>/<language>/<split>.{jsonl,tsv,csv}`` with the columns of the
-task's kind (:data:`KIND_COLUMNS`), and hub datasets with the same columns.
+task's kind (:data:`KIND_COLUMNS`), and hub datasets with the same columns. A task defined by files
+(a YAML naming one file per split and language) is a :class:`mtllm.tasks.files.FileTask`; :func:`get_task`
+takes the YAML's path wherever it takes a name.
+
+Bad rows, the same for every loader (built-in tasks, your own, file tasks, hub or local):
+
+* a row with one blank segment of a pair (e.g. a blank premise, as some official XNLI/AmericasNLI rows
+  have; for multiple choice, a blank passage or question) is **kept**, that segment the empty string
+  ``""``, and counted (``blank_segment_kept``);
+* a row with no text at all (every segment blank) is **dropped** and counted (``no_text_dropped``);
+* a blank or unknown label stays an error naming the row: the row cannot be scored, and guessing a class
+  would change the results silently;
+* a blank multiple-choice *option* stays an error too: an empty answer has no tokens to score, so the
+  row's answer set is broken (:func:`mtllm.data.multiple_choice.format_multiple_choice` refuses it);
+* a column missing from a JSON row is an error (the file's schema, not a blank field).
+
+:func:`load_examples` returns the examples as an :class:`Examples` list whose ``report`` (a
+:class:`LoadReport`) holds those counts for its (task, language, split); evaluation writes them to
+``results.json`` (``bad_rows``) and ``results.md``, and ``mtllm run`` prints them for the training data.
+A row is never dropped silently and a language is never refused for a blank field.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import csv
 import difflib
 import io
 import os
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, ClassVar, Iterable, Iterator, Mapping, Sequence
 
 from mtllm._io import read_json_rows, read_text_file
 from mtllm.data.languages import FLORES200, UnknownLanguageError, suggest_languages, validate_lang
 from mtllm.errors import ConfigError, DataError
 
 __all__ = [
-    "Example", "TaskSpec", "TASKS", "SPLITS", "KINDS", "KIND_COLUMNS", "DATA_DIR_ENV", "TaskDataError",
-    "DataNotFoundError", "DataUnavailableError", "register_task", "get_task", "list_tasks", "resolve_data_dir",
-    "available_languages", "load_examples", "load_train_examples",
+    "Example", "Examples", "LoadReport", "TaskSpec", "TASKS", "SPLITS", "KINDS", "KIND_COLUMNS", "DATA_DIR_ENV",
+    "TaskDataError", "DataNotFoundError", "DataUnavailableError", "register_task", "get_task", "list_tasks",
+    "resolve_data_dir", "available_languages", "load_examples", "load_train_examples", "is_task_file",
+    "TASK_FILE_SUFFIXES",
 ]
 
 SPLITS = ("train", "validation", "test")
@@ -45,6 +68,87 @@ class Example:
     texts: tuple[str, ...]  # (text,) | (premise, hypothesis) | (passage, question)
     label: int              # index into TaskSpec.label_names (multiple choice: the correct option); -1 unknown
     options: tuple[str, ...] = ()   # multiple-choice answers
+
+
+@dataclass
+class LoadReport:
+    """What :func:`load_examples` did with the bad rows of one (task, language, split) (see the module
+    docstring): how many rows it kept with a blank segment and how many it dropped for having no text,
+    with where they are (``path:line`` or hub row; the first few)."""
+
+    task: str = ""
+    lang: str = ""
+    split: str = ""
+    blank_segment_kept: int = 0
+    no_text_dropped: int = 0
+    kept_rows: list[str] = field(default_factory=list)     # where, the first MAX_WHERE
+    dropped_rows: list[str] = field(default_factory=list)  # where, the first MAX_WHERE
+
+    MAX_WHERE: ClassVar[int] = 5
+
+    def add(self, kind: str, where: str) -> None:
+        if kind == "blank_segment_kept":
+            self.blank_segment_kept += 1
+            rows = self.kept_rows
+        elif kind == "no_text_dropped":
+            self.no_text_dropped += 1
+            rows = self.dropped_rows
+        else:
+            raise ValueError(f"unknown bad-row kind {kind!r}")
+        if len(rows) < self.MAX_WHERE:
+            rows.append(where)
+
+    @property
+    def any(self) -> bool:
+        return bool(self.blank_segment_kept or self.no_text_dropped)
+
+    def counts(self) -> dict[str, int]:
+        """``{"blank_segment_kept": n, "no_text_dropped": m}`` (what results.json's ``bad_rows`` holds)."""
+        return {"blank_segment_kept": self.blank_segment_kept, "no_text_dropped": self.no_text_dropped}
+
+    def summary(self) -> str:
+        """One line, e.g. ``2 rows kept with a blank segment (a.tsv:3, a.tsv:9); 1 row without text dropped
+        (a.tsv:5)``; ``no bad rows`` when there were none."""
+        parts = []
+        for n, rows, what in ((self.blank_segment_kept, self.kept_rows, "kept with a blank segment (as '')"),
+                              (self.no_text_dropped, self.dropped_rows, "without text dropped")):
+            if n:
+                more = ", ..." if n > len(rows) else ""
+                parts.append(f"{n} row{'s' if n != 1 else ''} {what} ({', '.join(rows)}{more})")
+        return "; ".join(parts) or "no bad rows"
+
+
+class Examples(list):
+    """The list :func:`load_examples` returns: the examples, and in ``report`` (a :class:`LoadReport`) what
+    was done with bad rows. Behaves as a plain list (slicing or ``+`` give plain lists)."""
+
+    def __init__(self, examples: Iterable["Example"] = (), report: LoadReport | None = None):
+        super().__init__(examples)
+        self.report = report if report is not None else LoadReport()
+
+
+_ACTIVE_REPORT: contextvars.ContextVar[LoadReport | None] = contextvars.ContextVar("mtllm_load_report",
+                                                                                  default=None)
+
+
+@contextlib.contextmanager
+def _recording(report: LoadReport) -> Iterator[LoadReport]:
+    """Bad rows met by the row mappers while this is active go to ``report``."""
+    token = _ACTIVE_REPORT.set(report)
+    try:
+        yield report
+    finally:
+        _ACTIVE_REPORT.reset(token)
+
+
+def _note_bad_row(kind: str, where: str) -> None:
+    report = _ACTIVE_REPORT.get()
+    if report is not None:
+        report.add(kind, where)
+        return
+    # read outside load_examples (a TaskSpec's read_local called directly): still never silent
+    what = "kept a row with a blank segment (as '')" if kind == "blank_segment_kept" else "dropped a row without text"
+    warnings.warn(f"{where}: {what}", stacklevel=3)
 
 
 class TaskDataError(DataError):
@@ -100,6 +204,10 @@ class TaskSpec:
     hub_loadable: bool = True
     notes: str = ""
     aliases: tuple[str, ...] = field(default=(), compare=False)  # other names get_task accepts
+
+    #: True for tasks whose files are named by the task itself (:class:`mtllm.tasks.files.FileTask`): their
+    #: ``read_local`` gets ``root=None`` and the data directory is not used; ``local_languages`` gives "all".
+    reads_own_files: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         for name in ("label_names", "languages", "aliases"):
@@ -255,16 +363,33 @@ def list_tasks() -> list[str]:
     return sorted(TASKS)
 
 
-def get_task(name: str | TaskSpec) -> TaskSpec:
+#: What marks a ``task`` value as the path of a task file rather than a name.
+TASK_FILE_SUFFIXES = (".yaml", ".yml")
+
+
+def is_task_file(name: Any) -> bool:
+    """Whether ``name`` (a ``task`` value) is the path of a task file: it ends in ``.yaml`` / ``.yml``."""
+    return isinstance(name, (str, os.PathLike)) and str(name).strip().lower().endswith(TASK_FILE_SUFFIXES)
+
+
+def get_task(name: str | os.PathLike | TaskSpec) -> TaskSpec:
+    """The task called ``name`` (or one of its aliases; case and ``_``/``-`` do not matter), a
+    :class:`TaskSpec` as it is, or, for the path of a task YAML (``my-task.yaml``), the task it defines
+    (:func:`mtllm.tasks.files.task_from_file`: read, checked, registered under its name)."""
     if isinstance(name, TaskSpec):
         return name
+    if is_task_file(name):
+        from mtllm.tasks.files import task_from_file
+
+        return task_from_file(name)
     key = _task_key(name)
     key = _ALIASES.get(key, key)
     if key in TASKS:
         return TASKS[key]
     close = difflib.get_close_matches(key, list(TASKS), n=3, cutoff=0.5)
     hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
-    raise ConfigError(f"unknown task {name!r}.{hint} Known tasks: {', '.join(list_tasks())}.")
+    raise ConfigError(f"unknown task {name!r}.{hint} Known tasks: {', '.join(list_tasks())}. A task of your own: "
+                      f"the path of its YAML file (see mtllm.tasks.files).")
 
 
 # ------------------------------------------------------------------------------------------ data dir
@@ -332,7 +457,25 @@ def _read_rows(path: Path, *, quoting: int = csv.QUOTE_MINIMAL) -> tuple[list[st
                                         f"the header has {len(columns)} ({columns}); check the delimiter/quoting.")
                 yield f"{path}:{reader.line_num}", row
         return columns, gen()
-    raise TaskDataError(f"{path}: unsupported file type {suffix!r}; use .jsonl, .tsv or .csv.")
+    if suffix == ".parquet":
+        return _read_parquet(path)
+    raise TaskDataError(f"{path}: unsupported file type {suffix!r}; use .jsonl, .tsv, .csv or .parquet.")
+
+
+def _read_parquet(path: Path) -> tuple[list[str], Iterator[Row]]:
+    """Columns and rows of a Parquet file (``pyarrow``); ``where`` is ``path row i`` (0-based)."""
+    try:
+        import pyarrow.parquet as pq
+    except ImportError as err:  # pragma: no cover - pyarrow comes with datasets
+        raise TaskDataError(f"{path}: reading Parquet needs the pyarrow package ({err}); pip install pyarrow, or "
+                            f"convert the file to .jsonl/.csv/.tsv.") from None
+    try:
+        table = pq.read_table(path)
+    except Exception as err:  # not Parquet, damaged
+        raise TaskDataError(f"{path} is not a readable Parquet file ({type(err).__name__}: {err}); check the "
+                            f"file, or convert it to .jsonl/.csv/.tsv.") from None
+    columns = list(table.column_names)
+    return columns, ((f"{path} row {i}", row) for i, row in enumerate(table.to_pylist()))
 
 
 def _require_columns(columns: Sequence[str], expected: Sequence[str], source: str, fix: str = "") -> None:
@@ -381,16 +524,55 @@ def _hub_class_names(spec: TaskSpec, ds: Any, col: str, source: str) -> Sequence
 
 
 # ------------------------------------------------------------------------------------------ row mappers
+def _blank(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+def _segments(row: Mapping[str, Any], columns: Sequence[str], where: str) -> tuple[str, ...] | None:
+    """The text segments of ``row`` in ``columns`` under the bad-row policy (module docstring): a blank
+    segment (empty, whitespace-only or null) becomes ``""`` and the row is kept and counted, unless every
+    segment is blank: then ``None`` (the row is dropped, and counted). A column absent from the row or a
+    value that is not text is an error naming the row."""
+    texts: list[str] = []
+    for column in columns:
+        if column not in row:
+            raise TaskDataError(f"{where}: missing {column!r} (the row has {list(row)}); every row needs the "
+                                f"column {column!r} (write it empty if the row has no such text).")
+        value = row[column]
+        if _blank(value):
+            texts.append("")
+        elif isinstance(value, str):
+            texts.append(value)
+        else:
+            raise TaskDataError(f"{where}: {column!r} is {type(value).__name__} {value!r}, not text; fix the row "
+                                f"(quote it as a string).")
+    blank = sum(t == "" for t in texts)
+    if blank == len(texts):
+        _note_bad_row("no_text_dropped", where)
+        return None
+    if blank:
+        _note_bad_row("blank_segment_kept", where)
+    return tuple(texts)
+
+
 def _text(value: Any, where: str, column: str) -> str:
+    """A text that must not be blank (a multiple-choice option: an empty answer has nothing to score)."""
     if value is None or not isinstance(value, str) or not value.strip():
         what = "missing" if value is None else "empty"
-        raise TaskDataError(f"{where}: {what} {column!r} (got {value!r}); every row needs text — fix or delete "
-                            f"the row (nothing is dropped silently).")
+        raise TaskDataError(f"{where}: {what} {column!r} (got {value!r}); an answer option needs text (an empty one "
+                            f"has no tokens to score) — fix the row or delete it.")
     return value
+
+
+def _blank_label(value: Any, where: str, column: str) -> None:
+    if _blank(value):
+        raise TaskDataError(f"{where}: blank label in column {column!r} (got {value!r}); every row with text needs "
+                            f"a label (a row without one cannot be scored) — fix the row or delete it.")
 
 
 def _label(spec: TaskSpec, value: Any, where: str, column: str, class_names: Sequence[str] | None = None) -> int:
     names = spec.label_names
+    _blank_label(value, where, column)
     if isinstance(value, bool):
         value = None
     if isinstance(value, int) or (isinstance(value, str) and re.fullmatch(r"-?\d+", value.strip())):
@@ -416,19 +598,23 @@ def _label(spec: TaskSpec, value: Any, where: str, column: str, class_names: Seq
 def _single(spec: TaskSpec, rows: Iterable[Row], *, id_col: str, text_col: str, label_col: str,
             class_names: Sequence[str] | None = None) -> Iterator[Example]:
     for n, (where, row) in enumerate(rows):
+        texts = _segments(row, (text_col,), where)
+        if texts is None:
+            continue
         rid = row.get(id_col)
-        yield Example(id=str(rid) if rid not in (None, "") else str(n), texts=(_text(row.get(text_col), where,
-                      text_col),), label=_label(spec, row.get(label_col), where, label_col, class_names))
+        yield Example(id=str(rid) if rid not in (None, "") else str(n), texts=texts,
+                      label=_label(spec, row.get(label_col), where, label_col, class_names))
 
 
 def _pairs(spec: TaskSpec, rows: Iterable[Row], *, premise: str = "premise", hypothesis: str = "hypothesis",
            label_col: str = "label", id_cols: Sequence[str] = ("id",),
            class_names: Sequence[str] | None = None) -> Iterator[Example]:
     for n, (where, row) in enumerate(rows):
+        texts = _segments(row, (premise, hypothesis), where)
+        if texts is None:
+            continue
         rid = next((row[c] for c in id_cols if row.get(c) not in (None, "")), n)
-        yield Example(id=str(rid), texts=(_text(row.get(premise), where, premise),
-                                          _text(row.get(hypothesis), where, hypothesis)),
-                      label=_label(spec, row.get(label_col), where, label_col, class_names))
+        yield Example(id=str(rid), texts=texts, label=_label(spec, row.get(label_col), where, label_col, class_names))
 
 
 def _multiple_choice(spec: TaskSpec, rows: Iterable[Row]) -> Iterator[Example]:
@@ -436,8 +622,12 @@ def _multiple_choice(spec: TaskSpec, rows: Iterable[Row]) -> Iterator[Example]:
     n_opt = spec.num_labels
     allowed = ", ".join(map(str, range(1, n_opt))) + f" or {n_opt}"
     for n, (where, row) in enumerate(rows):
+        texts = _segments(row, ("flores_passage", "question"), where)
+        if texts is None:
+            continue
         options = tuple(_text(row.get(f"mc_answer{i}"), where, f"mc_answer{i}") for i in range(1, n_opt + 1))
         raw = row.get("correct_answer_num")
+        _blank_label(raw, where, "correct_answer_num")
         try:
             ans = int(str(raw).strip())
         except ValueError:
@@ -449,22 +639,26 @@ def _multiple_choice(spec: TaskSpec, rows: Iterable[Row]) -> Iterator[Example]:
             rid = f"{row['link']}#{row['question_number']}"
         else:
             rid = str(row.get("id", n))
-        yield Example(id=rid, texts=(_text(row.get("flores_passage"), where, "flores_passage"),
-                                     _text(row.get("question"), where, "question")),
-                      label=ans - 1, options=options)
+        yield Example(id=rid, texts=texts, label=ans - 1, options=options)
 
 
-def _limit_iter(examples: Iterable[Example], limit: int | None, source: str) -> list[Example]:
-    out: list[Example] = []
+def _limit_iter(examples: Iterable[Example], limit: int | None, source: str,
+                report: LoadReport | None = None) -> Examples:
+    """The examples (at most ``limit``), the bad rows met on the way counted in ``report``."""
+    report = report if report is not None else LoadReport()
+    out = Examples(report=report)
     if limit == 0:
         return out
-    for ex in examples:
-        out.append(ex)
-        if limit is not None and len(out) >= limit:
-            break
+    with _recording(report):
+        for ex in examples:
+            out.append(ex)
+            if limit is not None and len(out) >= limit:
+                break
     if not out:
-        raise TaskDataError(f"{source}: no examples (the file or split is empty); an empty evaluation set would "
-                            f"give a meaningless score.")
+        why = (f"all {report.no_text_dropped} rows have no text ({report.summary()})" if report.no_text_dropped
+               else "the file or split is empty")
+        raise TaskDataError(f"{source}: no examples ({why}); an empty evaluation set would give a meaningless "
+                            f"score.")
     return out
 
 
@@ -506,9 +700,11 @@ def _hub_examples(spec: TaskSpec, lang: str, split: str) -> Iterator[Example]:
 # ------------------------------------------------------------------------------------------ public
 def load_examples(task: str | TaskSpec, lang: str, split: str, data_dir: str | os.PathLike | None = None, *,
                   limit: int | None = None) -> list[Example]:
-    """Examples of ``task`` in ``lang`` (FLORES-200-style code) for ``split`` (train/validation/test).
+    """Examples of ``task`` in ``lang`` (FLORES-200-style code) for ``split`` (train/validation/test), as an
+    :class:`Examples` list whose ``report`` counts the bad rows kept or dropped (module docstring).
 
-    From ``data_dir`` / ``$MTLLM_DATA_DIR`` when set (local files only: a missing file is an error, there is
+    A task defined by files (:class:`mtllm.tasks.files.FileTask`, or the path of its YAML) reads the files
+    it names; ``data_dir`` is not used. Others: from ``data_dir`` / ``$MTLLM_DATA_DIR`` when set (local files only: a missing file is an error, there is
     no silent switch to the hub), else from the Hugging Face hub. ``limit``: at most this many, the first
     in file order (a file sorted by label gives one class); an evaluation sample is drawn with
     :func:`mtllm.evaluation.evaluate.sample_examples` instead (fixed seed, stratified by label).
@@ -518,14 +714,20 @@ def load_examples(task: str | TaskSpec, lang: str, split: str, data_dir: str | o
     s = spec.check_split(split)
     if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 0):
         raise ValueError(f"limit must be a non-negative integer or None, got {limit!r}.")
-    root = resolve_data_dir(data_dir)
-    if root is None:
-        examples = _hub_examples(spec, code, s)
-        source = f"{spec.name} {code} {s} (hub {spec.hub_id!r})"
-    else:
-        examples = spec.read_local(root, code, s)
-        source = f"{spec.name} {code} {s} (under {root})"
-    return _limit_iter(examples, limit, source)
+    report = LoadReport(spec.name, code, s)
+    with _recording(report):  # bad rows met while the reader opens its files count too
+        if spec.reads_own_files:
+            examples = spec.read_local(None, code, s)
+            source = f"{spec.name} {code} {s} ({getattr(spec, 'source', '') or 'its own files'})"
+        else:
+            root = resolve_data_dir(data_dir)
+            if root is None:
+                examples = _hub_examples(spec, code, s)
+                source = f"{spec.name} {code} {s} (hub {spec.hub_id!r})"
+            else:
+                examples = spec.read_local(root, code, s)
+                source = f"{spec.name} {code} {s} (under {root})"
+    return _limit_iter(examples, limit, source, report)
 
 
 def load_train_examples(task: str | TaskSpec, data_dir: str | os.PathLike | None = None, *,
@@ -545,8 +747,10 @@ def load_train_examples(task: str | TaskSpec, data_dir: str | os.PathLike | None
 
 def available_languages(task: str | TaskSpec, data_dir: str | os.PathLike | None = None) -> list[str]:
     """Languages of ``task``: those present under the data directory when one is set, else all of
-    ``TaskSpec.languages`` (the hub has them all)."""
+    ``TaskSpec.languages`` (the hub has them all); a task defined by files: its test languages."""
     spec = get_task(task)
+    if spec.reads_own_files:
+        return sorted(spec.local_languages(Path()))
     root = resolve_data_dir(data_dir)
     if root is None:
         return list(spec.languages)

@@ -55,7 +55,7 @@ class TrainingArgs:
     micro_batch_size: int | None = field(default=None, metadata={"help": "Examples per forward pass per process (default: batch_size / processes).", "check": (at_least(1), divides("batch_size"))})
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm (0 = off).", "check": at_least(0)})
     seed: int = field(default=0, metadata={"help": "Seed for initialisation, data order and dropout.", "check": SEED})
-    mixed_precision: Literal["no", "bf16", "fp16"] = field(default="no", metadata={"help": "'no', 'bf16' or 'fp16' (Accelerate)."})
+    mixed_precision: Literal["no", "bf16", "fp16", "auto"] = field(default="no", metadata={"help": "'no', 'bf16' or 'fp16' (Accelerate autocast), or 'auto': bf16 where the device computes it faster than fp32 (a GPU with bf16, a CPU with avx512_bf16/AMX), else 'no' (the choice is printed)."})
     group_by_length: bool = field(default=True, metadata={"help": "Batch texts of similar length together (less padding)."})
     log_steps: int = field(default=10, metadata={"help": "Log every N optimizer steps.", "check": at_least(1)})
     save_steps: int = field(default=0, metadata={"help": "Checkpoint every N steps (0 = only at the end).", "check": at_least(0)})
@@ -202,7 +202,13 @@ def make_accelerator(args: TrainingArgs):
     device = resolve_device()
     if device.type == "cuda":
         torch.cuda.set_device(device)  # a single process's "cuda" in Accelerate is the current device
-    accelerator = Accelerator(mixed_precision=args.mixed_precision, log_with=_trackers(args.report_to) or None,
+    mixed_precision = args.mixed_precision
+    if mixed_precision == "auto":
+        from mtllm.device import fast_bf16
+
+        mixed_precision = "bf16" if fast_bf16(device) else "no"
+        print(f"[train] mixed_precision auto -> {mixed_precision!r} on {device}", flush=True)
+    accelerator = Accelerator(mixed_precision=mixed_precision, log_with=_trackers(args.report_to) or None,
                               project_dir=str(args.output_dir), cpu=device.type == "cpu")
     if resolve_device(accelerator.device) != device:
         raise ConfigError(f"the device policy says {device} ($MTLLM_DEVICE={os.environ.get('MTLLM_DEVICE')!r}), "

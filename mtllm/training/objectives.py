@@ -24,7 +24,10 @@ import torch
 from torch import nn
 
 __all__ = ["TargetStats", "target_stats", "standardize", "sequence_mse", "regression_metrics",
-           "classification_ce", "stage1_loss", "distill_loss", "classification_loss"]
+           "classification_ce", "stage1_loss", "distill_loss", "classification_loss", "STAGE1_OBJECTIVES"]
+
+#: The stage-1 objectives: the paper's pooled-sequence MSE, the word-span MSE, or their sum.
+STAGE1_OBJECTIVES = ("sequence", "span", "sequence+span")
 
 
 @dataclass(frozen=True)
@@ -85,14 +88,48 @@ def _accuracy(logits_NC: torch.Tensor, labels_N: torch.Tensor) -> float:
 
 
 # ---------------------------------------------------------------------------------- batch losses
-def stage1_loss(model: nn.Module, batch: dict[str, Any], *, stats: TargetStats) -> tuple[torch.Tensor, dict[str, float]]:
-    """Stage 1: the MT-LLM's pooled state of the encoder tokens (``input_ids``/``attention_mask``, or
-    cached ``encoder_hidden_states``) against the teacher's pooled state ``targets`` ``(N, D)``."""
-    pooled_ND = model(batch.get("input_ids"), batch["attention_mask"],
-                      encoder_hidden_states=batch.get("encoder_hidden_states")).pooled.float()
+def stage1_loss(model: nn.Module, batch: dict[str, Any], *, stats: TargetStats, span_stats: TargetStats | None = None,
+                objective: str = "sequence", span_weight: float = 1.0) -> tuple[torch.Tensor, dict[str, float]]:
+    """Stage 1: the MT-LLM on the encoder tokens (``input_ids``/``attention_mask``, or cached
+    ``encoder_hidden_states``) against the teacher LLM on its own tokens of the same text.
+
+    * ``sequence`` (the paper): pooled state ``(N, D)`` against the teacher's pooled state ``targets``;
+    * ``span``: per word (unit, :mod:`mtllm.data.spans`), the mean of the student's states over the
+      encoder tokens of that word (``span_units`` ``(N, Le)``: a unit index numbered across the batch, or
+      -1) against the mean of the teacher's states over its own tokens of the same word
+      (``span_targets`` ``(U, D)``), standardised with ``span_stats``;
+    * ``sequence+span``: the sequence loss plus ``span_weight`` times the span loss.
+
+    Metrics: ``loss``; ``mse``/``fvu`` of the pooled states (always: the quantity stage 1 is judged by);
+    ``span_loss``/``span_fvu`` when the span term is on."""
+    if objective not in STAGE1_OBJECTIVES:
+        raise ValueError(f"objective must be one of {STAGE1_OBJECTIVES}, not {objective!r}")
+    res = model(batch.get("input_ids"), batch["attention_mask"],
+                encoder_hidden_states=batch.get("encoder_hidden_states"))
+    pooled_ND = res.pooled.float()
     target_ND = batch["targets"].float()
-    loss = sequence_mse(pooled_ND, target_ND, stats)
-    return loss, {"loss": loss.item(), **regression_metrics(pooled_ND, target_ND, stats)}
+    seq = sequence_mse(pooled_ND, target_ND, stats)
+    metrics = regression_metrics(pooled_ND, target_ND, stats)
+    if objective == "sequence":
+        return seq, {"loss": seq.item(), **metrics}
+    from mtllm.modeling.pooling import unit_mean_pool
+
+    if span_stats is None:
+        raise ValueError(f"objective {objective!r} needs span_stats (the span targets' statistics)")
+    hidden_NLD = res.last_hidden_state
+    units_NL = batch["span_units"]
+    pad = hidden_NLD.shape[1] - units_NL.shape[1]  # positions the model put before the encoder tokens
+    if pad:
+        units_NL = nn.functional.pad(units_NL, (pad, 0), value=-1)
+    span_target_UD = batch["span_targets"].float()
+    if span_target_UD.shape[0]:
+        span_UD = unit_mean_pool(hidden_NLD, units_NL, span_target_UD.shape[0]).float()
+        span = sequence_mse(span_UD, span_target_UD, span_stats)
+        span_fvu = regression_metrics(span_UD, span_target_UD, span_stats)["fvu"]
+    else:  # no word both tokenisers cover in this batch
+        span, span_fvu = hidden_NLD.sum() * 0.0, float("nan")
+    loss = span if objective == "span" else seq + span_weight * span
+    return loss, {"loss": loss.item(), **metrics, "span_loss": span.item(), "span_fvu": span_fvu}
 
 
 def _model_inputs(batch: dict[str, Any]) -> dict[str, Any]:

@@ -1,8 +1,12 @@
 """Stage 1: self-distillation on unlabelled English text (arXiv 2406.12739, section 3).
 
 Teacher: the LLM with its adapters disabled, on its own tokens, no gradient. Student: encoder ->
-up-projection -> LLM + LoRA on the encoder's tokens. Loss: MSE between the two mean-pooled last
-hidden states. The teacher is frozen, so its targets are computed once per text and reused.
+up-projection -> LLM + LoRA on the encoder's tokens. Loss (``stage1_objective``; not ``objective``, which is distillation's key): the paper's MSE between the
+two mean-pooled last hidden states (``sequence``), and/or the word-span MSE (``span``): both tokenisers
+see the same text, so character offsets align their tokens into words (:mod:`mtllm.data.spans`), and
+each word's mean student state is fitted to the teacher's mean state over its own tokens of that word --
+about ten targets per sentence instead of one. The teacher is frozen, so its targets (pooled, and per
+word) are computed once per text, in one pass, and cached.
 """
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
+import numpy as np
 import torch
 
 from mtllm.data.texts import load_stage1_texts
@@ -20,7 +25,7 @@ from mtllm.modeling.model import MTLLMModel
 from mtllm.settings import EXISTING_DIR, NON_EMPTY, TEXT_SOURCE, ModelSettings, at_least, check_settings, each
 from mtllm.training.caches import ArrayCache, cache_key
 from mtllm.training.loop import TrainingArgs, train
-from mtllm.training.objectives import stage1_loss, target_stats
+from mtllm.training.objectives import TargetStats, stage1_loss, target_stats
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +37,7 @@ CALIBRATION_FILE = "stage1_calibration.json"
 class Stage1Settings:
     """Stage-1 data and loss."""
 
-    data: list[str] = field(default_factory=lambda: ["fineweb"], metadata={"help": "Text files/folders, 'fineweb' (hub, streamed), or task:NAME/LANG/SPLIT.", "check": (NON_EMPTY, each(TEXT_SOURCE))})
+    data: list[str] = field(default_factory=lambda: ["fineweb"], metadata={"help": "Text files/folders, data:PATH (inside data_dir, e.g. data:english-wordnet/texts.txt), 'fineweb' (hub, streamed), or task:NAME/LANG/SPLIT.", "check": (NON_EMPTY, each(TEXT_SOURCE))})
     data_dir: str | None = field(default=None, metadata={"help": "Local data root for task:NAME/LANG/SPLIT sources (else $MTLLM_DATA_DIR, else the hub).", "check": EXISTING_DIR})
     text_field: str = field(default="text", metadata={"help": "Column/field with the text in csv/tsv/json/jsonl/parquet.", "check": NON_EMPTY})
     max_texts: int | None = field(default=None, metadata={"help": "Use at most this many text chunks.", "check": at_least(1)})
@@ -41,6 +46,8 @@ class Stage1Settings:
     teacher_batch_size: int = field(default=32, metadata={"help": "Batch size for computing teacher targets.", "check": at_least(1)})
     save_initial: bool = field(default=False, metadata={"help": "Also save the model before training (after projection init) to output_dir/initial, e.g. for a before/after retrieval probe."})
     cache_encoder_outputs: bool = field(default=False, metadata={"help": "Compute the frozen encoder's outputs once per text and reuse them every epoch (fp16, memory-mapped under output_dir/cache); worth it with more than one epoch."})
+    stage1_objective: Literal["sequence", "span", "sequence+span"] = field(default="sequence", metadata={"help": "'sequence' (the paper: MSE of the mean-pooled states), 'span' (MSE per word: the mean of the student's states over the encoder tokens of a word against the teacher's over its own tokens of the same word; ~10-20 targets per sentence instead of one) or 'sequence+span' (their sum, the span term weighted by span_weight)."})
+    span_weight: float = field(default=1.0, metadata={"help": "Weight of the span term in stage1_objective 'sequence+span'.", "check": at_least(0.0)})
 
     def __post_init__(self) -> None:
         check_settings(self)
@@ -81,6 +88,101 @@ def teacher_targets(model: MTLLMModel, texts: Sequence[str], *, batch_size: int 
     return targets
 
 
+@dataclass(frozen=True)
+class SpanAlignment:
+    """Per text, the unit (word) of every LLM token and every encoder token (:func:`mtllm.data.spans.align_units`),
+    as :meth:`MTLLMModel.tokenize` lays the tokens out (``<bos>``, prefixes and special tokens get -1)."""
+
+    llm_units: list[list[int]]
+    encoder_units: list[list[int]]
+    n_units: list[int]
+
+
+def align_spans(model: MTLLMModel, texts: Sequence[str], *, lang: str | None = None,
+                batch_size: int = 256) -> SpanAlignment:
+    """Character-offset alignment of the LLM's and the encoder's tokens of each text (fast tokenizers)."""
+    from mtllm.data.spans import align_units
+
+    shift = len(model.encoder_prefix)
+    llm_units, enc_units, n_units = [], [], []
+    for start in range(0, len(texts), batch_size):
+        chunk = list(texts[start:start + batch_size])
+        llm = model.tokenize(chunk, path="llm", return_offsets=True)
+        enc = model.tokenize(chunk, path="encoder", lang=lang, return_offsets=True)
+        for text, off_l, off_e in zip(chunk, llm["offset_mapping"], enc["offset_mapping"]):
+            units_l, units_e, n = align_units(text, off_l, off_e, shift_b=shift)
+            llm_units.append(units_l)
+            enc_units.append(units_e)
+            n_units.append(n)
+    return SpanAlignment(llm_units, enc_units, n_units)
+
+
+def _units_tensor(rows: Sequence[Sequence[int]], length: int, first_unit: Sequence[int]) -> torch.Tensor:
+    """``(N, length)`` unit indices renumbered across the batch (row ``i``'s units start at ``first_unit[i]``), -1 pad."""
+    out = torch.full((len(rows), length), -1, dtype=torch.long)
+    for i, row in enumerate(rows):
+        units = torch.tensor(row[:length], dtype=torch.long)
+        out[i, :len(units)] = torch.where(units >= 0, units + first_unit[i], units)
+    return out
+
+
+@torch.no_grad()
+def teacher_span_targets(model: MTLLMModel, texts: Sequence[str], alignment: SpanAlignment, *, batch_size: int = 32,
+                         cache_dir: str | Path | None = None, show_progress: bool = True) -> np.ndarray:
+    """Per text and word, the mean of the LLM's last hidden states (adapters disabled) over its own tokens of
+    that word: ``(sum(n_units), D)`` float16, the rows of text ``i`` starting at ``cumsum(n_units)[i - 1]``.
+
+    Computed once and cached (``teacher_spans-<key>``, memory-mapped float16 under ``cache_dir``): about
+    ``2 * D`` bytes per word (1.3 kB for Gemma 3 270M). The same forward pass also gives the pooled targets of
+    :func:`teacher_targets`; they are written to its cache when it has none, so stage 1 runs the teacher once."""
+    from mtllm.device import module_device, to_device
+    from mtllm.inference.batching import run_batched
+    from mtllm.modeling.pooling import unit_mean_pool
+
+    total = int(sum(alignment.n_units))
+    cache = ArrayCache(cache_dir, "teacher_spans", _targets_key(model, texts)) if cache_dir is not None else None
+    if cache is not None and (hit := cache.load(["spans"], mmap=True, rows=total)) is not None:
+        return hit[0]["spans"]
+    device = module_device(model)
+    index = list(range(len(texts)))
+    pooled_cache = ArrayCache(cache_dir, "teacher", _targets_key(model, texts)) if cache_dir is not None else None
+
+    def step(batch_idx: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        batch = model.tokenize([texts[i] for i in batch_idx], path="llm")
+        counts = [alignment.n_units[i] for i in batch_idx]
+        first = np.concatenate([[0], np.cumsum(counts)[:-1]]).tolist()
+        units_NL = _units_tensor([alignment.llm_units[i] for i in batch_idx], batch["input_ids"].shape[1], first)
+        inputs = to_device({"llm_input_ids": batch["input_ids"], "llm_attention_mask": batch["attention_mask"]}, device)
+        out = model(**inputs)
+        spans_UD = unit_mean_pool(out.last_hidden_state, units_NL, sum(counts)).to(torch.float16).cpu()
+        return list(zip(out.pooled.float().cpu(), torch.split(spans_UD, counts)))
+
+    model_was_training = model.training
+    model.eval()
+    with model.adapters_disabled():
+        parts = run_batched(index, step, batch_size=batch_size, lengths=[len(t) for t in texts],
+                            progress=show_progress, desc="teacher spans", unit="text")
+    model.train(model_was_training)
+    spans = (torch.cat([p[1] for p in parts]) if parts
+             else torch.empty(0, model.config.llm_hidden_size, dtype=torch.float16)).numpy()
+    if pooled_cache is not None and parts and pooled_cache.load(["targets"], mmap=False, rows=len(texts)) is None:
+        pooled_cache.save({"targets": torch.stack([p[0] for p in parts]).numpy()},
+                          {"n_texts": len(texts), "llm": model.config.llm_name_or_path})
+    if cache is not None:
+        cache.save({"spans": spans}, {"n_texts": len(texts), "llm": model.config.llm_name_or_path})
+        hit = cache.load(["spans"], mmap=True, rows=total)
+        if hit is not None:
+            return hit[0]["spans"]
+    return spans
+
+
+def span_target_stats(spans_UD: np.ndarray, *, standardize: bool = True, max_rows: int = 200_000) -> TargetStats:
+    """:func:`~mtllm.training.objectives.target_stats` of the span targets, on an evenly strided sample of
+    at most ``max_rows`` rows (the full set can be millions of words; the statistics settle long before)."""
+    step = max(1, -(-spans_UD.shape[0] // max_rows))
+    return target_stats(torch.from_numpy(np.asarray(spans_UD[::step], dtype=np.float32)), standardize=standardize)
+
+
 def run_stage1(model_settings: ModelSettings, stage1: Stage1Settings, args: TrainingArgs, *,
                model: MTLLMModel | None = None, texts: Sequence[str] | None = None) -> dict[str, Any]:
     """Self-distil ``model`` (built from ``model_settings`` unless given) on ``stage1.data``.
@@ -116,6 +218,21 @@ def run_stage1(model_settings: ModelSettings, stage1: Stage1Settings, args: Trai
     out = Path(args.output_dir)
     if accelerator.is_main_process:
         print(f"[stage1] {len(texts)} text chunks from {stage1.data}", flush=True)
+    enc_lang = "eng_Latn" if model.config.encoder_lang_style == "nllb" else None
+    span = None
+    if stage1.stage1_objective != "sequence":  # first: the same teacher pass fills the pooled targets' cache
+        alignment = align_spans(model, texts, lang=enc_lang)
+        with accelerator.main_process_first():
+            spans_UD = teacher_span_targets(model, texts, alignment, batch_size=stage1.teacher_batch_size,
+                                            cache_dir=out / "cache", show_progress=accelerator.is_main_process and args.progress)
+        first_row = np.concatenate([[0], np.cumsum(alignment.n_units)]).astype(np.int64)
+        span = {"alignment": alignment, "targets": spans_UD, "first_row": first_row,
+                "stats": span_target_stats(spans_UD, standardize=stage1.target_norm == "standardize")}
+        if accelerator.is_main_process:
+            print(f"[stage1] span objective: {len(spans_UD)} words in {len(texts)} texts "
+                  f"({len(spans_UD) / max(1, len(texts)):.1f} per text; teacher span targets "
+                  f"{spans_UD.nbytes / 2**20:.1f} MiB float16, memory-mapped)", flush=True)
+
     with accelerator.main_process_first():
         targets_ND = teacher_targets(model, texts, batch_size=stage1.teacher_batch_size, cache_dir=out / "cache",
                                      show_progress=accelerator.is_main_process and args.progress)
@@ -137,7 +254,6 @@ def run_stage1(model_settings: ModelSettings, stage1: Stage1Settings, args: Trai
             model.save_pretrained(tmp)
     lengths = [len(t) for t in texts]
     n_truncated = {"n": 0}
-    enc_lang = "eng_Latn" if model.config.encoder_lang_style == "nllb" else None
     enc_cache = None
     if stage1.cache_encoder_outputs:
         from mtllm.training.encoder_cache import EncoderCache
@@ -148,15 +264,29 @@ def run_stage1(model_settings: ModelSettings, stage1: Stage1Settings, args: Trai
                                      show_progress=accelerator.is_main_process and args.progress)
         n_truncated["n"] += enc_cache.n_truncated
 
+    def with_spans(batch: dict[str, Any], indices: list[int]) -> dict[str, Any]:
+        if span is None:
+            return batch
+        counts = [span["alignment"].n_units[i] for i in indices]
+        first = [0]
+        for c in counts[:-1]:
+            first.append(first[-1] + c)
+        rows = [r for i in indices for r in range(span["first_row"][i], span["first_row"][i + 1])]
+        batch["span_units"] = _units_tensor([span["alignment"].encoder_units[i] for i in indices],
+                                            batch["attention_mask"].shape[1], first)
+        batch["span_targets"] = torch.from_numpy(np.asarray(span["targets"][rows], dtype=np.float32))
+        return batch
+
     def collate(indices: list[int]) -> dict[str, Any]:
         if enc_cache is not None:
-            return {**enc_cache.collate(indices), "targets": targets_ND[indices]}
+            return with_spans({**enc_cache.collate(indices), "targets": targets_ND[indices]}, indices)
         batch = model.tokenize([texts[i] for i in indices], lang=enc_lang)
         n_truncated["n"] += batch["n_truncated"]
-        return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
-                "targets": targets_ND[indices]}
+        return with_spans({"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
+                           "targets": targets_ND[indices]}, indices)
 
-    loss_fn = functools.partial(stage1_loss, stats=stats)
+    loss_fn = functools.partial(stage1_loss, stats=stats, objective=stage1.stage1_objective, span_weight=stage1.span_weight,
+                                span_stats=span["stats"] if span is not None else None)
     groups = [{"params": [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("projection.")]},
               {"params": list(model.projection.parameters()), "lr": args.projection_lr or args.learning_rate}]
     groups = [g for g in groups if g["params"]]

@@ -1,0 +1,148 @@
+"""Collect the stage-1 lever experiment (issue 12) into one markdown table and one plot.
+
+    python experiments/stage1-levers/summarize.py [--runs runs/levers] [--out experiments/stage1-levers]
+
+Reads, per cell folder under --runs: ``stage1/metrics.jsonl`` and ``stage1/stage1_summary.json`` (the stage-1
+curve), ``retrieval/results.json`` (English<->X top-1 and the FVU against the teacher's English, written
+by ``mtllm run``'s retrieval stage) and, where the cell was distilled and evaluated,
+``eval-sib200/results.json``. The ``today`` downstream row comes from the committed pocket main job
+(``experiments/pocket/eval-sib200``), restricted to the same languages. Writes ``results.md``,
+``results.json`` and ``results.png`` into --out. Nothing here trains or evaluates: it only reads.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from statistics import mean
+
+ROOT = Path(__file__).resolve().parents[2]
+FVU_KEY = "FVU against the teacher's English"
+
+
+def _read(path: Path):
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _curve_tail(metrics: Path, key: str, n: int = 20) -> float | None:
+    if not metrics.exists():
+        return None
+    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    values = [r[key] for r in rows if key in r]
+    return mean(values[-n:]) if values else None
+
+
+def cell_row(folder: Path) -> dict:
+    summary = _read(folder / "stage1" / "stage1_summary.json") or {}
+    retrieval = _read(folder / "retrieval" / "results.json")
+    row = {"cell": folder.name, "n_texts": summary.get("n_texts"), "steps": summary.get("steps"),
+           "stage1_seconds": summary.get("seconds"),
+           "fvu_last20": _curve_tail(folder / "stage1" / "metrics.jsonl", "fvu"),
+           "span_fvu_last20": _curve_tail(folder / "stage1" / "metrics.jsonl", "span_fvu")}
+    if retrieval:
+        langs = [l for l in retrieval["systems"]["mtllm"]]
+        row["langs"] = langs
+        for system in ("mtllm", "mtllm_before_stage1", "llm", "encoder"):
+            if system in retrieval["systems"]:
+                row[f"retrieval_{system}"] = 100 * mean(retrieval["systems"][system].values())
+        fvu = (retrieval.get("measures") or retrieval.get("meta", {}).get("measures") or {}).get(FVU_KEY)
+        if fvu:
+            for system, per_lang in fvu["systems"].items():
+                xs = [v for l, v in per_lang.items() if l != "eng_Latn"]
+                row[f"fvu_x_{system}"] = mean(xs) if xs else None
+                if "eng_Latn" in per_lang:
+                    row[f"fvu_eng_{system}"] = per_lang["eng_Latn"]
+    evaluation = _read(folder / "eval-sib200" / "results.json")
+    if evaluation:
+        mt = evaluation["systems"]["mtllm"]
+        row["sib_langs"] = sorted(mt)
+        row["sib_mtllm_x"] = 100 * mean(v for l, v in mt.items() if l != "eng_Latn")
+        if "eng_Latn" in mt:
+            row["sib_mtllm_eng"] = 100 * mt["eng_Latn"]
+    return row
+
+
+def committed_today(langs: list[str]) -> dict:
+    """The committed pocket main job (today's stage 1) on the same languages."""
+    ev = _read(ROOT / "experiments" / "pocket" / "eval-sib200" / "results.json")
+    out = {}
+    if ev:
+        for system in ("mtllm", "llm", "encoder"):
+            out[f"sib_{system}_x"] = 100 * mean(ev["systems"][system][l] for l in langs if l != "eng_Latn")
+            out[f"sib_{system}_eng"] = 100 * ev["systems"][system]["eng_Latn"]
+    return out
+
+
+def _fmt(v, digits=1):
+    return "–" if v is None else (f"{v:.{digits}f}" if isinstance(v, float) else str(v))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--runs", default="runs/levers")
+    ap.add_argument("--out", default=str(Path(__file__).parent))
+    a = ap.parse_args()
+    rows = [cell_row(p) for p in sorted(Path(a.runs).iterdir()) if (p / "stage1").is_dir()]
+    langs = next((r["langs"] for r in rows if r.get("langs")), [])
+    today = committed_today(langs) if langs else {}
+    cols = [("cell", "cell", None), ("n_texts", "English texts", None), ("steps", "steps", None),
+            ("fvu_last20", "stage-1 FVU (pooled, last 20 steps)", 3), ("span_fvu_last20", "span FVU (last 20)", 3),
+            ("retrieval_mtllm", "retrieval top-1 %", 1), ("retrieval_mtllm_before_stage1", "…before stage 1", 1),
+            ("fvu_x_mtllm", "FVU X vs teacher English", 3), ("fvu_eng_mtllm", "FVU English vs teacher", 3),
+            ("sib_mtllm_x", "SIB-200 mtllm % (14 X)", 1), ("sib_mtllm_eng", "SIB-200 mtllm % eng", 1),
+            ("stage1_seconds", "stage-1 s", 0)]
+    lines = ["| " + " | ".join(c[1] for c in cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        lines.append("| " + " | ".join(_fmt(r.get(k), d) if d is not None else _fmt(r.get(k)) for k, _, d in cols) + " |")
+    base = next((r for r in rows if r.get("retrieval_llm") is not None), {})
+    text = ["# Stage-1 levers (issue 12): pocket preset, fixed 15-language SIB-200 subset", "",
+            f"Languages: {', '.join(langs)}", "", *lines, "",
+            f"Baselines on the same languages: LLM alone retrieval {_fmt(base.get('retrieval_llm'))} %, "
+            f"encoder alone retrieval {_fmt(base.get('retrieval_encoder'))} %, LLM-alone FVU X vs teacher English "
+            f"{_fmt(base.get('fvu_x_llm'), 3)}.", ""]
+    if today:
+        text.append(f"Committed pocket main job (today's stage 1, bf16 inference) on the 14 non-English languages: "
+                    f"SIB-200 mtllm {today['sib_mtllm_x']:.1f} %, llm {today['sib_llm_x']:.1f} %, encoder "
+                    f"{today['sib_encoder_x']:.1f} %; English {today['sib_mtllm_eng']:.1f} / {today['sib_llm_eng']:.1f} / "
+                    f"{today['sib_encoder_eng']:.1f}.")
+    out = Path(a.out)
+    (out / "results.md").write_text("\n".join(text) + "\n")
+    (out / "results.json").write_text(json.dumps({"cells": rows, "today_committed": today}, indent=1) + "\n")
+    _plot(rows, today, out / "results.png")
+    print("\n".join(text))
+
+
+def _plot(rows: list[dict], today: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    for r in rows:
+        if r.get("n_texts") is None:
+            continue
+        label = r["cell"]
+        if r.get("retrieval_mtllm") is not None:
+            ax1.scatter(r["n_texts"], r["retrieval_mtllm"], label=label)
+        if r.get("sib_mtllm_x") is not None:
+            ax2.scatter(r["n_texts"], r["sib_mtllm_x"], label=label)
+    before = next((r["retrieval_mtllm_before_stage1"] for r in rows if r.get("retrieval_mtllm_before_stage1")), None)
+    if before is not None:
+        ax1.axhline(before, ls=":", c="gray", label="no stage 1")
+    enc = next((r["retrieval_encoder"] for r in rows if r.get("retrieval_encoder")), None)
+    if enc is not None:
+        ax1.axhline(enc, ls="--", c="k", label="encoder alone")
+    if today:
+        ax2.axhline(today["sib_mtllm_x"], ls=":", c="gray", label="today (committed)")
+        ax2.axhline(today["sib_encoder_x"], ls="--", c="k", label="encoder alone")
+    ax1.set(xscale="log", xlabel="English texts in stage 1", ylabel="English<->X retrieval top-1 %", title="alignment")
+    ax2.set(xscale="log", xlabel="English texts in stage 1", ylabel="SIB-200 accuracy %, 14 languages", title="downstream")
+    for ax in (ax1, ax2):
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,916 @@
+"""Predictions and embeddings for a user's file, streamed and resumable: ``mtllm predict`` and ``mtllm encode``.
+
+**Input** (:func:`iter_rows`): ``.txt`` (one text per line), ``.csv``, ``.tsv``, ``.jsonl`` (one object per
+line) or ``.parquet``, read row by row (CSV/TSV with the ``csv`` module, JSON lines and text line by line,
+Parquet with ``pyarrow``'s ``iter_batches``), never whole: memory stays that of one chunk of ``chunk_size``
+rows (4096) whatever the file's size. A cheap first pass counts the rows (for the progress bar's ETA and the
+size of a ``.npy`` output) and checks every row that can be checked without the model (so
+``--on_bad_row fail`` stops before any model work). Rows are numbered from 1 (the first data row); a row's
+id is its ``id_column`` value, or its row number when there is no id column.
+
+**Per chunk**, rows are grouped by language and length-sorted into batches
+(:func:`mtllm.inference.predict.score_texts`, :func:`mtllm.inference.embed.embed_texts`); output rows come out
+in input order, one per input row.
+
+**Bad rows** never vanish. A row with no text at all (blank, missing, only characters the tokenizer drops), an
+empty answer option, or no / an unknown / an uncovered language is, with ``on_bad_row="skip"`` (the default),
+written with an empty label (embedding: NaN in ``.npy``, null in Parquet) and its reason in the ``skipped``
+column, and counted; with ``on_bad_row="fail"`` it is a :class:`~mtllm.errors.DataError` naming the file, the
+row and the column (before any model work for what the first pass sees, else before that chunk is written). A
+pair row with one blank segment is kept, that segment empty, and counted (``blank_segment``).
+
+**Resumable.** Output is written chunk by chunk, flushed and fsynced, and after each chunk a small sidecar
+``<output>.progress.json`` (:data:`PROGRESS_SUFFIX`) is replaced atomically: rows done, the output's byte
+offset (or part count), the input's size and sha256, the model's fingerprint and the settings that change the
+output. Rerunning the same command after Ctrl-C or ``kill -9`` truncates the output to the recorded offset and
+continues with the next row: no row lost or written twice (the output equals an uninterrupted run's, byte for
+byte). A rerun with other settings, another model or a changed input is refused unless ``--overwrite``; a
+finished run (sidecar ``"complete": true``, kept with the counts) says it is done. Formats:
+
+* predictions ``.jsonl`` / ``.csv`` / ``.tsv``: appended in place;
+* ``.parquet`` (predictions or embeddings): one part file per chunk in ``<output>.parts/``, combined into the
+  output (row group by row group) when every chunk is done, then the parts are removed;
+* embeddings ``.npy``: a memory-mapped ``<output>.partial`` (``numpy.lib.format.open_memmap``, sized by the
+  first pass) renamed to the output at the end, and the ids, one per line, in ``<stem>.ids.txt``.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import io
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Literal, Sequence
+
+import numpy as np
+
+from mtllm._io import atomic_path, atomic_write_json, file_sha256, remove_path, remove_stale_temporaries
+from mtllm.errors import ConfigError, DataError, UnknownLanguageError, UnsupportedLanguageError
+from mtllm.settings import MODEL, InferenceDtype, Rule, at_least, check_settings
+
+__all__ = ["INPUT_SUFFIXES", "PREDICT_SUFFIXES", "ENCODE_SUFFIXES", "PROGRESS_SUFFIX", "CHUNK_ROWS", "Row",
+           "iter_rows", "count_rows", "PredictFileSettings", "EncodeFileSettings", "predict_file", "encode_file",
+           "output_paths"]
+
+INPUT_SUFFIXES = (".txt", ".csv", ".tsv", ".jsonl", ".parquet")
+PREDICT_SUFFIXES = (".jsonl", ".csv", ".tsv", ".parquet")
+ENCODE_SUFFIXES = (".npy", ".parquet")
+PROGRESS_SUFFIX = ".progress.json"
+CHUNK_ROWS = 4096
+_FORMAT_VERSION = 1
+
+
+# ------------------------------------------------------------------------------------------------ reading
+@dataclass(frozen=True)
+class Row:
+    """One input row: its number (from 1), id, and the raw values of the columns in use (``None``: missing)."""
+
+    number: int
+    id: Any
+    text: Any
+    pair: Any = None
+    lang: Any = None
+    options: tuple = ()
+
+
+def _suffix(path: str | Path) -> str:
+    return Path(path).suffix.lower()
+
+
+def _not_utf8(path: Path, where: str, err: UnicodeDecodeError) -> DataError:
+    return DataError(f"{path} is not UTF-8 ({where}: invalid byte 0x{err.object[err.start]:02x}); re-encode it, e.g. "
+                     f"`iconv -f LATIN1 -t UTF-8 {path.name} > {path.stem}.utf8{path.suffix}`")
+
+
+def _records(path: Path, columns: Sequence[str], batch_rows: int) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(row number, {column: value})`` of every data row of ``path``, streamed; a column a row lacks is
+    absent from its dict. A missing column (in a CSV header or Parquet schema) is a :class:`DataError`."""
+    suffix = _suffix(path)
+    if suffix == ".txt":
+        number = 0
+        try:
+            with open(path, encoding="utf-8-sig") as fh:
+                for number, line in enumerate(fh, 1):
+                    yield number, {"text": line.rstrip("\n")}
+        except UnicodeDecodeError as err:
+            raise _not_utf8(path, f"line {number + 1}", err) from None
+    elif suffix in (".csv", ".tsv"):
+        number = 0
+        try:
+            with open(path, encoding="utf-8-sig", newline="") as fh:
+                reader = csv.reader(fh, delimiter="\t" if suffix == ".tsv" else ",")
+                header = next(reader, None)
+                if header is None:
+                    raise DataError(f"{path} is empty: a {suffix[1:].upper()} input needs a header row naming its "
+                                    f"columns, e.g. id,text")
+                missing = [c for c in columns if c not in header]
+                if missing:
+                    raise DataError(f"{path}: no column {missing[0]!r} (found {header}); set the *_column settings "
+                                    f"to the file's column names")
+                where = {c: header.index(c) for c in columns}
+                for values in reader:
+                    if not values:  # a blank line is no row (as csv.DictReader reads it)
+                        continue
+                    number += 1
+                    yield number, {c: values[i] for c, i in where.items() if i < len(values)}
+        except UnicodeDecodeError as err:
+            raise _not_utf8(path, f"after row {number}", err) from None
+        except csv.Error as err:
+            raise DataError(f"{path}: row {number + 1}: not valid {suffix[1:].upper()} ({err})") from None
+    elif suffix == ".jsonl":
+        number = 0
+        line_no = 0
+        try:
+            with open(path, encoding="utf-8-sig") as fh:
+                for line_no, line in enumerate(fh, 1):
+                    if not line.strip():
+                        continue
+                    number += 1
+                    try:
+                        record = json.loads(line)
+                    except json.JSONDecodeError as err:
+                        raise DataError(f"{path}:{line_no}: not valid JSON ({err.msg}); each line must be one JSON "
+                                        f"object") from None
+                    if not isinstance(record, dict):
+                        raise DataError(f"{path}:{line_no}: a {type(record).__name__}, not an object; write one "
+                                        f"object per line, e.g. {{\"id\": 1, \"text\": \"...\"}}")
+                    yield number, record
+        except UnicodeDecodeError as err:
+            raise _not_utf8(path, f"line {line_no + 1}", err) from None
+    elif suffix == ".parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        try:
+            pf = pq.ParquetFile(path)
+        except (pa.ArrowException, OSError) as err:
+            raise DataError(f"{path}: not a readable Parquet file ({err}); check or rewrite the file") from None
+        names = pf.schema_arrow.names
+        missing = [c for c in columns if c not in names]
+        if missing:
+            raise DataError(f"{path}: no column {missing[0]!r} (found {names}); set the *_column settings to the "
+                            f"file's column names")
+        number = 0
+        for batch in pf.iter_batches(batch_size=batch_rows, columns=list(dict.fromkeys(columns))):
+            for record in batch.to_pylist():
+                number += 1
+                yield number, record
+    else:
+        raise DataError(f"{path}: unsupported input type {suffix!r}; use one of {', '.join(INPUT_SUFFIXES)}")
+
+
+def _blank(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+def iter_rows(path: str | Path, *, text_column: str = "text", pair_column: str | None = None,
+              lang_column: str | None = None, id_column: str | None = None, option_columns: Sequence[str] = (),
+              batch_rows: int = CHUNK_ROWS) -> Iterator[Row]:
+    """The rows of ``path`` (see the module doc), streamed. A ``.txt`` file has one text per line and no
+    columns. A text, pair or option that is not a string (or null), and a row without an id in ``id_column``,
+    are :class:`DataError` s naming the row."""
+    path = Path(path)
+    is_txt = _suffix(path) == ".txt"
+    text_key = "text" if is_txt else text_column
+    columns = [c for c in (text_column, pair_column, lang_column, id_column, *option_columns) if c] if not is_txt else []
+    for number, rec in _records(path, columns, batch_rows):
+        values = {}
+        for role, col in (("text", text_key), ("pair", pair_column), ("lang", lang_column)):
+            if col is None:
+                continue
+            value = rec.get(col)
+            if value is not None and not isinstance(value, str):
+                raise DataError(f"{path}: row {number}, column {col!r}: {type(value).__name__} {value!r:.40}, not a "
+                                f"string; set the {role if role != 'text' else 'text'}_column setting to the column "
+                                f"that holds the {role}")
+            values[role] = value
+        options = []
+        for col in option_columns:
+            value = rec.get(col)
+            if value is not None and not isinstance(value, str):
+                raise DataError(f"{path}: row {number}, column {col!r}: {type(value).__name__} {value!r:.40}, not a "
+                                f"string; option_columns name the columns that hold the answer options")
+            options.append(value)
+        if id_column is not None:
+            row_id = rec.get(id_column)
+            if _blank(row_id):
+                raise DataError(f"{path}: row {number} has no id in column {id_column!r}; give every row an id, or "
+                                f"leave id_column unset to use row numbers")
+        else:
+            row_id = number
+        yield Row(number, row_id, values.get("text"), values.get("pair"), values.get("lang"), tuple(options))
+
+
+def count_rows(path: str | Path, **columns: Any) -> int:
+    """The number of rows :func:`iter_rows` gives (a Parquet file's from its metadata; others by one pass)."""
+    path = Path(path)
+    if _suffix(path) == ".parquet" and not columns:
+        import pyarrow.parquet as pq
+
+        return pq.ParquetFile(path).metadata.num_rows
+    return sum(1 for _ in iter_rows(path, **columns))
+
+
+# ------------------------------------------------------------------------------------------------ settings
+def _required(example: str) -> Rule:
+    return Rule("given", lambda v, _: f"give it, e.g. {example}" if v is None else None, on_null=True)
+
+
+def _input_file(value: Any, _: Any) -> str | None:
+    path = Path(str(value)).expanduser()
+    if _suffix(path) not in INPUT_SUFFIXES:
+        return f"use a {', '.join(INPUT_SUFFIXES)} file"
+    if path.is_dir():
+        return f"{path} is a folder; give a file"
+    return None if path.is_file() else f"there is no file {path}"
+
+
+def _output_file(suffixes: Sequence[str]):
+    def problem(value: Any, settings: Any) -> str | None:
+        path = Path(str(value)).expanduser()
+        if _suffix(path) not in suffixes:
+            return f"the output type is set by its suffix: {', '.join(suffixes)}"
+        if path.is_dir():
+            return f"{path} is a folder; give a file path"
+        parent = next((p for p in path.parents if p.exists()), None)
+        if parent is not None and not parent.is_dir():
+            return f"{parent} is a file, not a folder"
+        if getattr(settings, "input", None) and path.resolve() == Path(settings.input).expanduser().resolve():
+            return "it is the input file; write the output elsewhere"
+        return None
+    return problem
+
+
+def _lang_code(value: Any, _: Any) -> str | None:
+    if value == "auto":
+        return None
+    from mtllm.data.languages import validate_lang
+
+    try:
+        validate_lang(str(value))
+    except UnknownLanguageError as err:
+        return str(err)
+    return None
+
+
+INPUT_FILE = Rule(f"a {'/'.join(INPUT_SUFFIXES)} file", _input_file, inputs=True)
+LANG_OR_AUTO = Rule("a FLORES-200 code (e.g. swh_Latn) or 'auto'", _lang_code)
+
+
+@dataclass
+class _FileSettings:
+    """A model and a file of texts."""
+
+    model: str | None = field(default=None, metadata={"help": "The MT-LLM folder (distill's DIR/final, finetune's DIR/best; for encode any MT-LLM).", "check": (_required("--model runs/pocket/distill-sib200/final"), MODEL)})
+    input: str | None = field(default=None, metadata={"help": "Input file: .txt (one text per line), .csv, .tsv, .jsonl or .parquet; streamed.", "check": (_required("--input texts.csv"), INPUT_FILE)})
+    text_column: str = field(default="text", metadata={"help": "Column (JSON field) holding the text (not used for .txt)."})
+    lang: str | None = field(default=None, metadata={"help": "Language of every text (FLORES-200 code), or 'auto' to detect each text's (mtllm.langid); or give lang_column.", "check": LANG_OR_AUTO})
+    lang_column: str | None = field(default=None, metadata={"help": "Column holding each row's FLORES-200 code (instead of lang)."})
+    id_column: str | None = field(default=None, metadata={"help": "Column holding each row's id, copied to the output (default: the row number, from 1)."})
+    batch_size: int = field(default=32, metadata={"help": "Texts per forward pass.", "check": at_least(1)})
+    chunk_size: int = field(default=CHUNK_ROWS, metadata={"help": "Rows read, computed and written (then recorded for resuming) at a time.", "check": at_least(1)})
+    on_bad_row: Literal["skip", "fail"] = field(default="skip", metadata={"help": "A row with no text or no/unknown language: skip (written with an empty label and the reason in `skipped`, counted) or fail (an error naming the row)."})
+    overwrite: bool = field(default=False, metadata={"help": "Start again, replacing an output (and its progress record) written before, also a finished one or one with other settings."})
+    dtype: InferenceDtype = field(default="float32", metadata={"help": "Weights dtype: float32, bfloat16, float16, or auto (bfloat16 where the device computes it faster than float32: a GPU with bf16, a CPU with avx512_bf16/AMX; else float32)."})
+    device: str | None = field(default=None, metadata={"help": "Where the model runs: cpu, cuda, cuda:N or mps (default: $MTLLM_DEVICE, else cuda if available, else mps, else cpu)."})
+    progress: bool = field(default=True, metadata={"help": "Show a progress bar with ETA (on stderr)."})
+
+    def __post_init__(self) -> None:
+        check_settings(self)
+        if (self.lang is None) == (self.lang_column is None):
+            raise ConfigError("give the texts' language: either lang (one FLORES-200 code, e.g. --lang swh_Latn, or "
+                              "--lang auto to detect it) or lang_column (the column holding each row's code), "
+                              + ("not both" if self.lang is not None else "not neither"))
+        if self.input is not None and _suffix(self.input) == ".txt":
+            used = [k for k in ("lang_column", "id_column", *self._extra_columns()) if getattr(self, k)]
+            if used:
+                raise ConfigError(f"{used[0]} is {getattr(self, used[0])!r}, but a .txt input has one text per line "
+                                  f"and no columns: use a .csv/.tsv/.jsonl/.parquet input, or drop {used[0]}")
+
+    def _extra_columns(self) -> tuple[str, ...]:
+        return ()
+
+
+@dataclass
+class PredictFileSettings(_FileSettings):
+    """Predict a label for every row of a file (resumable)."""
+
+    output: str | None = field(default=None, metadata={"help": "Predictions file: .jsonl, .csv, .tsv or .parquet (rows in input order).", "check": (_required("--output preds.jsonl"), Rule(f"a {'/'.join(PREDICT_SUFFIXES)} file path", _output_file(PREDICT_SUFFIXES)))})
+    pair_column: str | None = field(default=None, metadata={"help": "Column holding the second text of a pair (an NLI hypothesis; a multiple-choice question)."})
+    option_columns: list[str] = field(default_factory=list, metadata={"help": "Multiple-choice models: the columns holding the answer options (the label is the chosen option's index, from 0)."})
+    return_probs: bool = field(default=False, metadata={"help": "Also write each class's (option's) probability, as prob_<label> columns."})
+
+    def _extra_columns(self) -> tuple[str, ...]:
+        return ("pair_column", "option_columns")
+
+
+@dataclass
+class EncodeFileSettings(_FileSettings):
+    """Embed every row of a file (resumable)."""
+
+    output: str | None = field(default=None, metadata={"help": "Embeddings file: .npy (float32 (N, D), ids in <stem>.ids.txt) or .parquet (id + embedding columns).", "check": (_required("--output emb.npy"), Rule(f"a {'/'.join(ENCODE_SUFFIXES)} file path", _output_file(ENCODE_SUFFIXES)))})
+    normalize: bool = field(default=False, metadata={"help": "Unit-length embeddings."})
+
+
+# ------------------------------------------------------------------------------------------------ outputs
+def _ids_path(output: Path) -> Path:
+    return output.with_name(output.stem + ".ids.txt")
+
+
+def output_paths(output: str | Path) -> list[Path]:
+    """Everything ``mtllm predict`` / ``mtllm encode`` may write for ``output``: the output, its progress record
+    and its in-progress files (what ``--overwrite`` removes)."""
+    output = Path(output)
+    paths = [output, output.with_name(output.name + PROGRESS_SUFFIX), output.with_name(output.name + ".parts")]
+    if _suffix(output) == ".npy":
+        paths += [output.with_name(output.name + ".partial"), _ids_path(output)]
+    return paths
+
+
+def _fsync_append(path: Path, data: bytes) -> int:
+    """Append ``data`` to ``path``, flushed and fsynced; returns the new size."""
+    with open(path, "ab") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+        return fh.tell()
+
+
+def _truncate(path: Path, size: int, what: str, progress: Path) -> None:
+    """Cut ``path`` back to ``size`` bytes (what the progress record says was complete), creating it when
+    ``size`` is 0."""
+    if not path.exists():
+        if size:
+            raise ConfigError(f"{progress} records {size} bytes of {path}, which is missing; rerun with --overwrite "
+                              f"to start again")
+        path.touch()
+        return
+    if path.stat().st_size < size:
+        raise ConfigError(f"{path} is shorter ({path.stat().st_size} bytes) than its progress record says ({size}): "
+                          f"it was changed after the run stopped; rerun with --overwrite to start again")
+    with open(path, "r+b") as fh:
+        fh.truncate(size)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+class _TextSink:
+    """JSON lines / CSV / TSV predictions, appended chunk by chunk; state: the byte offset."""
+
+    def __init__(self, path: Path, columns: list[str], progress: Path) -> None:
+        self.path, self.columns, self.progress = path, columns, progress
+        self.kind = _suffix(path)
+        self.offset = 0
+
+    def open(self, state: dict | None) -> None:
+        self.offset = int((state or {}).get("bytes", 0))
+        _truncate(self.path, self.offset, "output", self.progress)
+
+    def _encode(self, records: list[dict]) -> bytes:
+        if self.kind == ".jsonl":
+            return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8")
+        buf = io.StringIO()
+        writer = csv.writer(buf, delimiter="\t" if self.kind == ".tsv" else ",", lineterminator="\n")
+        if self.offset == 0:
+            writer.writerow(self.columns)
+        writer.writerows([["" if r[c] is None else r[c] for c in self.columns] for r in records])
+        return buf.getvalue().encode("utf-8")
+
+    def write(self, records: list[dict], start: int) -> None:
+        self.offset = _fsync_append(self.path, self._encode(records))
+
+    def state(self) -> dict:
+        return {"bytes": self.offset}
+
+    def finish(self) -> None:
+        if self.offset == 0:  # no rows: a CSV still gets its header
+            self.offset = _fsync_append(self.path, self._encode([]))
+
+
+class _ParquetSink:
+    """Parquet (predictions or embeddings): one part file per chunk in ``<output>.parts/``, combined at the end;
+    state: the number of parts."""
+
+    def __init__(self, path: Path, schema: Any, progress: Path) -> None:
+        self.path, self.schema, self.progress = path, schema, progress
+        self.parts_dir = path.with_name(path.name + ".parts")
+        self.n_parts = 0
+        self.finished = False
+
+    def _part(self, k: int) -> Path:
+        return self.parts_dir / f"part-{k:06d}.parquet"
+
+    def open(self, state: dict | None) -> None:
+        self.n_parts = int((state or {}).get("parts", 0))
+        if self.n_parts and self.path.is_file() and not self.parts_dir.exists():
+            self.finished = True  # stopped after combining the parts, before recording it
+            return
+        self.parts_dir.mkdir(parents=True, exist_ok=True)
+        missing = [k for k in range(self.n_parts) if not self._part(k).is_file()]
+        if missing:
+            raise ConfigError(f"{self.progress} records {self.n_parts} part files in {self.parts_dir}, but "
+                              f"{self._part(missing[0]).name} is missing; rerun with --overwrite to start again")
+        for part in self.parts_dir.iterdir():  # parts of the chunk that was cut off, temporaries
+            if not (part.name.startswith("part-") and part.name.endswith(".parquet")
+                    and part.name[5:11].isdigit() and int(part.name[5:11]) < self.n_parts):
+                remove_path(part)
+
+    def write(self, records: list[dict], start: int) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pa.Table.from_pylist(records, schema=self.schema)
+        with atomic_path(self._part(self.n_parts), fsync=True) as tmp:
+            pq.write_table(table, tmp)
+        self.n_parts += 1
+
+    def state(self) -> dict:
+        return {"parts": self.n_parts}
+
+    def finish(self) -> None:
+        import pyarrow.parquet as pq
+
+        if self.finished:
+            return
+        with atomic_path(self.path, fsync=True) as tmp:
+            with pq.ParquetWriter(tmp, self.schema) as writer:
+                for k in range(self.n_parts):
+                    writer.write_table(pq.read_table(self._part(k), schema=self.schema))
+                if self.n_parts == 0:
+                    writer.write_table(self.schema.empty_table())
+        remove_path(self.parts_dir)
+
+
+class _NpySink:
+    """Embeddings ``.npy``: a memory map ``<output>.partial`` of ``(n_rows, dim)`` float32, renamed to the output
+    at the end; ids one per line in ``<stem>.ids.txt``; state: the ids file's byte offset."""
+
+    def __init__(self, path: Path, n_rows: int, dim: int, progress: Path) -> None:
+        self.path, self.n_rows, self.dim, self.progress = path, n_rows, dim, progress
+        self.partial = path.with_name(path.name + ".partial")
+        self.ids = _ids_path(path)
+        self.offset = 0
+        self.array = None
+
+    def open(self, state: dict | None) -> None:
+        from numpy.lib.format import open_memmap
+
+        self.offset = int((state or {}).get("ids_bytes", 0))
+        if state and state.get("rows_written", 0) and not self.partial.is_file() and self.path.is_file():
+            self.partial = self.path  # stopped after the final rename, before recording it
+        if state and state.get("rows_written", 0) and self.partial.is_file():
+            self.array = open_memmap(self.partial, mode="r+")
+            if self.array.shape != (self.n_rows, self.dim) or self.array.dtype != np.float32:
+                raise ConfigError(f"{self.partial} holds {self.array.dtype} {self.array.shape}, not float32 "
+                                  f"({self.n_rows}, {self.dim}); rerun with --overwrite to start again")
+        elif state and state.get("rows_written", 0):
+            raise ConfigError(f"{self.progress} records rows written to {self.partial}, which is missing; rerun "
+                              f"with --overwrite to start again")
+        else:
+            self.array = open_memmap(self.partial, mode="w+", dtype=np.float32, shape=(self.n_rows, self.dim))
+        _truncate(self.ids, self.offset, "ids", self.progress)
+
+    def write(self, records: list[dict], start: int) -> None:
+        block = np.full((len(records), self.dim), np.nan, dtype=np.float32)
+        for j, r in enumerate(records):
+            if r["embedding"] is not None:
+                block[j] = r["embedding"]
+        self.array[start:start + len(records)] = block
+        self.array.flush()
+        self.offset = _fsync_append(self.ids, "".join(f"{r['id']}\n" for r in records).encode("utf-8"))
+
+    def state(self) -> dict:
+        return {"ids_bytes": self.offset, "rows_written": 1 if self.offset else 0}
+
+    def finish(self) -> None:
+        self.array.flush()
+        del self.array
+        self.array = None
+        with open(self.partial, "rb+") as fh:
+            os.fsync(fh.fileno())
+        if self.partial != self.path:
+            os.replace(self.partial, self.path)
+        if not self.ids.exists():
+            self.ids.touch()
+
+
+# ------------------------------------------------------------------------------------------------ the run
+def _model_fingerprint(ref: str) -> dict:
+    """What identifies the model's weights: a local folder's sha256 over its config and trained weights."""
+    path = Path(ref).expanduser()
+    if not path.is_dir():
+        return {"ref": ref}
+    digest = hashlib.sha256()
+    for name in ("config.json", "model.safetensors", "adapter/adapter_config.json",
+                 "adapter/adapter_model.safetensors"):
+        if (path / name).is_file():
+            digest.update(name.encode() + b"\0" + file_sha256(path / name).encode())
+    return {"sha256": digest.hexdigest()}
+
+
+def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for k in sorted(set(old) | set(new), key=str):
+            out += _differences(old.get(k), new.get(k), f"{prefix}{k}.")
+        return out
+    return [] if old == new else [f"{prefix.rstrip('.')}: {old!r} -> {new!r}"]
+
+
+@dataclass
+class _Counts:
+    rows: int = 0
+    done: int = 0
+    skipped: dict = dataclasses.field(default_factory=dict)
+    blank_segment: int = 0
+    truncated: int = 0
+
+    def to_dict(self) -> dict:
+        return {"rows": self.rows, "done": self.done, "skipped": dict(sorted(self.skipped.items())),
+                "blank_segment": self.blank_segment, "truncated": self.truncated}
+
+
+def _bad(path: Path, row: Row, column: str, reason: str, detail: str = "") -> DataError:
+    return DataError(f"{path}: row {row.number} (id {row.id!r}), column {column!r}: {reason}"
+                     + (f" ({detail})" if detail else "") + "; fix the row, or rerun with --on_bad_row skip (it writes "
+                     f"the row with an empty label and skipped: {reason!r}, and counts it)")
+
+
+class _Job:
+    """One ``predict_file`` / ``encode_file`` run."""
+
+    def __init__(self, s: _FileSettings, kind: str) -> None:
+        self.s, self.kind = s, kind
+        self.input = Path(s.input).expanduser()
+        self.output = Path(s.output).expanduser()
+        self.progress_path = self.output.with_name(self.output.name + PROGRESS_SUFFIX)
+        self.pair_column = getattr(s, "pair_column", None)
+        self.option_columns = list(getattr(s, "option_columns", []) or [])
+        self.is_txt = _suffix(self.input) == ".txt"
+        self.text_column = "text" if self.is_txt else s.text_column
+        self.auto = s.lang == "auto"
+        self.enc_langs: dict = {}  # FLORES code -> the code the encoder gets (mtllm.inference.predict.encoder_code)
+        self.uncovered: dict = {}  # FLORES code -> why the encoder cannot take it (None: it can)
+
+    # ------------------------------------------------------------------ identity
+    def _settings_record(self) -> dict:
+        keep = {"text_column", "pair_column", "option_columns", "lang", "lang_column", "id_column", "return_probs",
+                "on_bad_row", "dtype", "normalize"}
+        record = {k: v for k, v in dataclasses.asdict(self.s).items() if k in keep}
+        record["command"] = self.kind
+        record["output_format"] = _suffix(self.output)
+        return record
+
+    def _identity(self) -> dict:
+        return {"version": _FORMAT_VERSION, "settings": self._settings_record(),
+                "input": {"size": self.input.stat().st_size, "sha256": file_sha256(self.input)},
+                "model": _model_fingerprint(self.s.model)}
+
+    def _columns(self) -> dict:
+        return dict(text_column=self.text_column, pair_column=self.pair_column, lang_column=self.s.lang_column,
+                    id_column=self.s.id_column, option_columns=self.option_columns, batch_rows=self.s.chunk_size)
+
+    # ------------------------------------------------------------------ rows
+    def _row_problem(self, row: Row) -> tuple[str, str, str] | None:
+        """(reason, column, detail) of a row that cannot be used, from the row alone (no model)."""
+        if _blank(row.text) and (self.pair_column is None or _blank(row.pair)):
+            cols = self.text_column + (f" / {self.pair_column}" if self.pair_column else "")
+            return "no text", cols, "blank or missing"
+        for col, opt in zip(self.option_columns, row.options):
+            if _blank(opt):
+                return "empty option", col, "blank or missing"
+        if self.s.lang_column is not None:
+            if _blank(row.lang):
+                return "no language", self.s.lang_column, "blank or missing"
+            from mtllm.data.languages import validate_lang
+
+            try:
+                validate_lang(row.lang.strip())
+            except UnknownLanguageError as err:
+                return "unknown language", self.s.lang_column, str(err)
+        return None
+
+    def first_pass(self) -> tuple[int, str]:
+        """Count the rows and check what can be checked without the model; returns (rows, id kind: ``int``
+        or ``str``)."""
+        n, all_int = 0, True
+        for row in iter_rows(self.input, **self._columns()):
+            n += 1
+            if self.s.id_column is not None and not (isinstance(row.id, int) and not isinstance(row.id, bool)):
+                all_int = False
+            if self.s.on_bad_row == "fail" and (problem := self._row_problem(row)) is not None:
+                raise _bad(self.input, row, problem[1], problem[0], problem[2])
+            if self.kind == "encode" and _suffix(self.output) == ".npy" and any(c in str(row.id) for c in "\r\n"):
+                raise DataError(f"{self.input}: row {row.number}: its id {row.id!r} holds a line break, which "
+                                f"{_ids_path(self.output).name} (one id per line) cannot hold; use a .parquet output")
+        return n, "int" if all_int else "str"
+
+    # ------------------------------------------------------------------ the sidecar
+    def _write_progress(self, record: dict) -> None:
+        atomic_write_json(self.progress_path, record, fsync=True, indent=1)
+
+    def claim(self, identity: dict) -> dict | None:
+        """The progress record to resume from, ``None`` for a fresh run, or ``{"complete": True, ...}``; refuses
+        a rerun with other settings/input/model, and an output it did not write, unless ``overwrite``."""
+        remove_stale_temporaries(self.progress_path)
+        if self.s.overwrite:  # what is there goes once the input has been read and the model loaded
+            return None
+        if self.progress_path.is_file():
+            try:
+                record = json.loads(self.progress_path.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as err:
+                raise ConfigError(f"{self.progress_path} cannot be read ({err}); rerun with --overwrite to start "
+                                  f"again") from None
+            diffs = _differences({k: record.get(k) for k in identity}, identity)
+            if diffs:
+                what = "the input file changed" if any(d.startswith("input.") for d in diffs) else \
+                    "the model changed" if any(d.startswith("model.") for d in diffs) else "other settings"
+                raise ConfigError(f"{self.output} was {'written' if record.get('complete') else 'started'} by a run "
+                                  f"with {what} ({'; '.join(diffs[:4])}); rerun with the same settings and input to "
+                                  f"{'keep it' if record.get('complete') else 'continue it'}, or add --overwrite to "
+                                  f"start again (or choose another output)")
+            if record.get("complete") and not self.output.exists():  # finished, then the output was removed
+                remove_path(self.progress_path)
+                return None
+            return record
+        present = [p for p in output_paths(self.output) if p.exists()]
+        if present:
+            raise ConfigError(f"{present[0]} exists, with no progress record ({self.progress_path.name}) of an mtllm "
+                              f"{self.kind} run that wrote it; choose another output, or add --overwrite to replace it")
+        return None
+
+    # ------------------------------------------------------------------ run
+    def run(self) -> dict:
+        t0 = time.perf_counter()
+        self.identity = self._identity()
+        record = self.claim(self.identity)
+        if record is not None and record.get("complete"):
+            counts = record.get("counts", {})
+            print(f"[{self.kind}] {self.output} is already complete ({counts.get('rows', '?')} rows); rerun with "
+                  f"--overwrite to compute it again", file=sys.stderr, flush=True)
+            return {"output": str(self.output), "already_complete": True, **counts}
+        n_rows, id_kind = self.first_pass()
+        if record is not None and record.get("rows_total") != n_rows:
+            raise ConfigError(f"{self.progress_path} records {record.get('rows_total')} input rows, the input has "
+                              f"{n_rows}; rerun with --overwrite to start again")
+        model = self._load_model()
+        if self.s.lang not in (None, "auto"):
+            from mtllm.data.languages import validate_lang
+            from mtllm.inference.predict import encoder_code, model_path
+
+            self.s.lang = validate_lang(self.s.lang)
+            encoder_code(model, self.s.lang, model_path(model), self.enc_langs)  # uncovered: an error before any work
+        identify = self._identify() if self.auto else None
+        sink = self._sink(model, n_rows, id_kind)
+        counts = _Counts(rows=n_rows)
+        done = 0
+        if record is not None:
+            done = int(record["rows_done"])
+            c = record.get("counts", {})
+            counts.done, counts.skipped = c.get("done", 0), dict(c.get("skipped", {}))
+            counts.blank_segment, counts.truncated = c.get("blank_segment", 0), c.get("truncated", 0)
+        else:
+            for p in output_paths(self.output):  # --overwrite: the earlier run's files (and only those)
+                remove_path(p)
+            self._write_progress({**self.identity, "rows_total": n_rows, "rows_done": 0, "state": {},
+                                  "counts": counts.to_dict(), "complete": False})
+        sink.open(record.get("state") if record is not None else None)
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=n_rows, initial=done, unit="row", desc=f"{self.kind} {self.input.name}",
+                   disable=not self.s.progress, dynamic_ncols=True)
+        try:
+            chunk: list[Row] = []
+            rows = iter_rows(self.input, **self._columns())
+            for row in rows:
+                if row.number <= done:
+                    continue
+                chunk.append(row)
+                if len(chunk) == self.s.chunk_size:
+                    done = self._chunk(model, chunk, sink, counts, bar, identify, n_rows)
+                    chunk = []
+            if chunk:
+                done = self._chunk(model, chunk, sink, counts, bar, identify, n_rows)
+        finally:
+            bar.close()
+        sink.finish()
+        self._write_progress({**self.identity, "rows_total": n_rows, "rows_done": done, "state": sink.state(),
+                              "counts": counts.to_dict(), "complete": True})
+        summary = {"output": str(self.output), **counts.to_dict(), "seconds": round(time.perf_counter() - t0, 1)}
+        skipped = sum(counts.skipped.values())
+        what = "predicted" if self.kind == "predict" else "embedded"
+        line = (f"[{self.kind}] {self.output}: {n_rows} rows, {counts.done} {what}, {skipped} skipped"
+                + (f" ({', '.join(f'{k}: {v}' for k, v in sorted(counts.skipped.items()))})" if skipped else "")
+                + (f"; {counts.blank_segment} kept with one empty segment" if counts.blank_segment else "")
+                + (f"; {counts.truncated} truncated at max_seq_length ({model.config.max_seq_length} tokens)"
+                   if counts.truncated else ""))
+        print(line, file=sys.stderr, flush=True)
+        return summary
+
+    def _load_model(self):
+        from mtllm.modeling.model import MTLLMModel
+        from mtllm.settings import parse_dtype
+
+        model = MTLLMModel.from_pretrained(self.s.model, dtype=parse_dtype(self.s.dtype, self.s.device), merge_adapters=True,
+                                           device=self.s.device)
+        if self.kind == "predict":
+            from mtllm.inference.predict import check_head
+
+            check_head(model)
+            mc = model.config.head_kind == "multiple_choice"
+            if mc and not self.option_columns:
+                raise ConfigError(f"{self.s.model} has a multiple-choice head: give option_columns (the columns "
+                                  f"holding the answer options), e.g. --option_columns '[a1, a2, a3, a4]'")
+            if not mc and self.option_columns:
+                raise ConfigError(f"option_columns are for multiple-choice models; {self.s.model} classifies into "
+                                  f"{model.config.label_names}: drop option_columns")
+        return model
+
+    def _identify(self):
+        try:
+            from mtllm.langid import identify
+        except ImportError as err:
+            raise ConfigError(f"--lang auto needs language identification (mtllm.langid), which cannot be loaded "
+                              f"({err}); give the language instead: --lang CODE or --lang_column COLUMN") from None
+        return identify
+
+    def _sink(self, model, n_rows: int, id_kind: str):
+        suffix = _suffix(self.output)
+        dim = model.config.llm_hidden_size
+        if suffix == ".npy":
+            return _NpySink(self.output, n_rows, dim, self.progress_path)
+        if suffix == ".parquet":
+            import pyarrow as pa
+
+            id_type = pa.int64() if (self.s.id_column is None or id_kind == "int") else pa.string()
+            fields = [pa.field("id", id_type)]
+            if self.kind == "predict":
+                mc = model.config.head_kind == "multiple_choice"
+                fields.append(pa.field("label", pa.int64() if mc else pa.string()))
+                fields += [pa.field(c, pa.float64()) for c in self._prob_columns(model)]
+            else:
+                fields.append(pa.field("embedding", pa.list_(pa.float32(), dim)))
+            fields.append(pa.field("lang", pa.string()))
+            if self.auto:
+                fields.append(pa.field("lang_confidence", pa.float64()))
+            fields.append(pa.field("skipped", pa.string()))
+            return _ParquetSink(self.output, pa.schema(fields), self.progress_path)
+        columns = ["id", "label", *self._prob_columns(model), "lang", *(["lang_confidence"] if self.auto else []),
+                   "skipped"]
+        return _TextSink(self.output, columns, self.progress_path)
+
+    def _prob_columns(self, model) -> list[str]:
+        if self.kind != "predict" or not self.s.return_probs:
+            return []
+        if model.config.head_kind == "multiple_choice":
+            return [f"prob_{k}" for k in range(len(self.option_columns))]
+        return [f"prob_{name}" for name in model.config.label_names]
+
+    def _chunk(self, model, chunk: list[Row], sink, counts: _Counts, bar, identify, n_rows: int) -> int:
+        """Score one chunk, write it, record it; returns the rows done."""
+        from mtllm.inference.predict import encoder_code, model_path
+
+        path = model_path(model)
+        fail = self.s.on_bad_row == "fail"
+        problems: dict[int, tuple[str, str, str]] = {}
+        for j, row in enumerate(chunk):
+            if (p := self._row_problem(row)) is not None:
+                problems[j] = p
+        texts = ["" if r.text is None else r.text for r in chunk]
+        pairs = ["" if r.pair is None else r.pair for r in chunk] if self.pair_column else None
+        # what the tokenizer sees: a text of only dropped characters (zero-width, control) is no text
+        empty_t = set(model.contentless(texts, path=path))
+        empty_p = set(model.contentless(pairs, path=path)) if pairs is not None else set(range(len(chunk)))
+        for j in sorted(empty_t & empty_p):
+            problems.setdefault(j, ("no text", self.text_column + (f" / {self.pair_column}" if pairs else ""),
+                                    "nothing the tokenizer reads"))
+        if self.option_columns:
+            flat = [o or "" for r in chunk for o in r.options]
+            k = len(self.option_columns)
+            for i in model.contentless(flat, path=path):
+                problems.setdefault(i // k, ("empty option", self.option_columns[i % k], "nothing the tokenizer reads"))
+        langs: list[str | None] = [None] * len(chunk)
+        confidence: list[float | None] = [None] * len(chunk)
+        ok = [j for j in range(len(chunk)) if j not in problems]
+        if self.auto:
+            sample = [texts[j] if j not in empty_t else pairs[j] for j in ok]
+            found = identify(sample) if sample else []
+            if len(found) != len(sample):
+                raise RuntimeError(f"mtllm.langid.identify returned {len(found)} results for {len(sample)} texts")
+            from mtllm.data.languages import validate_lang
+
+            for j, (code, conf) in zip(ok, found):
+                confidence[j] = float(conf)
+                try:
+                    langs[j] = validate_lang(code)
+                except UnknownLanguageError:  # e.g. mtllm.langid.UNDETERMINED: no FLORES-200 language fits
+                    problems[j] = ("language not identified", self.text_column,
+                                   f"language identification answered {code!r}")
+                    langs[j] = code
+        elif self.s.lang_column is not None:
+            from mtllm.data.languages import validate_lang
+
+            for j, row in enumerate(chunk):  # a row whose code is unusable keeps it as written
+                langs[j] = validate_lang(row.lang.strip()) if j in ok else row.lang
+        else:
+            langs = [self.s.lang] * len(chunk)
+        for j in ok:
+            code = langs[j]
+            if j in problems or code is None:
+                continue
+            if code not in self.uncovered:
+                try:
+                    encoder_code(model, code, path, self.enc_langs)
+                    self.uncovered[code] = None
+                except UnsupportedLanguageError as err:
+                    self.uncovered[code] = str(err)
+            if self.uncovered[code] is not None:
+                problems[j] = ("language not covered", self.s.lang_column or "lang", self.uncovered[code])
+        if fail and problems:
+            j = min(problems)
+            reason, column, detail = problems[j]
+            raise _bad(self.input, chunk[j], column, reason, detail)
+        ok = [j for j in range(len(chunk)) if j not in problems]
+        if pairs is not None:
+            counts.blank_segment += sum(1 for j in ok if (j in empty_t) != (j in empty_p))
+        stats: dict = {}
+        results = self._compute(model, chunk, ok, texts, pairs, langs, bar, stats)
+        counts.truncated += stats.get("truncated", 0)
+        records = []
+        for j, row in enumerate(chunk):
+            rec: dict[str, Any] = {"id": row.id}
+            res = results.get(j)
+            if self.kind == "predict":
+                label, probs = res if res is not None else (None, None)
+                rec["label"] = label
+                for k, c in enumerate(self._prob_columns(model)):
+                    rec[c] = None if probs is None else float(probs[k])
+            else:
+                rec["embedding"] = res
+            rec["lang"] = langs[j]
+            if self.auto:
+                rec["lang_confidence"] = confidence[j]
+            rec["skipped"] = problems[j][0] if j in problems else None
+            records.append(rec)
+            if j in problems:
+                counts.skipped[problems[j][0]] = counts.skipped.get(problems[j][0], 0) + 1
+        counts.done += len(ok)
+        bar.update(len(chunk) - len(ok))
+        start = chunk[0].number - 1
+        sink.write(records, start)
+        done = chunk[-1].number
+        self._write_progress({**self.identity, "rows_total": n_rows, "rows_done": done, "state": sink.state(),
+                              "counts": counts.to_dict(), "complete": False})
+        return done
+
+    def _compute(self, model, chunk: list[Row], ok: list[int], texts, pairs, langs, bar, stats: dict) -> dict[int, Any]:
+        """Label (+ probabilities) or embedding of each usable row of the chunk, by position."""
+        if not ok:
+            return {}
+        if self.kind == "predict":
+            from mtllm.inference.predict import score_texts, softmax
+
+            options = [[o for o in chunk[j].options] for j in ok] if self.option_columns else None
+            logits = score_texts(model, [texts[j] for j in ok], langs=[langs[j] for j in ok],
+                                 pairs=[pairs[j] for j in ok] if pairs is not None else None, options=options,
+                                 batch_size=self.s.batch_size, on_batch=bar.update,
+                                 encoder_langs=self.enc_langs, stats=stats)
+            mc = model.config.head_kind == "multiple_choice"
+            names = model.config.label_names
+            out = {}
+            for j, x in zip(ok, logits):
+                k = int(np.argmax(x))
+                out[j] = (k if mc else names[k], softmax(x) if self.s.return_probs else None)
+            return out
+        from mtllm.inference.embed import embed_texts
+        from mtllm.inference.predict import encoder_code, model_path
+
+        path = model_path(model)
+        groups: dict[Any, list[int]] = {}
+        for j in ok:
+            groups.setdefault(encoder_code(model, langs[j], path, self.enc_langs), []).append(j)
+        out = {}
+        for lang, idx in groups.items():
+            emb = embed_texts(model, [texts[j] for j in idx], lang=lang, path=path, batch_size=self.s.batch_size,
+                              normalize=self.s.normalize, on_batch=bar.update, stats=stats).numpy()
+            for j, e in zip(idx, emb):
+                out[j] = e.tolist() if _suffix(self.output) == ".parquet" else e
+        return out
+
+
+def predict_file(settings: PredictFileSettings) -> dict:
+    """``mtllm predict``: a label (and with ``return_probs`` the probabilities) for every row of ``settings.input``,
+    written to ``settings.output`` in input order, streamed and resumable (see the module doc). Returns the
+    summary (rows, done, skipped by reason, blank_segment, seconds)."""
+    return _Job(settings, "predict").run()
+
+
+def encode_file(settings: EncodeFileSettings) -> dict:
+    """``mtllm encode``: the pooled embedding of every row of ``settings.input``, written to ``settings.output``
+    (``.npy`` + ``<stem>.ids.txt``, or ``.parquet``), streamed and resumable (see the module doc)."""
+    return _Job(settings, "encode").run()
