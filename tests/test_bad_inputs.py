@@ -234,6 +234,16 @@ def test_sample_is_stratified_fixed_seed_and_independent_of_file_order(counts, n
     assert sample_examples(examples, n, seed=seed) == sample  # same seed, same sample
 
 
+def test_sample_method_first_takes_the_first_rows():
+    from mtllm.evaluation.evaluate import sample_examples
+
+    examples = _examples([i % 3 for i in range(30)])
+    assert sample_examples(examples, 7, method="first") == examples[:7]
+    assert sample_examples(examples, 40, method="first") == examples
+    with pytest.raises(ConfigError, match="sample_method must be 'stratified' or 'first'"):
+        sample_examples(examples, 7, method="random")
+
+
 def test_other_seeds_draw_other_samples_and_parallel_files_share_ids():
     from mtllm.evaluation.evaluate import sample_examples
 

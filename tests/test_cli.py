@@ -81,7 +81,7 @@ PRESETS = {  # preset -> (model settings, stage-1 settings, training arguments) 
                     bidirectional=False, pooling="mean", lora_r=16, lora_alpha=32, lora_dropout=0.05,
                     lora_target_modules="all-linear", load_in_4bit=False, dtype="float32", max_seq_length=128),
                dict(data=["task:sib200/eng_Latn/train", "task:nusax/eng_Latn/train"], target_norm="standardize",
-                    projection_init="rms_match"),
+                    projection_init="rms_match", stage1_objective="sequence+span", span_weight=1.0),
                dict(learning_rate=2e-4, projection_lr=1e-3, batch_size=16, micro_batch_size=4, max_steps=240,
                     warmup_ratio=0.05, save_steps=60, mixed_precision="auto", seed=0)),
     "paper": (dict(encoder="facebook/nllb-200-distilled-600M", llm="meta-llama/Meta-Llama-3-8B-Instruct",

@@ -52,6 +52,9 @@ def cell_row(folder: Path) -> dict:
                 row[f"fvu_x_{system}"] = mean(xs) if xs else None
                 if "eng_Latn" in per_lang:
                     row[f"fvu_eng_{system}"] = per_lang["eng_Latn"]
+    first50 = _read(folder / "retrieval-first50" / "results.json")
+    if first50:
+        row["retrieval_first50_mtllm"] = 100 * mean(first50["systems"]["mtllm"].values())
     evaluation = _read(folder / "eval-sib200" / "results.json")
     if evaluation:
         mt = evaluation["systems"]["mtllm"]
@@ -66,6 +69,10 @@ def committed_today(langs: list[str]) -> dict:
     """The committed pocket main job (today's stage 1) on the same languages."""
     ev = _read(ROOT / "experiments" / "pocket" / "eval-sib200" / "results.json")
     out = {}
+    ret = _read(ROOT / "experiments" / "pocket" / "retrieval" / "results.json")  # the first 50 sentences
+    if ret:
+        for system in ("mtllm", "mtllm_before_stage1", "llm", "encoder"):
+            out[f"retrieval_first50_{system}"] = 100 * mean(ret["systems"][system][l] for l in langs)
     if ev:
         for system in ("mtllm", "llm", "encoder"):
             out[f"sib_{system}_x"] = 100 * mean(ev["systems"][system][l] for l in langs if l != "eng_Latn")
@@ -82,14 +89,28 @@ def main() -> None:
     ap.add_argument("--runs", default="runs/levers")
     ap.add_argument("--out", default=str(Path(__file__).parent))
     a = ap.parse_args()
-    rows = [cell_row(p) for p in sorted(Path(a.runs).iterdir()) if (p / "stage1").is_dir()]
+    rows = [cell_row(p) for p in sorted(Path(a.runs).iterdir()) if (p / "stage1" / "stage1_summary.json").exists()]
     langs = next((r["langs"] for r in rows if r.get("langs")), [])
     today = committed_today(langs) if langs else {}
+    # the two reference rows: the stacked model before any stage 1 (projection initialised, LoRA at zero), and
+    # today's stage 1 as the committed main job ran it (its retrieval probe used the first 50 sentences)
+    first_cell = next((r for r in rows if r.get("retrieval_mtllm_before_stage1") is not None), {})
+    committed_stage1 = ROOT / "experiments" / "pocket" / "stage1"
+    reference = [{"cell": "no stage 1", "retrieval_first50_mtllm": today.get("retrieval_first50_mtllm_before_stage1"),
+                  "retrieval_mtllm": first_cell.get("retrieval_mtllm_before_stage1"),
+                  "fvu_x_mtllm": first_cell.get("fvu_x_mtllm_before_stage1"),
+                  "fvu_eng_mtllm": first_cell.get("fvu_eng_mtllm_before_stage1")},
+                 {"cell": "today (committed: sequence, 1.2k)", "n_texts": 1202, "steps": 240,
+                  "fvu_last20": _curve_tail(committed_stage1 / "metrics.jsonl", "fvu"),
+                  "retrieval_first50_mtllm": today.get("retrieval_first50_mtllm"),
+                  "sib_mtllm_x": today.get("sib_mtllm_x"), "sib_mtllm_eng": today.get("sib_mtllm_eng")}]
+    rows = reference + rows
     cols = [("cell", "cell", None), ("n_texts", "English texts", None), ("steps", "steps", None),
             ("fvu_last20", "stage-1 FVU (pooled, last 20 steps)", 3), ("span_fvu_last20", "span FVU (last 20)", 3),
-            ("retrieval_mtllm", "retrieval top-1 %", 1), ("retrieval_mtllm_before_stage1", "…before stage 1", 1),
+            ("retrieval_first50_mtllm", "retrieval top-1 % (first 50)", 1),
+            ("retrieval_mtllm", "retrieval top-1 % (stratified 50)", 1), ("retrieval_mtllm_before_stage1", "…before stage 1", 1),
             ("fvu_x_mtllm", "FVU X vs teacher English", 3), ("fvu_eng_mtllm", "FVU English vs teacher", 3),
-            ("sib_mtllm_x", "SIB-200 mtllm % (14 X)", 1), ("sib_mtllm_eng", "SIB-200 mtllm % eng", 1),
+            ("sib_mtllm_x", "SIB-200 mtllm % (15 X)", 1), ("sib_mtllm_eng", "SIB-200 mtllm % eng", 1),
             ("stage1_seconds", "stage-1 s", 0)]
     lines = ["| " + " | ".join(c[1] for c in cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
@@ -100,8 +121,14 @@ def main() -> None:
             f"Baselines on the same languages: LLM alone retrieval {_fmt(base.get('retrieval_llm'))} %, "
             f"encoder alone retrieval {_fmt(base.get('retrieval_encoder'))} %, LLM-alone FVU X vs teacher English "
             f"{_fmt(base.get('fvu_x_llm'), 3)}.", ""]
-    if today:
-        text.append(f"Committed pocket main job (today's stage 1, bf16 inference) on the 14 non-English languages: "
+    if today.get("retrieval_first50_mtllm") is not None:
+        text.append(f"Committed pocket main job (today's stage 1), retrieval over the first 50 sentences of the same "
+                    f"languages: mtllm {today['retrieval_first50_mtllm']:.1f} %, before stage 1 "
+                    f"{today['retrieval_first50_mtllm_before_stage1']:.1f} %, llm {today['retrieval_first50_llm']:.1f} %, "
+                    f"encoder {today['retrieval_first50_encoder']:.1f} %.")
+        text.append("")
+    if today.get("sib_mtllm_x") is not None:
+        text.append(f"Committed pocket main job (today's stage 1, bf16 inference) on the 15 non-English languages: "
                     f"SIB-200 mtllm {today['sib_mtllm_x']:.1f} %, llm {today['sib_llm_x']:.1f} %, encoder "
                     f"{today['sib_encoder_x']:.1f} %; English {today['sib_mtllm_eng']:.1f} / {today['sib_llm_eng']:.1f} / "
                     f"{today['sib_encoder_eng']:.1f}.")
@@ -120,7 +147,7 @@ def _plot(rows: list[dict], today: dict, path: Path) -> None:
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     for r in rows:
-        if r.get("n_texts") is None:
+        if r.get("n_texts") is None or r["cell"].startswith("today"):
             continue
         label = r["cell"]
         if r.get("retrieval_mtllm") is not None:
@@ -137,7 +164,7 @@ def _plot(rows: list[dict], today: dict, path: Path) -> None:
         ax2.axhline(today["sib_mtllm_x"], ls=":", c="gray", label="today (committed)")
         ax2.axhline(today["sib_encoder_x"], ls="--", c="k", label="encoder alone")
     ax1.set(xscale="log", xlabel="English texts in stage 1", ylabel="English<->X retrieval top-1 %", title="alignment")
-    ax2.set(xscale="log", xlabel="English texts in stage 1", ylabel="SIB-200 accuracy %, 14 languages", title="downstream")
+    ax2.set(xscale="log", xlabel="English texts in stage 1", ylabel="SIB-200 accuracy %, 15 languages", title="downstream")
     for ax in (ax1, ax2):
         ax.legend(fontsize=7)
     fig.tight_layout()

@@ -53,6 +53,7 @@ class EvaluateSettings:
     batch_size: int = field(default=32, metadata={"help": "Examples per forward pass.", "check": at_least(1)})
     max_examples: int | None = field(default=None, metadata={"help": "At most this many examples per language: a fixed-seed random sample, stratified by label (the same ids for every system), not the first rows.", "check": at_least(1)})
     sample_seed: int = field(default=0, metadata={"help": "Seed of the max_examples sample (same seed, same sample)."})
+    sample_method: Literal["stratified", "first"] = field(default="stratified", metadata={"help": "How max_examples picks: 'stratified' (a random sample stratified by label, seed sample_seed) or 'first' (the first rows of the file; the protocol of RESULTS.md's earlier retrieval numbers)."})
     train_lang: str = field(default="eng_Latn", metadata={"help": "Language the systems were trained on (the encoder head is fitted on its train split)."})
     translate_model: str = field(default="facebook/nllb-200-distilled-600M", metadata={"help": "Seq2seq MT model for translate_test.", "check": MODEL})
     compare: list[str] = field(default_factory=list, metadata={"help": "Extra MT-LLMs as NAME=DIR (e.g. mtllm_before_stage1=runs/x/stage1/initial).", "check": NAMED_MODELS})
@@ -69,7 +70,7 @@ def _rank(seed: int, example_id: str) -> bytes:
     return hashlib.sha256(f"{seed}\0{example_id}".encode("utf-8")).digest()
 
 
-def sample_examples(examples: Sequence[Any], n: int | None, *, seed: int = 0) -> list[Any]:
+def sample_examples(examples: Sequence[Any], n: int | None, *, seed: int = 0, method: str = "stratified") -> list[Any]:
     """At most ``n`` of ``examples`` (objects with ``id`` and ``label``), in their original order: all of
     them when there are no more than ``n``, else a random sample stratified by label.
 
@@ -77,12 +78,16 @@ def sample_examples(examples: Sequence[Any], n: int | None, *, seed: int = 0) ->
     label), and within a label the examples whose ``sha256(seed, id)`` ranks first are taken. So the same
     seed gives the same sample; it does not depend on the file's order (a file sorted by label gives the
     same sample as a shuffled one); and parallel files (same ids and labels in every language) give the
-    same ids in every language."""
+    same ids in every language. ``method="first"``: the first ``n`` instead."""
     examples = list(examples)
     if n is None or len(examples) <= n:
         return examples
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ConfigError(f"max_examples must be a positive integer or null (all), got {n!r}")
+    if method == "first":
+        return examples[:n]
+    if method != "stratified":
+        raise ConfigError(f"sample_method must be 'stratified' or 'first', not {method!r}")
     by_label: dict[Any, list[int]] = {}
     for i, e in enumerate(examples):
         by_label.setdefault(e.label, []).append(i)
@@ -100,6 +105,9 @@ def _sample_note(s: "EvaluateSettings", n_sampled: int, n_langs: int, what: str 
     """The results.md note that says how ``max_examples`` chose the examples (none when it cut nothing)."""
     if not n_sampled or s.max_examples is None:
         return []
+    if s.sample_method == "first":
+        return [f"max_examples {s.max_examples}: {n_sampled} of {n_langs} languages have more {what}; each of those is "
+                f"evaluated on the first {s.max_examples} rows of its file (sample_method first)"]
     return [f"max_examples {s.max_examples}: {n_sampled} of {n_langs} languages have more {what}; each of those is "
             f"evaluated on a random sample of {s.max_examples}, stratified by label (seed {s.sample_seed}; the same "
             f"ids for every system), not on the first rows of its file"]
@@ -227,7 +235,7 @@ def _run_task(s: EvaluateSettings, models: dict[str, Any], progress: bool, trans
     for lang in langs:
         everything = load_examples(spec, lang, s.split, data_dir=s.data_dir)
         bad_rows[lang] = everything.report.counts()
-        examples_of[lang] = sample_examples(everything, s.max_examples, seed=s.sample_seed)
+        examples_of[lang] = sample_examples(everything, s.max_examples, seed=s.sample_seed, method=s.sample_method)
         n_sampled += len(examples_of[lang]) < len(everything)
         if (only := _single_class(spec, examples_of[lang])) is not None:
             single_class[lang] = only
@@ -389,7 +397,7 @@ def _run_retrieval(s: EvaluateSettings, models: dict[str, Any], progress: bool):
         embedders["encoder"] = enc
     # the English sentences (a stratified sample when max_examples cuts them), then the same ids in every language
     all_english = load_examples("sib200", s.train_lang, s.split, data_dir=s.data_dir)
-    english = {e.id: e.texts[0] for e in sample_examples(all_english, s.max_examples, seed=s.sample_seed)}
+    english = {e.id: e.texts[0] for e in sample_examples(all_english, s.max_examples, seed=s.sample_seed, method=s.sample_method)}
     eng_cache: dict[str, torch.Tensor] = {}
     accs: dict[str, dict[str, float]] = {k: {} for k in embedders}
     n_examples: dict[str, int] = {}
@@ -439,7 +447,10 @@ def _run_retrieval(s: EvaluateSettings, models: dict[str, Any], progress: bool):
             "systems": fvu}
     notes = [f"retrieval: English<->X top-1 accuracy (mean of both directions) over {len(ids_all)} SIB-200 "
              f"{s.split} sentences; chance is 1/{len(ids_all)}"]
-    if len(ids_all) < len(all_english):
+    if len(ids_all) < len(all_english) and s.sample_method == "first":
+        notes.append(f"max_examples {s.max_examples}: the first {len(ids_all)} of the {len(all_english)} sentences "
+                     f"(sample_method first)")
+    elif len(ids_all) < len(all_english):
         notes.append(f"max_examples {s.max_examples}: the {len(ids_all)} sentences are a random sample of the "
                      f"{len(all_english)}, stratified by topic (seed {s.sample_seed}; the same ids in every language "
                      f"and for every system), not the first rows of the file")
@@ -450,7 +461,8 @@ def _run_retrieval(s: EvaluateSettings, models: dict[str, Any], progress: bool):
                              "models": {k: getattr(v.config, "_name_or_path", None) for k, v in mtllms.items()},
                              "chance": 1.0 / max(1, len(ids_all)), "measures": measures,
                              **({"sample": {"max_examples": s.max_examples, "seed": s.sample_seed,
-                                            "method": "stratified by topic"}} if s.max_examples is not None else {})})
+                                            "method": "first rows" if s.sample_method == "first" else
+                                            "stratified by topic"}} if s.max_examples is not None else {})})
 
 
 def alignment_fvu(student_ND: torch.Tensor, teacher_ND: torch.Tensor) -> float:
