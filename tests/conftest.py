@@ -36,3 +36,13 @@ def tiny_model():
 @pytest.fixture
 def english_texts():
     return [line for line in (ROOT / "tests" / "fixtures" / "english.txt").read_text().splitlines() if line.strip()]
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread in this process for the test: a forked child runs with one (OpenMP is not
+    fork-safe), and float outputs compared byte for byte with a child's must come from the same summation order."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -33,14 +33,8 @@ LABELS = ["neg", "neu", "pos"]
 WORDS = ("the cat sleeps on warm mat a dog runs in park every morning le chat dort sur tapis paka analala kwenye "
          "mkeka die katze schläft").split()
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread in this process too: the forked children of the kill tests run with one (OpenMP is
-    not fork-safe), and float outputs compared byte for byte must come from the same summation order."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+#: the kill tests fork children that run with one thread: this process must too (see conftest.one_thread)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 

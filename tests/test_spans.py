@@ -177,7 +177,7 @@ def test_teacher_span_targets_are_the_llms_word_means(tiny_model, tmp_path):
 
 
 def test_span_loss_equals_the_standardised_mse_of_word_means(tiny_model):
-    from mtllm.training.stage1 import _units_tensor, align_spans
+    from mtllm.training.stage1 import align_spans
 
     texts = [SAMPLES["eng"], SAMPLES["mixed"]]
     alignment = align_spans(tiny_model, texts)
@@ -186,7 +186,8 @@ def test_span_loss_equals_the_standardised_mse_of_word_means(tiny_model):
     torch.manual_seed(1)
     span_targets = torch.randn(n, tiny_model.config.llm_hidden_size)
     targets = torch.randn(2, tiny_model.config.llm_hidden_size)
-    units = _units_tensor(alignment.encoder_units, batch["input_ids"].shape[1], [0, alignment.n_units[0]])
+    units, counts = alignment.batch_units([0, 1], "encoder", batch["input_ids"].shape[1])
+    assert counts == alignment.n_units and units.max().item() == n - 1  # the second text's units follow the first's
     full = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "targets": targets,
             "span_units": units, "span_targets": span_targets}
     stats, span_stats = target_stats(targets), target_stats(span_targets)

@@ -469,6 +469,8 @@ def alignment_fvu(student_ND: torch.Tensor, teacher_ND: torch.Tensor) -> float:
     """Fraction of the teacher's variance the student leaves unexplained: ``sum ||s_i - t_i||^2`` over the
     pairs divided by ``N`` times the teacher rows' total variance (the sum of the per-dimension variances).
     0 = the student reproduces the teacher; 1 = no better than predicting the teacher's mean."""
-    total_var = teacher_ND.float().var(0).sum().clamp_min(1e-12)
-    return float((student_ND.float() - teacher_ND.float()).pow(2).sum(-1).mean() / total_var)
+    from mtllm.training.objectives import regression_metrics, target_stats
+
+    teacher_ND = teacher_ND.float()
+    return regression_metrics(student_ND.float(), teacher_ND, target_stats(teacher_ND, standardize=False))["fvu"]
 

@@ -97,6 +97,23 @@ class SpanAlignment:
     encoder_units: list[list[int]]
     n_units: list[int]
 
+    def first_rows(self) -> np.ndarray:
+        """``(N + 1,)``: where each text's units start in the flat ``(sum(n_units), D)`` span targets."""
+        return np.concatenate([[0], np.cumsum(self.n_units)]).astype(np.int64)
+
+    def batch_units(self, indices: Sequence[int], side: str, length: int) -> tuple[torch.Tensor, list[int]]:
+        """The units of texts ``indices`` on ``side`` (``"llm"`` or ``"encoder"``) as ``(N, length)`` indices
+        numbered across the batch (-1: padding, special tokens, no unit), and each text's number of units."""
+        rows = self.llm_units if side == "llm" else self.encoder_units
+        counts = [self.n_units[i] for i in indices]
+        out = torch.full((len(indices), length), -1, dtype=torch.long)
+        first = 0
+        for k, i in enumerate(indices):
+            units = torch.tensor(rows[i][:length], dtype=torch.long)
+            out[k, :len(units)] = torch.where(units >= 0, units + first, units)
+            first += counts[k]
+        return out, counts
+
 
 def align_spans(model: MTLLMModel, texts: Sequence[str], *, lang: str | None = None,
                 batch_size: int = 256) -> SpanAlignment:
@@ -115,15 +132,6 @@ def align_spans(model: MTLLMModel, texts: Sequence[str], *, lang: str | None = N
             enc_units.append(units_e)
             n_units.append(n)
     return SpanAlignment(llm_units, enc_units, n_units)
-
-
-def _units_tensor(rows: Sequence[Sequence[int]], length: int, first_unit: Sequence[int]) -> torch.Tensor:
-    """``(N, length)`` unit indices renumbered across the batch (row ``i``'s units start at ``first_unit[i]``), -1 pad."""
-    out = torch.full((len(rows), length), -1, dtype=torch.long)
-    for i, row in enumerate(rows):
-        units = torch.tensor(row[:length], dtype=torch.long)
-        out[i, :len(units)] = torch.where(units >= 0, units + first_unit[i], units)
-    return out
 
 
 @torch.no_grad()
@@ -149,9 +157,7 @@ def teacher_span_targets(model: MTLLMModel, texts: Sequence[str], alignment: Spa
 
     def step(batch_idx: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         batch = model.tokenize([texts[i] for i in batch_idx], path="llm")
-        counts = [alignment.n_units[i] for i in batch_idx]
-        first = np.concatenate([[0], np.cumsum(counts)[:-1]]).tolist()
-        units_NL = _units_tensor([alignment.llm_units[i] for i in batch_idx], batch["input_ids"].shape[1], first)
+        units_NL, counts = alignment.batch_units(batch_idx, "llm", batch["input_ids"].shape[1])
         inputs = to_device({"llm_input_ids": batch["input_ids"], "llm_attention_mask": batch["attention_mask"]}, device)
         out = model(**inputs)
         spans_UD = unit_mean_pool(out.last_hidden_state, units_NL, sum(counts)).to(torch.float16).cpu()
@@ -225,8 +231,7 @@ def run_stage1(model_settings: ModelSettings, stage1: Stage1Settings, args: Trai
         with accelerator.main_process_first():
             spans_UD = teacher_span_targets(model, texts, alignment, batch_size=stage1.teacher_batch_size,
                                             cache_dir=out / "cache", show_progress=accelerator.is_main_process and args.progress)
-        first_row = np.concatenate([[0], np.cumsum(alignment.n_units)]).astype(np.int64)
-        span = {"alignment": alignment, "targets": spans_UD, "first_row": first_row,
+        span = {"alignment": alignment, "targets": spans_UD, "first_row": alignment.first_rows(),
                 "stats": span_target_stats(spans_UD, standardize=stage1.target_norm == "standardize")}
         if accelerator.is_main_process:
             print(f"[stage1] span objective: {len(spans_UD)} words in {len(texts)} texts "
@@ -267,13 +272,8 @@ def run_stage1(model_settings: ModelSettings, stage1: Stage1Settings, args: Trai
     def with_spans(batch: dict[str, Any], indices: list[int]) -> dict[str, Any]:
         if span is None:
             return batch
-        counts = [span["alignment"].n_units[i] for i in indices]
-        first = [0]
-        for c in counts[:-1]:
-            first.append(first[-1] + c)
         rows = [r for i in indices for r in range(span["first_row"][i], span["first_row"][i + 1])]
-        batch["span_units"] = _units_tensor([span["alignment"].encoder_units[i] for i in indices],
-                                            batch["attention_mask"].shape[1], first)
+        batch["span_units"], _ = span["alignment"].batch_units(indices, "encoder", batch["attention_mask"].shape[1])
         batch["span_targets"] = torch.from_numpy(np.asarray(span["targets"][rows], dtype=np.float32))
         return batch
 
