@@ -185,14 +185,18 @@ def generated_texts(n: int, *, seed: int = 0, min_words: int = 3, max_words: int
 
 def build_model(args: argparse.Namespace, dtype: torch.dtype | None = None):
     """The MT-LLM as the presets build it (LoRA r 16, alpha 32, dropout 0.05, all linear layers)."""
+    from mtllm.device import place
     from mtllm.modeling.model import MTLLMModel
     from mtllm.settings import ModelSettings
 
     settings = ModelSettings(encoder=args.encoder, llm=args.llm, max_seq_length=args.max_seq_length)
     torch.manual_seed(0)
     with contextlib.redirect_stdout(io.StringIO()):
-        return MTLLMModel.from_encoder_and_llm(args.encoder, args.llm, lora=settings.lora(), dtype=dtype,
-                                               max_seq_length=args.max_seq_length)
+        model = MTLLMModel.from_encoder_and_llm(args.encoder, args.llm, lora=settings.lora(), dtype=dtype,
+                                                max_seq_length=args.max_seq_length)
+    # the whole model on one device before any head is set or swapped (heads follow the LLM's device), as
+    # the product's stages do; without it a GPU run moved the LLM but not the head (found on an H100)
+    return place(model)
 
 
 @dataclass

@@ -31,7 +31,7 @@ TRAINING_STAGES = ("stage1", "finetune", "distill")
 #: Every name mtllm writes directly inside an output folder.
 OWN_NAMES = frozenset({
     "checkpoints", "final", "initial", "best", "best_score.json", "metrics.jsonl", "cache",  # training
-    "results.json", "results.md", "results.png",  # evaluation
+    "results.json", "results.md", "results.png", "partial_results.json",  # evaluation (mtllm.evaluation.partial)
     "stage.json",  # mtllm run's record of a stage
     "stage1_calibration.json",  # stage 1's projection initialisation (mtllm.training.stage1.CALIBRATION_FILE)
     *TRAINING_STAGES, *(f"{s}_config.json" for s in TRAINING_STAGES), *(f"{s}_summary.json" for s in TRAINING_STAGES),

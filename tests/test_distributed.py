@@ -18,7 +18,8 @@ COMMON = ["adapt", "--config", str(ROOT / "configs" / "tiny.yaml"), "--data", f"
 
 
 def _env():
-    return dict(os.environ, OMP_NUM_THREADS="1", PYTHONHASHSEED="0")
+    # CPU processes even where a GPU exists: two ranks on one GPU would ask for cuda:1 (seen on an H100)
+    return dict(os.environ, OMP_NUM_THREADS="1", PYTHONHASHSEED="0", CUDA_VISIBLE_DEVICES="")
 
 
 def _single(out: Path, *extra: str) -> subprocess.CompletedProcess:

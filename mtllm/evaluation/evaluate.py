@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from mtllm.errors import ConfigError
+from mtllm.evaluation.partial import PartialResults, evaluation_key
 from mtllm.settings import (EXISTING_DIR, MODEL, NAMED_MODELS, NON_EMPTY, OUTPUT_DIR, TASK_OR_RETRIEVAL, InferenceDtype,
                             at_least, check_settings)
 
@@ -176,12 +177,15 @@ def run_evaluate(settings: EvaluateSettings, *, models: dict[str, Any] | None = 
     from mtllm.evaluation.report import format_summary_lines, write_results
 
     models = dict(models or {})
+    # languages an interrupted run of the same evaluation finished are not redone (mtllm.evaluation.partial)
+    partial = PartialResults.open(settings.output_dir, evaluation_key(settings), overwrite=settings.overwrite)
     if settings.task == "retrieval":
-        results = _run_retrieval(settings, models, progress)
+        results = _run_retrieval(settings, models, progress, partial)
     else:
-        results = _run_task(settings, models, progress, translate_settings)
+        results = _run_task(settings, models, progress, partial, translate_settings)
     results.notes.extend(settings.notes)
     paths = write_results(results, settings.output_dir)
+    partial.finish()
     for line in format_summary_lines(results):
         print(line, flush=True)
     for kind, path in paths.items():
@@ -198,7 +202,8 @@ def _load_mtllm(path: str, dtype: torch.dtype, device: str | None):
 
 
 
-def _run_task(s: EvaluateSettings, models: dict[str, Any], progress: bool, translate_settings: Any = None):
+def _run_task(s: EvaluateSettings, models: dict[str, Any], progress: bool, partial: PartialResults,
+              translate_settings: Any = None):
     from mtllm.baselines.encoder_probe import EncoderClassifier
     from mtllm.evaluation.report import EvalResults
     from mtllm.tasks import get_task, load_examples
@@ -284,39 +289,51 @@ def _run_task(s: EvaluateSettings, models: dict[str, Any], progress: bool, trans
 
     accs: dict[str, dict[str, float]] = {k: {} for k in ("mtllm", "llm", "encoder", "translate_test") if k in s.systems}
     n_examples: dict[str, int] = {}
+
+    def one_language(lang: str, examples: list[Any]) -> dict[str, Any]:
+        """Every system on one language: ``{"accs": {system: accuracy}, "seconds": {...}, "notes": [...]}``."""
+        labels = np.array([e.label for e in examples])
+        got: dict[str, float] = {}
+        took: dict[str, float] = {}
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            if shared:
+                mt_preds, enc_preds, parts = predict_shared_encoder(
+                    mtllm, probe, examples, lang=encoder_lang(mtllm, lang, s.fallbacks), batch_size=s.batch_size)
+                got["mtllm"] = float((mt_preds == labels).mean())
+                got["encoder"] = float((enc_preds == labels).mean())
+                took.update({f"shared_{key}": dt for key, dt in parts.items()})
+                took["mtllm"] = parts["tokenize"] + parts["encoder_forward"] + parts["mtllm_after_encoder"]
+                took["encoder"] = parts["encoder_head"]
+            for name, fn in predictors.items():
+                t0 = time.perf_counter()
+                got[name] = float((fn(examples, lang) == labels).mean())
+                took[name] = time.perf_counter() - t0
+        fallback = [f"fallback: {w.message}" for w in caught if "fed to the encoder as" in str(w.message)]
+        return {"accs": got, "seconds": took, "notes": fallback}
+
     bar = langs
     if progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(langs, desc=f"evaluate {spec.name}", unit="lang")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        for lang in bar:
-            examples = examples_of[lang]
-            labels = np.array([e.label for e in examples])
-            n_examples[lang] = len(examples)
-            if shared:
-                mt_preds, enc_preds, parts = predict_shared_encoder(
-                    mtllm, probe, examples, lang=encoder_lang(mtllm, lang, s.fallbacks), batch_size=s.batch_size)
-                accs["mtllm"][lang] = float((mt_preds == labels).mean())
-                accs["encoder"][lang] = float((enc_preds == labels).mean())
-                for key, dt in parts.items():
-                    seconds[f"shared_{key}"] = seconds.get(f"shared_{key}", 0.0) + dt
-                seconds["mtllm"] = seconds.get("mtllm", 0.0) + parts["tokenize"] + parts["encoder_forward"] + \
-                    parts["mtllm_after_encoder"]
-                seconds["encoder"] = seconds.get("encoder", 0.0) + parts["encoder_head"]
-            for name, fn in predictors.items():
-                t0 = time.perf_counter()
-                accs[name][lang] = float((fn(examples, lang) == labels).mean())
-                seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - t0
-            if progress:
-                bar.set_postfix({k: f"{v[lang]:.2f}" for k, v in accs.items()})
+    for lang in bar:
+        n_examples[lang] = len(examples_of[lang])
+        record = partial.get(lang)
+        if record is None:
+            record = one_language(lang, examples_of[lang])
+            partial.add(lang, record)
+        for name, acc in record["accs"].items():
+            accs[name][lang] = acc
+        for key, dt in record["seconds"].items():
+            seconds[key] = seconds.get(key, 0.0) + dt
+        notes.extend(record["notes"])
+        if progress:
+            bar.set_postfix({k: f"{v[lang]:.2f}" for k, v in accs.items()})
     if shared:
         notes.append("mtllm and encoder share one encoder pass per batch: seconds.mtllm includes tokenisation and "
                      "the encoder, seconds.encoder is only its head (parts: seconds.shared_*)")
-    for w in caught:
-        if "fed to the encoder as" in str(w.message):
-            notes.append(f"fallback: {w.message}")
+    notes.extend(partial.notes())
     notes.extend(_coverage_notes(mtllm, langs))
     notes.extend(_sample_note(s, n_sampled, len(langs)))
     ref_labels = [e.label for e in examples_of[s.train_lang if s.train_lang in langs else langs[0]]]
@@ -345,7 +362,7 @@ def _coverage_notes(model: Any, langs: Sequence[str]) -> list[str]:
             f"{', '.join(outside)}"] if outside else []
 
 
-def _run_retrieval(s: EvaluateSettings, models: dict[str, Any], progress: bool):
+def _run_retrieval(s: EvaluateSettings, models: dict[str, Any], progress: bool, partial: PartialResults):
     from mtllm.evaluation.report import EvalResults
     from mtllm.modeling.model import MTLLMModel
     from mtllm.device import module_device, to_device
@@ -425,16 +442,25 @@ def _run_retrieval(s: EvaluateSettings, models: dict[str, Any], progress: bool):
         target = {e.id: e.texts[0] for e in load_examples("sib200", lang, s.split, data_dir=s.data_dir)}
         ids = [i for i in ids_all if i in target]
         n_examples[lang] = len(ids)
-        rows = [pos[i] for i in ids]
-        for name, embed in embedders.items():
-            t0 = time.perf_counter()
-            src = eng_cache[name][rows]
-            tgt = embed([target[i] for i in ids], lang)
-            a, b = retrieval_accuracy(src, tgt)
-            accs[name][lang] = (a + b) / 2
-            if fvu is not None and name in fvu and len(ids) > 1:
-                fvu[name][lang] = alignment_fvu(tgt, eng_cache["llm"][rows])
-            seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - t0
+        record = partial.get(lang)
+        if record is None:
+            rows = [pos[i] for i in ids]
+            record = {"accs": {}, "fvu": {}, "seconds": {}}
+            for name, embed in embedders.items():
+                t0 = time.perf_counter()
+                tgt = embed([target[i] for i in ids], lang)
+                a, b = retrieval_accuracy(eng_cache[name][rows], tgt)
+                record["accs"][name] = (a + b) / 2
+                if fvu is not None and name in fvu and len(ids) > 1:
+                    record["fvu"][name] = alignment_fvu(tgt, eng_cache["llm"][rows])
+                record["seconds"][name] = time.perf_counter() - t0
+            partial.add(lang, record)
+        for name, acc in record["accs"].items():
+            accs[name][lang] = acc
+        for name, value in record["fvu"].items():
+            fvu[name][lang] = value
+        for name, dt in record["seconds"].items():
+            seconds[name] = seconds.get(name, 0.0) + dt
         if progress:
             bar.set_postfix({k: f"{v[lang]:.2f}" for k, v in accs.items()})
     measures = {}
@@ -455,6 +481,7 @@ def _run_retrieval(s: EvaluateSettings, models: dict[str, Any], progress: bool):
                      f"{len(all_english)}, stratified by topic (seed {s.sample_seed}; the same ids in every language "
                      f"and for every system), not the first rows of the file")
     notes.extend(_coverage_notes(any_model, langs))
+    notes.extend(partial.notes())
     return EvalResults(task="retrieval", metric="accuracy", systems=accs, n_examples=n_examples,
                        train_lang=s.train_lang, notes=notes,
                        meta={"seconds": {k: round(v, 2) for k, v in seconds.items()}, "split": s.split,

@@ -7,6 +7,7 @@ without an encoder (``MTLLMModel.llm_only``) has only that path.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import re
@@ -43,6 +44,21 @@ class MTLLMOutput(ModelOutput):
     attention_mask: torch.Tensor | None = None
     pool_mask: torch.Tensor | None = None
     logits: torch.Tensor | None = None
+
+
+def model_fingerprint(model_dir: str | os.PathLike) -> str:
+    """sha256 over a saved MT-LLM's own files (``config.json``, ``model.safetensors``, the LoRA adapter):
+    the same folder contents, the same fingerprint. The base models are referenced by name in the config,
+    so they are covered by it, not hashed. Caches and resumable evaluations key on it."""
+    from mtllm._io import file_sha256
+
+    digest = hashlib.sha256()
+    root = Path(model_dir)
+    for rel in ("config.json", WEIGHTS_NAME, f"{ADAPTER_DIR}/adapter_model.safetensors", f"{ADAPTER_DIR}/adapter_config.json"):
+        if (root / rel).exists():
+            digest.update(rel.encode())
+            digest.update(bytes.fromhex(file_sha256(root / rel)))
+    return digest.hexdigest()
 
 
 def bidirectional_attention_mask(attention_mask_NL: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

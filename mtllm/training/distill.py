@@ -11,7 +11,6 @@ teacher, then distil it into the MT-LLM.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,7 +25,7 @@ from mtllm.data.collate import check_content, collate_examples, example_lengths
 from mtllm.device import module_device
 from mtllm.inference import accuracy
 from mtllm.inference.batching import forward_inputs, run_batched
-from mtllm.modeling.model import MTLLMModel
+from mtllm.modeling.model import MTLLMModel, model_fingerprint
 from mtllm.errors import ConfigError
 from mtllm.settings import MODEL, ModelSettings, check_settings, required_if
 from mtllm.training.finetune import TaskSettings, _check_labels, _head_kind, _load
@@ -54,23 +53,11 @@ class DistillSettings:
         check_settings(self)
 
 
-def _dir_fingerprint(model_dir: str | Path) -> str:
-    """Hash of a saved model's own weights and config (the base models are referenced by name in it)."""
-    digest = hashlib.sha256()
-    root = Path(model_dir)
-    for rel in ("config.json", "model.safetensors", "adapter/adapter_model.safetensors", "adapter/adapter_config.json"):
-        p = root / rel
-        if p.exists():
-            digest.update(rel.encode())
-            digest.update(hashlib.sha256(p.read_bytes()).digest())
-    return digest.hexdigest()
-
-
 def pre_embed(teacher: MTLLMModel, examples: Sequence[Any], *, cache_dir: str | Path, teacher_id: str,
               batch_size: int = 32, show_progress: bool = True) -> np.ndarray:
     """The teacher's pooled embeddings of ``examples`` on its own tokens: ``(N, D)``, or ``(N, K, D)``
     per option for multiple choice. Stored fp16 as ``.npy`` (memory-mapped on reuse) under
-    ``cache_dir/preembed-<key>``, where the key hashes ``teacher_id`` (e.g. :func:`_dir_fingerprint`),
+    ``cache_dir/preembed-<key>``, where the key hashes ``teacher_id`` (e.g. :func:`mtllm.modeling.model.model_fingerprint`),
     every example's id and text, and the tokenisation settings. A stale or broken entry is rebuilt."""
     cfg = teacher.config
     ids = [e.id for e in examples]
@@ -131,7 +118,7 @@ def run_distill(model_settings: ModelSettings, task: TaskSettings, distill: Dist
             raise ConfigError(f"{distill.teacher_model} has no task head: is it the output of `mtllm finetune`?")
         check_content(teacher, train_ex, path="llm")
         student.set_head(teacher.config.head_kind, teacher.config.label_names, init_from=teacher.head)
-        targets = pre_embed(teacher, train_ex, cache_dir=out / "cache", teacher_id=_dir_fingerprint(distill.teacher_model),
+        targets = pre_embed(teacher, train_ex, cache_dir=out / "cache", teacher_id=model_fingerprint(distill.teacher_model),
                             batch_size=task.eval_batch_size)
         del teacher
     else:

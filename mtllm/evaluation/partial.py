@@ -1,0 +1,115 @@
+"""Per-language results kept while an evaluation runs, so that an interrupted evaluation continues where
+it stopped instead of starting over.
+
+A pocket evaluation of 60 languages takes hours on a laptop CPU; a crash, ``kill -9`` or the end of a
+session at language 50 used to throw away all 50. After each language the evaluation now replaces
+``<output_dir>/partial_results.json`` (atomically, fsynced) with everything measured so far, under a key
+that hashes every setting that changes the numbers and the saved models' own files
+(:func:`mtllm.modeling.model.model_fingerprint`). A rerun with the same key skips the languages it finds
+there; the file is removed once ``results.json`` is written. Settings that only change *how* it is
+computed (``batch_size``, ``device``, ``output_dir``) are not in the key, so a run that ran out of memory
+can continue with a smaller batch.
+
+A partial file with another key (other settings, or a model retrained since) is refused before any
+work, naming what differs; ``overwrite`` starts over. ``mtllm run`` gets there only when a stage's inputs
+are unchanged (its stage folders are keyed by them), so it always continues.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mtllm._io import atomic_write_json, remove_path
+from mtllm.errors import ConfigError
+
+__all__ = ["PARTIAL_FILE", "PartialResults", "evaluation_key"]
+
+PARTIAL_FILE = "partial_results.json"
+#: settings that change how results are computed, not what they are
+_NOT_IN_KEY = frozenset({"output_dir", "overwrite", "notes", "batch_size", "device"})
+
+
+def _model_id(ref: str | None) -> str | None:
+    """A saved MT-LLM folder's fingerprint, or the reference itself (a hub id, or nothing)."""
+    if ref is None:
+        return None
+    from mtllm.modeling.model import model_fingerprint
+
+    return f"{ref}@{model_fingerprint(ref)}" if Path(ref).is_dir() else ref
+
+
+def evaluation_key(settings: Any) -> dict[str, Any]:
+    """What the numbers of an evaluation depend on: its settings (:class:`EvaluateSettings`) less
+    :data:`_NOT_IN_KEY`, each model folder replaced by ``path@fingerprint``."""
+    values = {k: v for k, v in asdict(settings).items() if k not in _NOT_IN_KEY}
+    for name in ("model", "teacher"):
+        values[name] = _model_id(values.get(name))
+    values["compare"] = [f"{n}={_model_id(p)}" for n, _, p in (c.partition("=") for c in values.get("compare", []))]
+    return values
+
+
+def _digest(key: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@dataclass
+class PartialResults:
+    """The languages an evaluation has finished, by code (each a plain JSON record the evaluation wrote)."""
+
+    path: Path
+    key: dict[str, Any]
+    langs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: the languages that came from an earlier, interrupted run
+    resumed: tuple[str, ...] = ()
+
+    @classmethod
+    def open(cls, output_dir: str | Path, key: dict[str, Any], *, overwrite: bool = False) -> "PartialResults":
+        """The partial results in ``output_dir`` for ``key`` (none yet: empty). Raises
+        :class:`~mtllm.errors.ConfigError` when they were written with another key, unless ``overwrite``."""
+        path = Path(output_dir) / PARTIAL_FILE
+        found = cls(path, key)
+        if not path.is_file():
+            return found
+        try:
+            saved = json.loads(path.read_text())
+            old_key, langs = saved["key"], saved["langs"]
+            assert isinstance(old_key, dict) and isinstance(langs, dict)
+        except (OSError, ValueError, KeyError, TypeError, AssertionError):
+            print(f"[evaluate] {path} is unreadable; starting over", flush=True)
+            return found
+        if _digest(old_key) != _digest(key):
+            if overwrite:
+                print(f"[evaluate] overwrite: discarding {len(langs)} languages of partial results in {path} "
+                      f"(other settings)", flush=True)
+                return found
+            changed = sorted(k for k in set(key) | set(old_key) if key.get(k) != old_key.get(k))
+            raise ConfigError(
+                f"{path} holds {len(langs)} languages of an unfinished evaluation with other settings (differs in: "
+                f"{', '.join(changed)}): rerun with those settings to continue it, pass --overwrite to start "
+                f"over, or choose another output_dir")
+        found.langs, found.resumed = langs, tuple(langs)
+        if langs:
+            print(f"[evaluate] continuing: {len(langs)} languages already done ({path})", flush=True)
+        return found
+
+    def get(self, lang: str) -> dict[str, Any] | None:
+        return self.langs.get(lang)
+
+    def add(self, lang: str, record: dict[str, Any]) -> None:
+        """Record one finished language (the file is replaced atomically and fsynced)."""
+        self.langs[lang] = record
+        atomic_write_json(self.path, {"key": self.key, "langs": self.langs}, fsync=True, default=str)
+
+    def notes(self) -> list[str]:
+        """The results.md note saying that part of the results came from an interrupted run (none otherwise)."""
+        if not self.resumed:
+            return []
+        return [f"continued after an interruption: {len(self.resumed)} languages came from {PARTIAL_FILE} (same "
+                f"settings and models); seconds add up both runs"]
+
+    def finish(self) -> None:
+        """Remove the file once the complete results are written."""
+        remove_path(self.path)
