@@ -162,7 +162,8 @@ def check_keys(values: Mapping[str, Any], classes: Sequence[type], *, extra: Seq
 
 
 def _normalise(value: Any, hint: Any) -> Any:
-    """The command-line shorthands: ``a,b`` for a list, any scalar for a string (``--output_dir 2024``)."""
+    """The command-line shorthands: ``a,b`` for a list, any scalar for a string (``--output_dir 2024``), and a
+    choice that YAML read as a boolean given back its word (``--mixed_precision no``)."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, types.UnionType) and type(None) in args and len(args) == 2:
         hint = next(a for a in args if a is not type(None))
@@ -173,6 +174,8 @@ def _normalise(value: Any, hint: Any) -> Any:
         return [value]
     if hint is str and isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
+    if (word := _choice_read_as_bool(value, hint)) is not None:
+        return word
     return value
 
 
@@ -453,12 +456,27 @@ def _apply(settings: Any, *, inputs: bool) -> None:
             raise ConfigError(f"{f.name} must be {rule.text}{or_null}, not {value!r}" + (f": {why}" if why else ""))
 
 
+#: YAML 1.1 (PyYAML, and so jsonargparse) reads these words as booleans: ``--mixed_precision no`` arrives as False
+_YAML_BOOL_WORDS = {False: ("no", "off", "false", "n"), True: ("yes", "on", "true", "y")}
+
+
+def _choice_read_as_bool(value: Any, hint: Any) -> str | None:
+    """The choice of a ``Literal`` of words that YAML turned into ``value`` (a bool), if there is one."""
+    if not isinstance(value, bool):
+        return None
+    choices = [a for a in typing.get_args(hint) if isinstance(a, str)] if typing.get_origin(hint) is Literal else []
+    return next((c for c in choices if c.lower() in _YAML_BOOL_WORDS[value]), None)
+
+
 def check_settings(settings: Any) -> None:
     """For every settings dataclass's ``__post_init__``: a field typed ``Literal[...]`` (or a list of them)
     holding another value, or a value that breaks its field's rules (``metadata["check"]``, see :class:`Rule`),
-    raises :class:`ConfigError` naming the key, the value and the fix, when the settings object is made."""
+    raises :class:`ConfigError` naming the key, the value and the fix, when the settings object is made.
+    A choice that YAML read as a boolean (``no`` -> False) is given back its word."""
     for f in dataclasses.fields(settings):
         value, hint = getattr(settings, f.name), _field_types(type(settings)).get(f.name, Any)
+        if (word := _choice_read_as_bool(value, hint)) is not None:
+            setattr(settings, f.name, value := word)
         if value is None and hint is not Any and not _allows_none(hint):  # jsonargparse lets null through
             default = _default(f)
             raise ConfigError(f"{f.name} must be {_describe(hint)}, not null"

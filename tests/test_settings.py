@@ -53,6 +53,20 @@ def test_yaml_base_and_overrides(tmp_path, monkeypatch):
     assert stage1.data == ["b.txt", "c.txt"] and stage1.max_texts is None
 
 
+def test_a_choice_yaml_reads_as_a_boolean_keeps_its_word(tmp_path):
+    """YAML 1.1 reads ``no``/``off`` as False: ``--mixed_precision no`` (its help's own spelling) and
+    ``mixed_precision: no`` in a config were refused as ``not False`` (seen on a GPU machine)."""
+    (tmp_path / "c.yaml").write_text("encoder: tiny:xlmr\nllm: tiny:gemma3\nmixed_precision: no\n")
+    for argv in (["--mixed_precision", "no"], ["--mixed_precision", "off"], ["--config", str(tmp_path / "c.yaml")]):
+        values = command_values("adapt", [*argv, "--output_dir", str(tmp_path / "o")])
+        *_, args = build_settings(COMMANDS["adapt"].settings(), values)
+        assert args.mixed_precision == "no", argv
+    assert TrainingArgs(output_dir=str(tmp_path), mixed_precision=False).mixed_precision == "no"
+    # a boolean where no choice is such a word stays an error that names the choices
+    with pytest.raises(ConfigError, match="pooling must be 'mean', 'eos' or 'cls', not True"):
+        build_settings([ModelSettings], {"pooling": True})
+
+
 def test_overrides_are_yaml_values():
     assert parse_overrides(["--data", "[a, b]", "--max-steps=3", "--x", "null", "--flag"]) == {
         "data": ["a", "b"], "max_steps": 3, "x": None, "flag": True}
