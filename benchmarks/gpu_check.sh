@@ -42,6 +42,6 @@ grep -aE "^\[|^wall|auto ->|Error" "$OUT/tiny-run.log" | tail -30
 cp /tmp/tiny-gpu/run_summary.json "$OUT/tiny-run-summary.json" 2>/dev/null
 
 step "fast test suite with a GPU present (xdist, 12 workers)"
-timeout 300 python3 -m pytest -m "not slow" -q -p no:cacheprovider -n 12 -x --timeout 200 2>&1 \
+timeout 300 python3 -m pytest -m "not slow" -q -p no:cacheprovider -n 12 --timeout 200 2>&1 \
   | tee "$OUT/suite.log" | tail -25
 step done

@@ -158,3 +158,30 @@ def test_an_interrupted_retrieval_probe_continues(saved, tmp_path, monkeypatch):
     fvu = "FVU against the teacher's English"
     assert again.meta["measures"][fvu]["systems"] == whole.meta["measures"][fvu]["systems"]
     assert not (out / PARTIAL_FILE).exists()
+
+
+def test_mtllm_run_continues_an_interrupted_eval_stage(tmp_path, monkeypatch):
+    """`mtllm run` killed inside its eval stage: the rerun skips the finished stages and the finished
+    languages, and the eval stage's results equal those of a run that was never interrupted."""
+    from mtllm.cli import main
+
+    config = str(ROOT / "configs" / "tiny-sib200.yaml")
+
+    def run(out: Path) -> int:
+        return main(["run", "--config", config, "--data-dir", DATA, "--output-dir", str(out), "--progress", "false",
+                     "--stages", "[stage1, teacher, distill, eval]", "--report_to", "none"])
+
+    assert run(tmp_path / "whole") == 0
+    out = tmp_path / "out"
+    with monkeypatch.context() as m:
+        _counting(m, "predict_shared_encoder", stop_at=2)
+        with pytest.raises(Stop):
+            run(out)
+    assert json.loads((out / "eval-sib200" / "stage.json").read_text())["status"] == "running"
+    seen = _counting(monkeypatch, "predict_shared_encoder")
+    assert run(out) == 0
+    assert seen == ["fra_Latn", "swh_Latn"]
+    whole = json.loads((tmp_path / "whole" / "eval-sib200" / "results.json").read_text())
+    again = json.loads((out / "eval-sib200" / "results.json").read_text())
+    assert again["systems"] == whole["systems"]
+    assert not (out / "eval-sib200" / PARTIAL_FILE).exists()

@@ -543,7 +543,7 @@ def test_settings_are_checked_before_any_work(model_dir, tmp_path, capsys):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_predict_runs_on_the_models_device(model_dir, loaded, tmp_path):
+def test_predict_runs_on_cuda_like_on_the_cpu(model_dir, loaded, tmp_path):
     """--device cuda: the model and every batch on the GPU, the same labels as on the CPU."""
     src = _write(tmp_path / "in.csv", _rows(20))
     out = tmp_path / "p.jsonl"
