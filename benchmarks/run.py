@@ -374,14 +374,19 @@ def setup_flops(parts: dict[str, Part], texts_chars: Sequence[int], enc_len: np.
 # =============================================================================================
 # training runs (the project's Accelerate loop for both paths)
 # =============================================================================================
-def fresh_accelerator(mixed_precision: str):
-    from accelerate import Accelerator
+def fresh_accelerator(targs) -> Any:
+    """The product's Accelerator (``make_accelerator``: the device policy, ``$MTLLM_DEVICE``) for one run,
+    after dropping Accelerate's process-wide state so that each run picks its own precision. A bare
+    ``Accelerator()`` here took the GPU while the policy (and the model) said CPU, and its state then broke
+    every later CPU run in the process (found on an H100)."""
     from accelerate.state import AcceleratorState, GradientState
+
+    from mtllm.training.loop import make_accelerator
 
     AcceleratorState._reset_state(True)
     if hasattr(GradientState, "_reset_state"):
         GradientState._reset_state()
-    return Accelerator(mixed_precision=mixed_precision)
+    return make_accelerator(targs)
 
 
 def _undo_accelerate_wrapping(model: nn.Module) -> None:
@@ -415,7 +420,7 @@ def run_training(model, *, stage: str, n: int, collate, loss_fn, lengths, opts: 
     params = [p for name, p in model.named_parameters() if p.requires_grad and not name.startswith("projection.")]
     proj = [p for name, p in model.named_parameters() if p.requires_grad and name.startswith("projection.")]
     groups = [g for g in ({"params": params}, {"params": proj, "lr": 1e-3}) if g["params"]]
-    acc = fresh_accelerator(targs.mixed_precision)
+    acc = fresh_accelerator(targs)
     run_model = torch.compile(model, dynamic=True) if opts.compile else model
     try:
         with contextlib.redirect_stdout(io.StringIO()):

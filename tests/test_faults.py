@@ -218,13 +218,15 @@ def _assert_same_metrics(ref: Path, got: Path) -> None:
 
 
 def _results(folder: Path, *roots: Path) -> dict:
-    """results.json without the wall-clock times, each of ``roots`` (run folders) in its paths written ``<root>``."""
+    """results.json without the wall-clock times and the note that an evaluation continued after an
+    interruption (mtllm.evaluation.partial), each of ``roots`` (run folders) in its paths written ``<root>``."""
     text = (folder / "results.json").read_text()
     for root in roots:
         text = text.replace(json.dumps(str(root))[1:-1], "<root>")
     data = json.loads(text)
     for part in (data, data.get("meta", {})):
         part.pop("seconds", None)
+    data["notes"] = [n for n in data.get("notes", []) if not n.startswith("continued after an interruption")]
     return data
 
 
@@ -374,7 +376,8 @@ def _chain(first: list[str], rerun: list[str], points: list[KillPoint], folder: 
 @pytest.mark.parametrize("stage", ["adapt", "finetune", "distill", "evaluate"])
 def test_kill_9_then_resume_equals_uninterrupted(stage, ref, tmp_path):
     """``mtllm STAGE`` killed at seeded points (training: three steps and after final/; evaluate: two), each
-    followed by ``--resume true`` (evaluate, which cannot resume: a plain rerun with ``--overwrite``), ends exactly
+    followed by ``--resume true`` (evaluate: a rerun with ``--overwrite``, which continues from the languages it
+    finished, mtllm.evaluation.partial, unless the kill came after results.json), ends exactly
     as the uninterrupted run's stage."""
     rng = random.Random(f"{SEED}-{stage}")
     out = tmp_path / "out"
@@ -532,7 +535,8 @@ def test_full_disk_in_the_teacher_cache_then_in_a_checkpoint_then_resume_equals_
 def test_full_disk_while_writing_results_keeps_every_earlier_stage(ref, tmp_path):
     """``mtllm run`` whose last stage (eval) finds the disk full while writing results.json: a clear error, no
     results file half-written, no temporary, every earlier stage's files unchanged; the rerun after space is freed
-    skips the four finished stages and writes the same results as the uninterrupted run."""
+    skips the four finished stages, evaluates no language again and writes the same results as the uninterrupted
+    run."""
     out = tmp_path / "out"
     shutil.copytree(ref, out)
     shutil.rmtree(out / "eval-sib200")
@@ -546,10 +550,13 @@ def test_full_disk_while_writing_results_keeps_every_earlier_stage(ref, tmp_path
         return {k: v for k, v in tree.items() if not k.startswith("eval-sib200/") and k != "run_config.json"}
 
     assert kept(after) == kept(before)  # nothing of the earlier stages touched
-    assert sorted(k for k in after if k.startswith("eval-sib200/")) == ["eval-sib200/stage.json"]
+    # every language measured is kept (mtllm.evaluation.partial), so the rerun evaluates none again
+    assert sorted(k for k in after if k.startswith("eval-sib200/")) == ["eval-sib200/partial_results.json",
+                                                                          "eval-sib200/stage.json"]
     assert _temporaries(out) == []
     rerun = _ok(_run_argv(out), tmp_path / "rerun.log")
     assert rerun.count("skipping") == 4
+    assert "continuing: 3 languages already done" in rerun
     _assert_same_stage("eval-sib200", ref / "eval-sib200", out / "eval-sib200")
     assert json.loads((out / "eval-sib200" / "stage.json").read_text())["status"] == "done"
 

@@ -118,7 +118,8 @@ def test_every_process_saves_and_restores_its_random_states(tmp_path):
     resuming from it on 2 processes reproduces the uninterrupted 2-process run."""
     from accelerate.utils import load
 
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONHASHSEED="0")
+    # CPU processes even where a GPU exists: two ranks on one GPU would ask for cuda:1 (seen on an H100)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONHASHSEED="0", CUDA_VISIBLE_DEVICES="")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "mtllm",
            "adapt", "--config", str(ROOT / "configs" / "tiny.yaml"), "--data", f"[{DATA}]", "--lora_dropout", "0.1",
            "--max_steps", "8", "--batch_size", "4", "--save_steps", "4", "--progress", "false",

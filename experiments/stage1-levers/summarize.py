@@ -6,7 +6,8 @@ Reads, per cell folder under --runs: ``stage1/metrics.jsonl`` and ``stage1/stage
 curve), ``retrieval/results.json`` (English<->X top-1 and the FVU against the teacher's English, written
 by ``mtllm run``'s retrieval stage) and, where the cell was distilled and evaluated,
 ``eval-sib200/results.json``. The ``today`` downstream row comes from the committed pocket main job
-(``experiments/pocket/eval-sib200``), restricted to the same languages. Writes ``results.md``,
+(``experiments/pocket/eval-sib200``), restricted to the same languages; the ``no stage 1`` row's downstream
+numbers from the ``none`` folder (distilled from the initial stack, ``none.yaml``), where there is one. Writes ``results.md``,
 ``results.json`` and ``results.png`` into --out. Nothing here trains or evaluates: it only reads.
 """
 from __future__ import annotations
@@ -104,6 +105,10 @@ def main() -> None:
                   "fvu_last20": _curve_tail(committed_stage1 / "metrics.jsonl", "fvu"),
                   "retrieval_first50_mtllm": today.get("retrieval_first50_mtllm"),
                   "sib_mtllm_x": today.get("sib_mtllm_x"), "sib_mtllm_eng": today.get("sib_mtllm_eng")}]
+    # the no-stage-1 cell (experiments/stage1-levers/none.yaml) has no stage-1 folder: only its downstream numbers
+    if (Path(a.runs) / "none").is_dir():
+        none = cell_row(Path(a.runs) / "none")
+        reference[0].update({k: none[k] for k in ("sib_mtllm_x", "sib_mtllm_eng") if none.get(k) is not None})
     rows = reference + rows
     cols = [("cell", "cell", None), ("n_texts", "English texts", None), ("steps", "steps", None),
             ("fvu_last20", "stage-1 FVU (pooled, last 20 steps)", 3), ("span_fvu_last20", "span FVU (last 20)", 3),
