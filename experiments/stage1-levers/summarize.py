@@ -6,7 +6,7 @@ Reads, per cell folder under --runs: ``stage1/metrics.jsonl`` and ``stage1/stage
 curve), ``retrieval/results.json`` (English<->X top-1 and the FVU against the teacher's English, written
 by ``mtllm run``'s retrieval stage) and, where the cell was distilled and evaluated,
 ``eval-sib200/results.json``. The ``today`` downstream row comes from the committed pocket main job
-(``experiments/pocket/eval-sib200``), restricted to the same languages; the ``no stage 1`` row's downstream
+(``experiments/pocket/before-issue-12/eval-sib200``), restricted to the same languages; the ``no stage 1`` row's downstream
 numbers from the ``none`` folder (distilled from the initial stack, ``none.yaml``), where there is one. Writes ``results.md``,
 ``results.json`` and ``results.png`` into --out. Nothing here trains or evaluates: it only reads.
 """
@@ -68,9 +68,9 @@ def cell_row(folder: Path) -> dict:
 
 def committed_today(langs: list[str]) -> dict:
     """The committed pocket main job (today's stage 1) on the same languages."""
-    ev = _read(ROOT / "experiments" / "pocket" / "eval-sib200" / "results.json")
+    ev = _read(ROOT / "experiments" / "pocket" / "before-issue-12" / "eval-sib200" / "results.json")
     out = {}
-    ret = _read(ROOT / "experiments" / "pocket" / "retrieval" / "results.json")  # the first 50 sentences
+    ret = _read(ROOT / "experiments" / "pocket" / "before-issue-12" / "retrieval" / "results.json")  # the first 50 sentences
     if ret:
         for system in ("mtllm", "mtllm_before_stage1", "llm", "encoder"):
             out[f"retrieval_first50_{system}"] = 100 * mean(ret["systems"][system][l] for l in langs)
@@ -96,7 +96,7 @@ def main() -> None:
     # the two reference rows: the stacked model before any stage 1 (projection initialised, LoRA at zero), and
     # today's stage 1 as the committed main job ran it (its retrieval probe used the first 50 sentences)
     first_cell = next((r for r in rows if r.get("retrieval_mtllm_before_stage1") is not None), {})
-    committed_stage1 = ROOT / "experiments" / "pocket" / "stage1"
+    committed_stage1 = ROOT / "experiments" / "pocket" / "before-issue-12" / "stage1"
     reference = [{"cell": "no stage 1", "retrieval_first50_mtllm": today.get("retrieval_first50_mtllm_before_stage1"),
                   "retrieval_mtllm": first_cell.get("retrieval_mtllm_before_stage1"),
                   "fvu_x_mtllm": first_cell.get("fvu_x_mtllm_before_stage1"),

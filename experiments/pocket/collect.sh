@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Copy what the pocket main jobs wrote under RUN (default runs/pocket) into experiments/pocket/: the small
+# files RESULTS.md cites (results, metrics, stage summaries), never weights. Run from the repository root:
+#
+#   mtllm run --config configs/pocket-sib200.yaml --data-dir ../shared/data     # the main job
+#   mtllm run --config configs/pocket-nusax.yaml --data-dir ../shared/data      # NusaX, reuses its stage 1
+#   bash experiments/pocket/collect.sh [RUN]
+set -eu
+RUN=${1:-runs/pocket}
+DEST=experiments/pocket
+copy() {  # copy RUN/$1/<files...> into DEST/$1/ (those that exist)
+  local dir=$1; shift
+  [ -d "$RUN/$dir" ] || return 0
+  mkdir -p "$DEST/$dir"
+  for f in "$@"; do [ -f "$RUN/$dir/$f" ] && cp "$RUN/$dir/$f" "$DEST/$dir/"; done
+  return 0
+}
+copy stage1 metrics.jsonl stage1_summary.json stage1_config.json stage.json
+copy retrieval results.json results.md stage.json
+for task in sib200 nusax; do
+  copy teacher-$task metrics.jsonl finetune_summary.json finetune_config.json stage.json
+  copy distill-$task metrics.jsonl distill_summary.json distill_config.json stage.json
+  copy eval-$task results.json results.md stage.json
+done
+[ -f "$RUN/run_summary.json" ] && cp "$RUN/run_summary.json" "$DEST/run_summary.json"
+echo "copied into $DEST:"; find "$DEST" -newer "$0" -type f | sort
