@@ -185,3 +185,14 @@ def test_mtllm_run_continues_an_interrupted_eval_stage(tmp_path, monkeypatch):
     again = json.loads((out / "eval-sib200" / "results.json").read_text())
     assert again["systems"] == whole["systems"]
     assert not (out / "eval-sib200" / PARTIAL_FILE).exists()
+
+
+def test_models_passed_in_memory_keep_no_partial_results(saved, tmp_path, monkeypatch):
+    """In-memory models have no saved files to fingerprint: nothing is kept, nothing is taken from a file."""
+    models = {"mtllm": MTLLMModel.from_pretrained(saved / "mtllm"), "teacher": MTLLMModel.from_pretrained(saved / "teacher")}
+    out = tmp_path / "out"
+    with monkeypatch.context() as m:
+        _counting(m, "predict_shared_encoder", stop_at=2)
+        with pytest.raises(Stop):
+            run_evaluate(_settings(saved, out, model=None, teacher=None), models=models, progress=False)
+    assert not (out / PARTIAL_FILE).exists()

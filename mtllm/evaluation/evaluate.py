@@ -177,8 +177,10 @@ def run_evaluate(settings: EvaluateSettings, *, models: dict[str, Any] | None = 
     from mtllm.evaluation.report import format_summary_lines, write_results
 
     models = dict(models or {})
-    # languages an interrupted run of the same evaluation finished are not redone (mtllm.evaluation.partial)
-    partial = PartialResults.open(settings.output_dir, evaluation_key(settings), overwrite=settings.overwrite)
+    # languages an interrupted run of the same evaluation finished are not redone (mtllm.evaluation.partial);
+    # models passed in memory have no saved files to identify them by, so nothing is kept for them
+    partial = (PartialResults.off() if models else
+               PartialResults.open(settings.output_dir, evaluation_key(settings), overwrite=settings.overwrite))
     if settings.task == "retrieval":
         results = _run_retrieval(settings, models, progress, partial)
     else:

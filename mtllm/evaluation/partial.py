@@ -11,7 +11,8 @@ computed (``batch_size``, ``device``, ``output_dir``) are not in the key, so a r
 can continue with a smaller batch.
 
 A partial file with another key (other settings, or a model retrained since) is refused before any
-work, naming what differs; ``overwrite`` starts over. ``mtllm run`` gets there only when a stage's inputs
+work, naming what differs; ``overwrite`` starts over. Models passed in memory (``run_evaluate(models=...)``)
+have no saved files to fingerprint, so such an evaluation keeps no partial results. ``mtllm run`` gets there only when a stage's inputs
 are unchanged (its stage folders are keyed by them), so it always continues.
 """
 from __future__ import annotations
@@ -59,7 +60,7 @@ def _digest(key: dict[str, Any]) -> str:
 class PartialResults:
     """The languages an evaluation has finished, by code (each a plain JSON record the evaluation wrote)."""
 
-    path: Path
+    path: Path | None  # None: keeps nothing (models passed in memory)
     key: dict[str, Any]
     langs: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: the languages that came from an earlier, interrupted run
@@ -95,13 +96,19 @@ class PartialResults:
             print(f"[evaluate] continuing: {len(langs)} languages already done ({path})", flush=True)
         return found
 
+    @classmethod
+    def off(cls) -> "PartialResults":
+        """Partial results that keep nothing: for models passed in memory, which no key can identify."""
+        return cls(None, {})
+
     def get(self, lang: str) -> dict[str, Any] | None:
         return self.langs.get(lang)
 
     def add(self, lang: str, record: dict[str, Any]) -> None:
         """Record one finished language (the file is replaced atomically and fsynced)."""
         self.langs[lang] = record
-        atomic_write_json(self.path, {"key": self.key, "langs": self.langs}, fsync=True, default=str)
+        if self.path is not None:
+            atomic_write_json(self.path, {"key": self.key, "langs": self.langs}, fsync=True, default=str)
 
     def notes(self) -> list[str]:
         """The results.md note saying that part of the results came from an interrupted run (none otherwise)."""
@@ -112,4 +119,5 @@ class PartialResults:
 
     def finish(self) -> None:
         """Remove the file once the complete results are written."""
-        remove_path(self.path)
+        if self.path is not None:
+            remove_path(self.path)
