@@ -194,8 +194,8 @@ def build_model(args: argparse.Namespace, dtype: torch.dtype | None = None):
     with contextlib.redirect_stdout(io.StringIO()):
         model = MTLLMModel.from_encoder_and_llm(args.encoder, args.llm, lora=settings.lora(), dtype=dtype,
                                                 max_seq_length=args.max_seq_length)
-    # the whole model on one device before any head is set or swapped (heads follow the LLM's device), as
-    # the product's stages do; without it a GPU run moved the LLM but not the head (found on an H100)
+    # the whole model on the policy's device before any head is set or swapped (heads follow the LLM's
+    # device), as the product's stages do; training then runs there too (fresh_accelerator)
     return place(model)
 
 
