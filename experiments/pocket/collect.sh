@@ -22,5 +22,10 @@ for task in sib200 nusax; do
   copy distill-$task metrics.jsonl distill_summary.json distill_config.json stage.json
   copy eval-$task results.json results.md stage.json
 done
-[ -f "$RUN/run_summary.json" ] && cp "$RUN/run_summary.json" "$DEST/run_summary.json"
+# each `mtllm run` rewrites RUN/run_summary.json: keep the SIB-200 job's as run_summary.json, others by task
+if [ -f "$RUN/run_summary.json" ]; then
+  task=$(grep -o 'eval-[a-z0-9]*' "$RUN/run_summary.json" | head -1 | cut -d- -f2)
+  case "$task" in sib200|"") cp "$RUN/run_summary.json" "$DEST/run_summary.json" ;;
+                  *) cp "$RUN/run_summary.json" "$DEST/run_summary-$task.json" ;; esac
+fi
 echo "copied into $DEST:"; find "$DEST" -newer "$0" -type f | sort
