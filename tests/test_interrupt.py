@@ -42,6 +42,15 @@ def _popen(argv: list[str]) -> subprocess.Popen:
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
+@pytest.fixture
+def sigint_at_default():
+    """The in-process Ctrl-C tests need Python's own SIGINT handler: a shell that runs this suite in the
+    background (``nohup ... &``) starts it with SIGINT ignored, where the training loop rightly leaves it alone."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
 def _interrupt_after(proc: subprocess.Popen, metrics: Path, n_steps: int) -> tuple[str, str]:
     """Send SIGINT once ``metrics`` holds ``n_steps`` records; return the process's stdout and stderr."""
     deadline = time.time() + 300
@@ -103,7 +112,7 @@ def _interrupted_adapt_then_resume(tmp_path: Path, capsys) -> None:
     assert max_weight_diff(tmp_path / "full" / "final", cut / "final") <= 1e-6
 
 
-def test_ctrl_c_in_the_middle_of_a_step_in_mtllm_run(tmp_path, capsys, monkeypatch):
+def test_ctrl_c_in_the_middle_of_a_step_in_mtllm_run(tmp_path, capsys, monkeypatch, sigint_at_default):
     """A real SIGINT that arrives in the middle of step 3 (inside its forward pass), in `mtllm run`: step 3 is
     finished and checkpointed, the command says to rerun it (no --resume there) and exits 130; the rerun ends
     with the weights and the loss curve of an uninterrupted run."""
@@ -145,7 +154,7 @@ def test_ctrl_c_in_the_middle_of_a_step_in_mtllm_run(tmp_path, capsys, monkeypat
     assert json.loads((stage / "stage.json").read_text())["status"] == "done"
 
 
-def test_a_second_ctrl_c_stops_at_once():
+def test_a_second_ctrl_c_stops_at_once(sigint_at_default):
     before = signal.getsignal(signal.SIGINT)
     with loop._StopRequest("test") as stop:
         os.kill(os.getpid(), signal.SIGINT)
