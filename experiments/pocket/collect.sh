@@ -8,6 +8,7 @@
 set -eu
 RUN=${1:-runs/pocket}
 DEST=experiments/pocket
+[ -d "$RUN" ] || { echo "collect.sh: no run folder $RUN; run the main job first (commands above) or pass its output_dir" >&2; exit 2; }
 copy() {  # copy RUN/$1/<files...> into DEST/$1/ (those that exist)
   local dir=$1; shift
   [ -d "$RUN/$dir" ] || return 0
