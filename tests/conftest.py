@@ -1,6 +1,7 @@
 """Shared fixtures: every test session gets its own cache (tiny models are built there once)."""
 from __future__ import annotations
 
+import importlib.metadata
 import os
 from pathlib import Path
 
@@ -9,6 +10,22 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
+#: The libraries whose releases change what the suite sees; their versions close every test run, so a
+#: CI log says what it tested (constraints.txt pins them; tools/bump-constraints.sh moves the pins).
+REPORTED_PACKAGES = ("torch", "transformers", "peft", "accelerate", "kernels", "jsonargparse", "datasets",
+                     "tokenizers", "huggingface_hub", "numpy")
+
+
+def _version(name: str) -> str:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """One line of resolved versions before pytest's closing line (shown with ``-q`` too)."""
+    terminalreporter.write_line("versions: " + ", ".join(f"{name} {_version(name)}" for name in REPORTED_PACKAGES))
 
 
 @pytest.fixture(scope="session", autouse=True)

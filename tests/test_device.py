@@ -228,6 +228,26 @@ def test_entry_point_puts_model_and_batches_on_the_resolved_device(name, saved, 
     assert call.input_devices == {"meta"}, f"{name}: {call.model} got inputs on {call.input_devices}"
 
 
+def test_loaded_models_never_kernelize(monkeypatch):
+    """Every base model mtllm loads has transformers' hub kernels off (``MODEL_LOAD_KWARGS``): nothing
+    swaps layers at load or on ``train()`` / ``eval()``, whichever transformers and ``kernels`` are
+    installed (transformers 5.25 kernelizes by default, and ``kernels`` refuses the meta device above).
+    Each kernelize is recorded instead of run: with ``from_pretrained``'s own default, 5.25 calls it at load."""
+    import transformers.modeling_utils as modeling_utils
+
+    from mtllm.sources import load_encoder, load_llm
+
+    calls: list[str] = []
+    monkeypatch.setattr(modeling_utils, "kernelize", lambda model, **kw: calls.append(type(model).__name__),
+                        raising=False)
+    model = MTLLMModel.from_encoder_and_llm("tiny:xlmr", "tiny:gemma3", lora=LoraSettings(r=2, alpha=4, dropout=0.0))
+    for module in (model, load_llm("tiny:gemma3"), load_encoder("tiny:xlmr")):
+        module.train()
+        module.eval()
+    assert calls == [], f"kernelized: {calls}"
+    assert not any(getattr(m, "use_kernels", False) for m in model.modules())
+
+
 # ---------------------------------------------------------------------- the policy itself
 def test_resolve_device_order(monkeypatch):
     monkeypatch.delenv(ENV_VAR, raising=False)

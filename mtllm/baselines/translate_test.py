@@ -215,10 +215,10 @@ class Translator:
         ``device`` (:func:`mtllm.device.resolve_device`: ``$MTLLM_DEVICE``, else cuda, else mps, else cpu)."""
         from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
-        from mtllm.sources import load_source
+        from mtllm.sources import MODEL_LOAD_KWARGS, load_source
 
         settings = settings or TranslateSettings(mt_model=str(name_or_path))
-        kwargs = {"dtype": dtype} if dtype is not None else {}
+        kwargs = {**MODEL_LOAD_KWARGS, **({"dtype": dtype} if dtype is not None else {})}
         tokenizer, model = load_source(name_or_path, "translation model", lambda path: (
             AutoTokenizer.from_pretrained(path), AutoModelForSeq2SeqLM.from_pretrained(path, **kwargs)))
         return cls(place(model, device), tokenizer, settings=settings, name=str(name_or_path))

@@ -38,6 +38,15 @@ TINY_PREFIX = "tiny:"
 _REQUIRED_FILE = {"model": "config.json", "adapter": "adapter_config.json", "tokenizer": None}
 _T = TypeVar("_T")
 
+#: Keyword arguments of every ``from_pretrained`` that loads a base model's weights, in one place.
+#: ``trust_remote_code=False``: code shipped in a model folder never runs. ``use_kernels=False``:
+#: transformers >= 5.2x kernelizes a loaded model by default (``from_pretrained(use_kernels=None)``
+#: means on) and again on every ``train()`` / ``eval()``; the ``kernels`` package has no CPU kernel for
+#: the layers of our models (measured: outputs and step times unchanged, BENCHMARKS.md "Hub kernels"),
+#: a CUDA kernel is code fetched from the hub at run time, and it refuses the meta device. Off, the
+#: model runs the same code on every transformers release the project allows.
+MODEL_LOAD_KWARGS: dict[str, Any] = {"trust_remote_code": False, "use_kernels": False}
+
 
 def looks_local(ref: str | os.PathLike) -> bool:
     """Whether ``ref`` can only be a local path, not a hub id (``owner/name``): absolute, relative
@@ -283,8 +292,8 @@ def load_encoder(source: str | Path | nn.Module, *, dtype: torch.dtype | None = 
 def _load_encoder(path: str, *, dtype: torch.dtype | None) -> nn.Module:
     from transformers import AutoConfig, AutoModel
 
-    config = AutoConfig.from_pretrained(path)
-    kwargs: dict[str, Any] = {"dtype": dtype} if dtype is not None else {}
+    config = AutoConfig.from_pretrained(path, trust_remote_code=False)
+    kwargs: dict[str, Any] = {**MODEL_LOAD_KWARGS, **({"dtype": dtype} if dtype is not None else {})}
     if getattr(config, "is_encoder_decoder", False):
         if config.model_type in ("t5", "mt5", "umt5"):
             from transformers import T5EncoderModel, UMT5EncoderModel
@@ -307,7 +316,7 @@ def load_llm(source: str | Path | nn.Module, *, dtype: torch.dtype | None = None
     else:
         from transformers import AutoModel
 
-        kwargs: dict[str, Any] = _quantization(load_in_4bit, dtype)
+        kwargs: dict[str, Any] = {**MODEL_LOAD_KWARGS, **_quantization(load_in_4bit, dtype)}
         if dtype is not None:
             kwargs["dtype"] = dtype
         if attn_implementation is not None:

@@ -437,9 +437,11 @@ def convert_gemma_gguf(source: str | os.PathLike[str], out_dir: str | os.PathLik
     from tokenizers.processors import TemplateProcessing
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
+    from mtllm.sources import MODEL_LOAD_KWARGS
+
     source = Path(source)
     model = AutoModelForCausalLM.from_pretrained(
-        source.parent, gguf_file=source.name, dtype=torch.float32,
+        source.parent, gguf_file=source.name, dtype=torch.float32, **MODEL_LOAD_KWARGS,
         quantization_config=GgufConfig(dequantize=True),
     )
     if getattr(model, "hf_quantizer", None) is not None or getattr(model.config, "quantization_config", None):
