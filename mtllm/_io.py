@@ -1,4 +1,5 @@
-"""File mechanisms every part of mtllm shares: checksums, crash-safe writes, reading user text files.
+"""File mechanisms every part of mtllm shares: checksums, crash-safe writes, reading a user's text file whole
+(tables are read by :mod:`mtllm.tables`).
 
 Crash-safe writes (:func:`atomic_path`) all work the same way: the content goes to a hidden sibling
 ``.<name>.tmp-<pid>`` and is renamed over the target with :func:`os.replace` only once it is complete,
@@ -17,7 +18,7 @@ from typing import Any, Iterator
 from mtllm.errors import DataError
 
 __all__ = ["file_sha256", "atomic_path", "remove_path", "remove_stale_temporaries", "atomic_write_text",
-           "atomic_write_json", "read_text_file", "read_json_rows"]
+           "atomic_write_json", "read_text_file"]
 
 _CHUNK = 1 << 20
 
@@ -113,7 +114,9 @@ def atomic_write_json(path: str | Path, obj: Any, *, fsync: bool = False, **json
 
 
 def read_text_file(path: str | Path) -> str:
-    """A user's text file as ``str``: UTF-8, with or without a byte-order mark (which is dropped).
+    """A user's text file (a config, a task YAML) as ``str``, whole: UTF-8, with or without a byte-order mark
+    (which is dropped). Table files (rows of CSV, TSV, JSON lines, Parquet, text lines) are read, streamed, by
+    :class:`mtllm.tables.Table` instead.
 
     Anything else is a :class:`~mtllm.errors.DataError` that names the file, the first bad byte and its
     offset, and how to re-encode the file."""
@@ -125,34 +128,3 @@ def read_text_file(path: str | Path) -> str:
         raise DataError(
             f"{path} is not UTF-8 (invalid byte 0x{raw[err.start]:02x} at offset {err.start}); re-encode it, e.g. "
             f"`iconv -f LATIN1 -t UTF-8 {path.name} > {path.stem}.utf8{path.suffix}`") from None
-
-
-def read_json_rows(path: str | Path) -> Iterator[tuple[str, object]]:
-    """``(where, row)`` of a JSON-lines file, or of a ``.json`` file that is one array (or one object);
-    ``where`` is ``path:line`` (or ``path: item i``) for error messages. Not valid JSON is a
-    :class:`~mtllm.errors.DataError` naming the line."""
-    path = Path(path)
-    content = read_text_file(path)
-    if path.suffix.lower() == ".json":
-        try:
-            data = json.loads(content)
-        except json.JSONDecodeError:
-            data = None  # not one JSON value: JSON lines
-        else:
-            if isinstance(data, list):
-                yield from ((f"{path}: item {i}", row) for i, row in enumerate(data))
-                return
-            if isinstance(data, dict):
-                yield f"{path}", data
-                return
-            raise DataError(f"{path} holds one {type(data).__name__}; a .json file holds an array of objects "
-                            f"(or one object per line)")
-    for n, line in enumerate(content.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DataError(f"{path}:{n}: not valid JSON ({err.msg}); each line must be one JSON object "
-                            f"(a .json file may instead hold one array of objects)") from None
-        yield f"{path}:{n}", row

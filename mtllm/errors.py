@@ -6,7 +6,7 @@ what is wrong and how to fix it. Every other exception is a bug or a fault and k
 """
 from __future__ import annotations
 
-__all__ = ["UserError", "ConfigError", "DataError", "UnknownLanguageError", "UnsupportedLanguageError",
+__all__ = ["UserError", "ConfigError", "CustomCodeError", "DataError", "UnknownLanguageError", "UnsupportedLanguageError",
            "CheckpointError", "TrainingDiverged", "TrainingInterrupted"]
 
 
@@ -16,6 +16,10 @@ class UserError(Exception):
 
 class ConfigError(UserError, ValueError):
     """A config file, setting or override that cannot be used."""
+
+
+class CustomCodeError(ConfigError):
+    """A model folder (or hub model) that needs code of its own, which mtllm never runs."""
 
 
 class DataError(UserError, ValueError):

@@ -3,9 +3,13 @@
 A config is one flat mapping (``key: value``); ``base: other.yaml`` makes a preset extend another one
 (relative to its own folder). ``--key value`` on the command line overrides any key (``--output-dir``
 and ``--output_dir`` are the same; values are YAML, e.g. ``--data '[a.txt, b.txt]'`` or
-``--max_steps null``). The keys of a command are the fields of its settings dataclasses: every value is
-checked against its field's type by `jsonargparse <https://jsonargparse.readthedocs.io>`_
-(``Literal[...]`` fields take only their choices), which also writes ``--help``. An unknown key is a
+``--max_steps null``), and ``--config FILE`` (or ``--config=FILE``) names the config. A value for a key
+whose field holds text (a path, a name, a list of them) keeps the text as written, in a config and on the
+command line: ``output_dir: 007`` is the folder ``007``, ``--split 2024-06-01`` a name, not a date
+(:class:`mtllm._yaml._ConfigLoader`, which also refuses YAML aliases and deep nesting). The keys of a command are the
+fields of its settings dataclasses: every value is checked against its field's type by
+`jsonargparse <https://jsonargparse.readthedocs.io>`_ (``Literal[...]`` fields take only their choices),
+which also writes ``--help``. An unknown key is a
 :class:`ConfigError` naming close matches, never silently ignored; so is a value of the wrong type.
 
 Beyond its type, a field says which values it takes with a :class:`Rule` in its metadata, next to its
@@ -36,10 +40,12 @@ import torch
 import yaml
 
 from mtllm._io import read_text_file
+from mtllm._yaml import MAX_YAML_DEPTH, Refused as _Refused, load_document as _load
 from mtllm.errors import ConfigError
 from mtllm.modeling.config import LoraSettings
 
-__all__ = ["ConfigError", "load_yaml", "parse_overrides", "read_config", "settings_parser", "check_keys",
+__all__ = ["ConfigError", "load_yaml", "parse_overrides", "config_arg", "read_config", "string_keys",
+           "MAX_YAML_DEPTH", "settings_parser", "check_keys",
            "build_settings", "Rule", "at_least", "above", "between", "FRACTION", "SEED", "NON_EMPTY", "OUTPUT_DIR",
            "EXISTING_DIR", "MODEL", "TASK", "TASK_OR_RETRIEVAL", "TEXT_SOURCE", "NAMED_MODELS", "each", "divides",
            "required_if", "check_settings", "check_inputs", "parse_dtype", "Dtype", "InferenceDtype", "MIN_SEQ_LENGTH",
@@ -47,9 +53,30 @@ __all__ = ["ConfigError", "load_yaml", "parse_overrides", "read_config", "settin
 
 
 # ----------------------------------------------------------------------------------------- raw values
-def load_yaml(path: str | Path, *, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """Read a YAML mapping with the safe loader (no Python objects can be constructed); a ``base:`` key
-    names a preset (relative to this file) whose keys this one extends and overrides."""
+def _is_text(hint: Any) -> bool:
+    """Whether a field typed ``hint`` holds free text (or null): ``str``, ``str | None``, a list of those. Not a
+    ``Literal``: YAML types none of the choices but ``no`` (a boolean), and a boolean word given for a choice
+    means that choice (``--mixed_precision off`` is ``no``: :func:`_choice_read_as_bool`)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return all(a is type(None) or _is_text(a) for a in args)
+    if origin is list:
+        return bool(args) and _is_text(args[0])
+    return hint is str
+
+
+def string_keys(classes: Sequence[type]) -> frozenset[str]:
+    """The keys of ``classes`` whose values are text (:func:`_is_text`): a config's or command line's value for
+    one keeps the text as written (``--output_dir 007`` is the folder ``007``, not ``7``)."""
+    return frozenset(name for cls in classes for name, hint in _field_types(cls).items() if _is_text(hint))
+
+
+def load_yaml(path: str | Path, *, strings: frozenset[str] = frozenset(),
+              _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read a YAML mapping with the safe loader (no Python objects can be constructed, no aliases, at most
+    :data:`MAX_YAML_DEPTH` levels: :func:`mtllm._yaml.load_document`); the values of the keys in ``strings``
+    (:func:`string_keys`) keep their text. A ``base:`` key names a preset (relative to this file) whose keys
+    this one extends and overrides."""
     path = Path(path)
     if path.is_dir():
         found = sorted(p.name for p in path.glob("*.yaml"))
@@ -61,23 +88,26 @@ def load_yaml(path: str | Path, *, _chain: tuple[Path, ...] = ()) -> dict[str, A
         raise ConfigError(f"{path}: base: makes a loop ({' -> '.join(p.name for p in (*_chain, path.resolve()))}); "
                           f"remove one of these base: keys")
     try:
-        data = yaml.safe_load(read_text_file(path)) or {}
+        data = _load(read_text_file(path), strings) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{path} is not valid YAML: {' '.join(str(err).split())}") from None
+    except _Refused as err:
+        raise ConfigError(f"{path} {err}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a mapping of key: value, not {type(data).__name__}")
     base = data.pop("base", None)
     if base is not None:
         if not isinstance(base, str):
             raise ConfigError(f"{path}: base must be the path of one YAML file (relative to {path.name}), not {base!r}")
-        data = {**load_yaml(path.parent / base, _chain=(*_chain, path.resolve())), **data}
+        data = {**load_yaml(path.parent / base, strings=strings, _chain=(*_chain, path.resolve())), **data}
     return data
 
 
-def parse_overrides(argv: Sequence[str]) -> dict[str, Any]:
+def parse_overrides(argv: Sequence[str], strings: frozenset[str] = frozenset()) -> dict[str, Any]:
     """``["--max-steps", "40", "--data=[a, b]", "--progress"]`` -> ``{"max_steps": 40, "data": ["a", "b"],
-    "progress": True}``: each value is a YAML value, a flag without one means ``true``. Typing happens in
-    :func:`build_settings`."""
+    "progress": True}``: each value is a YAML value (read as :func:`load_yaml` reads a config: the value of a key
+    in ``strings`` keeps its text, ``--output_dir 007`` -> ``"007"``; ``--section.key`` is ``key`` there), a
+    flag without one means ``true``. Typing happens in :func:`build_settings`."""
     out: dict[str, Any] = {}
     i = 0
     while i < len(argv):
@@ -85,31 +115,46 @@ def parse_overrides(argv: Sequence[str]) -> dict[str, Any]:
         if not arg.startswith("--") or len(arg) == 2:
             raise ConfigError(f"unexpected argument {arg!r}: overrides look like --key value")
         key, eq, raw = arg[2:].partition("=")
+        name = key.replace("-", "_")
         if eq:
             i += 1
         elif i + 1 < len(argv) and not argv[i + 1].startswith("--"):
             raw, i = argv[i + 1], i + 2
         else:
-            raw, i = "true", i + 1
+            out[name], i = True, i + 1  # a bare flag: true (a string-typed key refuses it)
+            continue
         try:
-            value = yaml.safe_load(raw)
+            value = _load(raw, strings, as_text=name.rpartition(".")[2] in strings)
         except yaml.YAMLError:
             value = raw
-        out[key.replace("-", "_")] = value
+        except _Refused as err:
+            raise ConfigError(f"--{key} {err}") from None
+        out[name] = value
     return out
 
 
-def read_config(argv: Sequence[str]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``[--config FILE] [--key value ...]`` -> (the preset's keys, the command-line overrides)."""
-    argv = list(argv)
-    preset: dict[str, Any] = {}
-    if "--config" in argv:
-        i = argv.index("--config")
-        if i + 1 >= len(argv) or argv[i + 1].startswith("--"):
-            raise ConfigError("--config needs a file path")
-        preset = load_yaml(argv[i + 1])
-        del argv[i:i + 2]
-    return preset, parse_overrides(argv)
+def config_arg(argv: Sequence[str]) -> tuple[str | None, list[str]]:
+    """``argv``'s config file (``--config FILE`` or ``--config=FILE``; None without one) and its other arguments."""
+    at = [i for i, arg in enumerate(argv) if arg == "--config" or arg.startswith("--config=")]
+    if not at:
+        return None, list(argv)
+    if len(at) > 1:
+        raise ConfigError("--config is given more than once; give one config file (a config extends another with "
+                          "base: other.yaml)")
+    i = at[0]
+    path, eq, value = argv[i].partition("=")
+    path, end = (value, i + 1) if eq else (argv[i + 1] if i + 1 < len(argv) else "", i + 2)
+    if not path or path.startswith("--"):
+        raise ConfigError("--config needs a file path, e.g. --config configs/tiny.yaml")
+    return path, [*argv[:i], *argv[end:]]
+
+
+def read_config(argv: Sequence[str], strings: frozenset[str] = frozenset()) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``[--config FILE] [--key value ...]`` (or ``--config=FILE``) -> (the preset's keys, the command-line
+    overrides); the values of the keys in ``strings`` (:func:`string_keys`) keep their text."""
+    config, rest = config_arg(argv)
+    preset = load_yaml(config, strings=strings) if config is not None else {}
+    return preset, parse_overrides(rest, strings)
 
 
 # ------------------------------------------------------------------------------------- typed settings
@@ -162,8 +207,9 @@ def check_keys(values: Mapping[str, Any], classes: Sequence[type], *, extra: Seq
 
 
 def _normalise(value: Any, hint: Any) -> Any:
-    """The command-line shorthands: ``a,b`` for a list, any scalar for a string (``--output_dir 2024``), and a
-    choice that YAML read as a boolean given back its word (``--mixed_precision no``)."""
+    """The command-line shorthands: ``a,b`` for a list, any scalar for a string, and a choice that YAML read as
+    a boolean given back its word (``--mixed_precision no``). (A config or the command line gives a string-typed
+    key its text already, ``007`` not 7: :func:`mtllm._yaml.load_document`; these are for values given in Python.)"""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, types.UnionType) and type(None) in args and len(args) == 2:
         hint = next(a for a in args if a is not type(None))

@@ -37,6 +37,17 @@ def test_adapt_runs_and_saves_final(tmp_path, capsys):
     assert any(adapter[k].abs().max() > 0 for k in lora_b)  # LoRA B starts at zero: 3 steps moved it
 
 
+def test_output_dir_007_is_the_folder_007(tmp_path, monkeypatch, capsys):
+    """``--output_dir 007`` wrote to ./7: YAML read it as the number 7."""
+    monkeypatch.chdir(tmp_path)
+    code = main(["adapt", "--config", TINY, "--data", str(ROOT / "tests/fixtures/english.txt"), "--max_steps", "1",
+                 "--output_dir", "007", "--progress", "false", "--report_to", "none"])
+    assert code == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["final_dir"] == str(Path("007") / "final")
+    assert (tmp_path / "007" / "final" / "model.safetensors").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".007.lock", "007"]  # no ./7 (and 007's lock: mtllm.locks)
+
+
 def test_misspelled_key_names_close_match(tmp_path, capsys):
     assert main(["adapt", "--config", TINY, "--max_stepz", "3", "--output_dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err

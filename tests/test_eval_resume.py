@@ -196,3 +196,29 @@ def test_models_passed_in_memory_keep_no_partial_results(saved, tmp_path, monkey
         with pytest.raises(Stop):
             run_evaluate(_settings(saved, out, model=None, teacher=None), models=models, progress=False)
     assert not (out / PARTIAL_FILE).exists()
+
+
+def test_a_finished_language_whose_file_changed_is_evaluated_again(saved, tmp_path, monkeypatch, capsys):
+    """Results follow their data (issue 23): the tester cut a finished language's test file to 50 rows and the
+    rerun reported the old accuracy; the language is now evaluated again on what its file holds."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(DATA, data)
+    out = tmp_path / "out"
+    with monkeypatch.context() as m:
+        _counting(m, "predict_shared_encoder", stop_at=3)
+        with pytest.raises(Stop):
+            run_evaluate(_settings(saved, out, data_dir=str(data)), progress=False)
+    test_file = data / "sib200" / "fra_Latn" / "test.tsv"
+    lines = test_file.read_text(encoding="utf-8").splitlines(keepends=True)
+    test_file.write_text("".join(lines[:6]), encoding="utf-8")  # the header and 5 rows
+    seen = _counting(monkeypatch, "predict_shared_encoder")
+    again = run_evaluate(_settings(saved, out, data_dir=str(data)), progress=False)
+    assert seen == ["fra_Latn", "swh_Latn"]  # eng_Latn unchanged: kept; fra_Latn changed: again
+    assert "fra_Latn: its data changed since the interrupted run" in capsys.readouterr().out
+    fresh = run_evaluate(_settings(saved, tmp_path / "fresh", data_dir=str(data)), progress=False)
+    assert again.systems == fresh.systems
+    results = json.loads((out / "results.json").read_text())
+    assert results["n_examples"]["fra_Latn"] == 5
+    assert any("continued after an interruption: 1 languages" in n for n in results["notes"])

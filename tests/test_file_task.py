@@ -363,3 +363,20 @@ def test_run_with_the_file_task_gives_the_accuracies_of_task_nusax(tmp_path, cap
     assert mine["systems"] == builtin["systems"]  # every system, every language: the same accuracies
     assert set(mine["systems"]["mtllm"]) == {"eng_Latn", "jav_Latn", "sun_Latn"}  # langs: [all] = its test languages
     assert mine["bad_rows"] == {code: {"blank_segment_kept": 0, "no_text_dropped": 0} for code in LANGS.values()}
+
+
+def test_a_task_file_with_yaml_aliases_is_refused_in_one_line(tmp_path):
+    """Task files are read with the rules of every YAML mtllm reads (mtllm._yaml): no aliases, bounded nesting."""
+    from mtllm.errors import ConfigError
+    from mtllm.tasks.files import load_task_file
+
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text("a: &a [x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a]\n"
+                    "c: &c [*b, *b, *b, *b, *b, *b, *b, *b]\nname: bomb\n")
+    with pytest.raises(ConfigError, match=r"bomb.yaml uses the YAML alias \*a \(line 2\)") as info:
+        load_task_file(bomb)
+    assert "\n" not in str(info.value)
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("name: " + "[" * 5000 + "]" * 5000 + "\n")
+    with pytest.raises(ConfigError, match="nests deeper than 20 levels"):
+        load_task_file(deep)

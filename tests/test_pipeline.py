@@ -154,3 +154,41 @@ def test_unreachable_data_names_both_options(tmp_path, capsys, monkeypatch):
     assert code == 2
     assert "data-dir" in err.lower() or "data_dir" in err.lower()
     assert "MTLLM_DATA_DIR" in err and "hub" in err.lower()
+
+
+def test_a_changed_data_file_redoes_the_stages_that_read_it(tmp_path, capsys, monkeypatch):
+    """Results follow their data (issue 23): each stage records the data files it read (with their sha256) in its
+    stage.json; a finished stage whose files changed since is redone, and so is every stage that reads its output."""
+    import shutil
+
+    monkeypatch.delenv("MTLLM_DATA_DIR", raising=False)
+    data = tmp_path / "data"
+    shutil.copytree(DATA, data)
+    out = tmp_path / "run"
+
+    def run() -> str:
+        assert main(["run", "--config", CONFIG, "--data-dir", str(data), "--output-dir", str(out), "--progress",
+                     "false", "--report_to", "none"]) == 0
+        return capsys.readouterr().out
+
+    run()
+    record = json.loads((out / "eval-sib200" / "stage.json").read_text())
+    assert str((data / "sib200" / "fra_Latn" / "test.tsv").resolve()) in record["data"]
+    assert run().count("skipping") == 5
+    test_file = data / "sib200" / "fra_Latn" / "test.tsv"
+    lines = test_file.read_text(encoding="utf-8").splitlines(keepends=True)
+    test_file.write_text("".join(lines[:5]), encoding="utf-8")  # the header and 4 rows
+    printed = run()
+    assert printed.count("skipping") == 3  # stage1, teacher and distill did not read the French test split
+    assert "retrieval: a data file it read changed since" in printed and "fra_Latn/test.tsv" in printed
+    assert "eval: a data file it read changed since" in printed
+    assert json.loads((out / "eval-sib200" / "results.json").read_text())["n_examples"]["fra_Latn"] == 4
+    train = data / "sib200" / "eng_Latn" / "train.tsv"
+    train.write_text(train.read_text(encoding="utf-8").replace("\n", "\n", 1), encoding="utf-8")  # same bytes
+    assert run().count("skipping") == 5  # a file rewritten with the same bytes changes nothing
+    lines = train.read_text(encoding="utf-8").splitlines(keepends=True)
+    train.write_text("".join(lines[:-1]), encoding="utf-8")
+    printed = run()
+    assert "teacher: a data file it read changed since" in printed
+    assert "distill: teacher was redone since" in printed or "distill: a data file it read changed" in printed
+    assert "eval: " in printed and printed.count("skipping") <= 2

@@ -4,6 +4,7 @@ and a ``run`` config checked in full before its first stage starts."""
 from __future__ import annotations
 
 import dataclasses
+import re
 import subprocess
 import sys
 import typing
@@ -387,3 +388,94 @@ def test_config_file_mistakes_are_one_line(tmp_path, capsys):
     for argv, message in cases:
         assert main(["adapt", *argv]) == 2, argv
         assert _error_line(capsys).startswith(f"mtllm adapt: error: {message}")
+
+
+#: Texts that YAML 1.1 reads as something else: 7, 1.1, a date, True, 1000.0, 31, null's neighbour
+AS_TYPED = ["007", "1.10", "2024-06-01", "yes", "1.0e+3", "0x1F", "2024-06-01 12:00:00"]
+
+
+@pytest.mark.parametrize("text", AS_TYPED)
+def test_a_path_or_a_name_keeps_the_text_as_typed(tmp_path, monkeypatch, text):
+    """A string-typed setting (``str``, ``str | None``, a choice, a list of them) keeps what the user typed, on
+    the command line and in a config: ``--output_dir 007`` wrote to ./7, ``1.10`` to ./1.1, and ``2024-06-01``
+    was refused as a date. Number, boolean and choice keys are still typed by YAML then by their field."""
+    monkeypatch.chdir(ROOT)
+    config = tmp_path / "c.yaml"
+    config.write_text(f"base: {TINY}\noutput_dir: {text}\nllm_adapters_to_merge: [{text}]\nattn_implementation: "
+                      f"{text}\nlora_dropout: .05\nlearning_rate: 2e-4\nmax_steps: 007\nmixed_precision: no\n"
+                      f"bidirectional: yes\ndata_dir: null\n", encoding="utf-8")
+    for argv in (["--config", str(config)],
+                 ["--config", TINY, "--output_dir", text, "--llm_adapters_to_merge", f"[{text}]",
+                  "--attn_implementation", text, "--lora_dropout", ".05", "--learning_rate", "2e-4", "--max_steps",
+                  "007", "--mixed_precision", "no", "--bidirectional", "yes", "--data_dir=null"]):
+        values = command_values("adapt", argv)
+        assert (values["output_dir"], values["llm_adapters_to_merge"], values["attn_implementation"]) == (
+            text, [text], text), argv
+        model, stage1, args = build_settings(COMMANDS["adapt"].settings(), values, inputs=False)
+        assert (args.output_dir, model.llm_adapters_to_merge, model.attn_implementation) == (text, [text], text)
+        assert (model.lora_dropout, args.learning_rate, args.max_steps) == (0.05, 2e-4, 7)  # numbers stay numbers
+        assert (args.mixed_precision, model.bidirectional, stage1.data_dir) == ("no", True, None)
+    # every command: a list of names (evaluate's langs and notes), a run's sections and --section.key overrides
+    values = command_values("evaluate", ["--langs", f"[{text}, eng_Latn]", "--notes", text, "--split", text])
+    assert (values["langs"], values["notes"], values["split"]) == ([text, "eng_Latn"], text, text)
+    (evaluate,) = build_settings(COMMANDS["evaluate"].settings(), values, inputs=False)
+    assert (evaluate.langs, evaluate.notes, evaluate.split) == ([text, "eng_Latn"], [text], text)
+    run = tmp_path / "run.yaml"
+    run.write_text(f"base: {TINY_RUN}\noutput_dir: {text}\nevaluate: {{notes: [{text}], batch_size: 8}}\n",
+                   encoding="utf-8")
+    monkeypatch.setenv("MTLLM_DATA_DIR", "tests/fixtures/pipeline")
+    plan = plan_run(command_values("run", ["--config", str(run), "--finetune.eval_split", text, "--data_dir", "null"]))
+    assert (plan.root, plan.evaluate.notes, plan.evaluate.batch_size) == (Path(text), [text], 8)
+    assert plan.teacher[0].eval_split == text and plan.dirs["stage1"] == Path(text) / "stage1"
+
+
+def test_yaml_aliases_and_deep_nesting_are_refused_in_one_line(tmp_path, capsys):
+    """A "billion laughs" config (aliases of aliases, 9**9 values) or one nested thousands of levels deep is
+    refused at once, in one line that does not echo the value; configs take no aliases at all (``base:`` shares
+    settings), while an anchor that nothing refers to is harmless. ``!!python/...`` tags stay refused."""
+    laughs = tmp_path / "laughs.yaml"
+    lines = ["lol0: &lol0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    lines += [f"lol{i}: &lol{i} [{', '.join([f'*lol{i - 1}'] * 9)}]" for i in range(1, 9)]
+    laughs.write_text("\n".join([*lines, "data: *lol8", ""]), encoding="utf-8")
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("data: " + "[" * 50_000 + "]" * 50_000 + "\n", encoding="utf-8")
+    few = tmp_path / "few.yaml"
+    few.write_text(f"base: {TINY}\nfinetune: &train {{learning_rate: 1.0e-3}}\ndistill: *train\n", encoding="utf-8")
+    for path, why in [(laughs, "uses the YAML alias *lol0 (line 2); mtllm configs take no aliases, which can expand "
+                               "a few lines into billions of values: write the value out (a config shares another's "
+                               "settings with base: other.yaml)"),
+                      (deep, "nests deeper than 20 levels (line 1); a config is flat key: value pairs, with one level "
+                             "of stage sections (finetune:, ...)"),
+                      (few, "uses the YAML alias *train (line 3); mtllm configs take no aliases")]:
+        with pytest.raises(ConfigError, match=re.escape(f"{path} {why}")):
+            load_yaml(path)
+        assert main(["adapt", "--config", str(path), "--output_dir", str(tmp_path / "out")]) == 2
+        line = _error_line(capsys)
+        assert line.startswith(f"mtllm adapt: error: {path} {why}") and "lol, lol" not in line and "[[[" not in line
+    for value, why in [("[&a [x, x], *a]", "--data uses the YAML alias *a (line 1); mtllm configs take no aliases"),
+                       ("[" * 50_000 + "]" * 50_000, "--data nests deeper than 20 levels")]:
+        assert main(["adapt", "--config", TINY, "--data", value, "--output_dir", str(tmp_path / "out")]) == 2
+        assert _error_line(capsys).startswith(f"mtllm adapt: error: {why}")
+    anchored = tmp_path / "anchored.yaml"
+    anchored.write_text("max_steps: &steps 3\nllm: &llm tiny:gemma3\n", encoding="utf-8")
+    assert load_yaml(anchored, strings=frozenset({"llm"})) == {"max_steps": 3, "llm": "tiny:gemma3"}
+    evil = tmp_path / "evil.yaml"
+    evil.write_text("output_dir: !!python/object/apply:os.system ['echo pwned']\n", encoding="utf-8")
+    assert main(["adapt", "--config", str(evil)]) == 2
+    assert f"{evil} is not valid YAML: could not determine a constructor for the tag" in _error_line(capsys)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("name", list(COMMANDS))
+def test_config_equals_file_is_config_file(tmp_path, capsys, name):
+    """``--config=FILE`` is ``--config FILE`` for every command (it was an unknown key ``config``)."""
+    assert command_values(name, [f"--config={TINY}"]) == command_values(name, ["--config", TINY])
+    assert main([name, f"--config={tmp_path / 'nope.yaml'}"]) == 2
+    assert _error_line(capsys) == (f"mtllm {name}: error: config file {tmp_path / 'nope.yaml'} not found; give the "
+                                   f"path of a YAML file, e.g. configs/tiny.yaml")
+    for argv, message in [
+            (["--config=", "--seed", "1"], "--config needs a file path, e.g. --config configs/tiny.yaml"),
+            ([f"--config={TINY}", "--config", TINY], "--config is given more than once; give one config file (a "
+                                                     "config extends another with base: other.yaml)")]:
+        assert main([name, *argv]) == 2
+        assert _error_line(capsys) == f"mtllm {name}: error: {message}"

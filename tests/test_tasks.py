@@ -396,7 +396,7 @@ def test_misnamed_columns_name_found_and_expected(tmp_path):
 
 def test_non_utf8_names_the_file(tmp_path):
     path = _sib(tmp_path, "", raw="index_id\tcategory\ttext\n1\thealth\tcaf\xe9\n".encode("latin-1"))
-    with pytest.raises(TaskDataError, match=rf"{path} is not UTF-8.*iconv"):
+    with pytest.raises(TaskDataError, match=rf"{path}:2: not UTF-8 \(invalid byte 0xe9 at byte 13 of the line.*iconv"):
         load_examples("sib200", "eng_Latn", "test", tmp_path)
 
 

@@ -220,7 +220,8 @@ class Translator:
         settings = settings or TranslateSettings(mt_model=str(name_or_path))
         kwargs = {**MODEL_LOAD_KWARGS, **({"dtype": dtype} if dtype is not None else {})}
         tokenizer, model = load_source(name_or_path, "translation model", lambda path: (
-            AutoTokenizer.from_pretrained(path), AutoModelForSeq2SeqLM.from_pretrained(path, **kwargs)))
+            AutoTokenizer.from_pretrained(path, trust_remote_code=False),
+            AutoModelForSeq2SeqLM.from_pretrained(path, **kwargs)))
         return cls(place(model, device), tokenizer, settings=settings, name=str(name_or_path))
 
     # ------------------------------------------------------------------ cache

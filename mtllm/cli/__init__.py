@@ -18,6 +18,7 @@ A mistake in what the user gave (:class:`mtllm.errors.UserError`) prints one lin
 from __future__ import annotations
 
 import difflib
+import errno
 import json
 import logging
 import os
@@ -27,7 +28,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from mtllm.errors import ConfigError, UserError
 from mtllm.settings import (EXISTING_DIR, MODEL, NON_EMPTY, OUTPUT_DIR, TASK, Rule, at_least, build_settings,
-                            check_settings, each, read_config, settings_parser)
+                            check_settings, config_arg, each, read_config, settings_parser, string_keys)
 
 __all__ = ["COMMANDS", "Command", "main"]
 
@@ -92,10 +93,19 @@ def _adapt_settings() -> tuple[type, ...]:
     return ModelSettings, Stage1Settings, TrainingArgs
 
 
+def _writing(output_dir: str):
+    """Hold ``output_dir``'s lock while a command writes it: a second process is refused (:mod:`mtllm.locks`)."""
+    from mtllm.locks import exclusive_output
+
+    return exclusive_output(output_dir, folder=True, what="output_dir")
+
+
 def _adapt(values: dict[str, Any]) -> None:
     from mtllm.training.stage1 import run_stage1
 
-    summary = run_stage1(*build_settings(_adapt_settings(), values))
+    settings = build_settings(_adapt_settings(), values)
+    with _writing(settings[-1].output_dir):
+        summary = run_stage1(*settings)
     _print_summary(summary, ("final_dir", "steps", "seconds", "n_texts"))
 
 
@@ -110,7 +120,9 @@ def _finetune_settings() -> tuple[type, ...]:
 def _finetune(values: dict[str, Any]) -> None:
     from mtllm.training.finetune import run_finetune
 
-    summary = run_finetune(*build_settings(_finetune_settings(), values))
+    settings = build_settings(_finetune_settings(), values)
+    with _writing(settings[-1].output_dir):
+        summary = run_finetune(*settings)
     _print_summary(summary, ("best_dir", "best", "steps", "seconds"))
 
 
@@ -126,7 +138,9 @@ def _distill_settings() -> tuple[type, ...]:
 def _distill(values: dict[str, Any]) -> None:
     from mtllm.training.distill import run_distill
 
-    summary = run_distill(*build_settings(_distill_settings(), values))
+    settings = build_settings(_distill_settings(), values)
+    with _writing(settings[-1].output_dir):
+        summary = run_distill(*settings)
     _print_summary(summary, ("final_dir", "steps", "seconds", "trainable", "objective"))
 
 
@@ -142,8 +156,9 @@ def _evaluate(values: dict[str, Any]) -> None:
     from mtllm.outputs import claim_output_dir
 
     (settings,) = build_settings(_evaluate_settings(), values)
-    claim_output_dir(settings.output_dir, overwrite=settings.overwrite)
-    run_evaluate(settings)
+    with _writing(settings.output_dir):
+        claim_output_dir(settings.output_dir, overwrite=settings.overwrite)
+        run_evaluate(settings)
 
 
 def _translate_test_settings() -> tuple[type, ...]:
@@ -158,11 +173,12 @@ def _translate_test(values: dict[str, Any]) -> None:
     from mtllm.outputs import claim_output_dir
 
     tt, tr = build_settings(_translate_test_settings(), values)
-    claim_output_dir(tt.output_dir, overwrite=tt.overwrite)
-    run_evaluate(EvaluateSettings(teacher=tt.teacher, task=tt.task, langs=tt.langs, split=tt.split,
-                                  data_dir=tt.data_dir, output_dir=tt.output_dir, max_examples=tt.max_examples,
-                                  systems=["translate_test"], translate_model=tr.mt_model),
-                 translate_settings=tr)
+    with _writing(tt.output_dir):
+        claim_output_dir(tt.output_dir, overwrite=tt.overwrite)
+        run_evaluate(EvaluateSettings(teacher=tt.teacher, task=tt.task, langs=tt.langs, split=tt.split,
+                                      data_dir=tt.data_dir, output_dir=tt.output_dir, max_examples=tt.max_examples,
+                                      systems=["translate_test"], translate_model=tr.mt_model),
+                     translate_settings=tr)
 
 
 def _run_settings() -> tuple[type, ...]:
@@ -257,23 +273,26 @@ _OWN_SECTIONS = {"finetune": ("finetune",), "distill": ("distill",), "evaluate":
 
 
 def command_values(name: str, argv: Sequence[str]) -> dict[str, Any]:
-    """``[--config FILE] [--key value ...]`` -> the values of command ``name``: the preset's keys, then the
-    overrides. ``run`` takes every key (a key none of its stages knows is an error there). Another command
-    takes the keys it knows and, by design, leaves those of the shared layer, which every preset may hold:
+    """``[--config FILE] [--key value ...]`` (or ``--config=FILE``) -> the values of command ``name``: the
+    preset's keys, then the overrides. ``run`` takes every key (a key none of its stages knows is an error
+    there). Another command takes the keys it knows and, by design, leaves those of the shared layer, which
+    every preset may hold:
     the flat keys of a ``run`` config (models, stage 1, ``task``, ``stages``...) and the sections of the
     other stages (``finetune:``, ``distill:``, ``evaluate:``, ``retrieval:``). A key that belongs to another
     command only (``mtllm adapt --objective ce``, or ``objective: ce`` at the top of a preset given to
     ``adapt``) or the command's own section of a ``run`` config (which ``mtllm run`` alone reads: it
     layers it differently) is a :class:`~mtllm.errors.ConfigError`; any other key is left to
     :func:`mtllm.settings.build_settings`, which names close matches."""
-    preset, overrides = read_config(argv)
+    cmd = COMMANDS[name]
+    classes = [*cmd.settings(), *(cls for section in cmd.sections().values() for cls in section)]
+    preset, overrides = read_config(argv, string_keys(classes))  # a path or a name keeps its text: 007 stays 007
     if name == "run":
         return {**preset, **overrides}
-    own = _keys(COMMANDS[name])
+    own = _keys(cmd)
     shared = _keys(COMMANDS["run"])
     owners = {k: [other for other, cmd in COMMANDS.items() if other not in (name, "run") and k in _keys(cmd)]
               for k in {*preset, *overrides} if k not in own}
-    config = argv[list(argv).index("--config") + 1] if "--config" in argv else None
+    config, _ = config_arg(argv)
     wrong = [k for k in overrides if owners.get(k)]
     if wrong:
         raise ConfigError(f"{name} does not use {_list(wrong, owners, '--')}; give {'them' if len(wrong) > 1 else 'it'} "
@@ -322,11 +341,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as err:
         print(f"mtllm {name}: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:
+        if err.errno not in _DISK_FULL:
+            raise
+        print(f"mtllm {name}: error: {_disk_full(name, err)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt as err:  # Ctrl-C: one line, exit 130 (128 + SIGINT), no traceback
         if _is_main_process():
             print(f"mtllm {name}: {_interrupted(name, err)}", file=sys.stderr, flush=True)
         return 130
     return 0
+
+
+#: A write that failed for want of space: no space left, over quota, a file over the size limit.
+_DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+def _disk_full(name: str, err: OSError) -> str:
+    """What a full disk left and how to go on, for command ``name`` (every output is written crash-safely:
+    a file whole or not at all, predict/encode rows chunk by chunk, training from its last checkpoint)."""
+    where = f" writing {err.filename}" if err.filename else ""
+    if name in ("predict", "encode"):
+        how = "rerun the same command: it continues with the next row"
+    elif name in ("adapt", "finetune", "distill"):
+        how = "rerun the same command with --resume: it continues from the last checkpoint"
+    elif name == "run":
+        how = "rerun the same command: finished stages are skipped, the interrupted one resumes"
+    else:
+        how = "rerun the same command (finished work is kept)"
+    return f"no space left{where} ({err.strerror or err}); free some space, then {how}"
 
 
 def _interrupted(name: str, err: KeyboardInterrupt) -> str:

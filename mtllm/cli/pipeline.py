@@ -32,7 +32,7 @@ Ctrl-C stops the current stage at a checkpoint; rerunning the same command conti
 """
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import json
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -41,6 +41,8 @@ from typing import Any, Callable, Literal
 
 from mtllm._io import atomic_write_json
 from mtllm.errors import ConfigError
+from mtllm.fingerprints import changed_files, json_digest, recording_reads
+from mtllm.locks import exclusive_output
 from mtllm.outputs import claim_output_dir, clear_outputs, foreign_entries
 from mtllm.evaluation.evaluate import EvaluateSettings, run_evaluate
 from mtllm.settings import (EXISTING_DIR, NON_EMPTY, OUTPUT_DIR, SEED, TASK, ModelSettings, build_settings,
@@ -103,7 +105,7 @@ def _split_sections(values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, d
 
 
 def _hash(*parts: Any) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return json_digest(parts, length=16)
 
 
 #: Keys that change how a stage runs or logs, not what it computes: left out of stage hashes, so that
@@ -242,6 +244,9 @@ def _stage_inputs(plan: RunPlan, name: str, hashes: dict[str, str]) -> list[Any]
 
 # ---------------------------------------------------------------------------------------- the stages
 StageResult = tuple[dict[str, str], Any]  # (artefact paths, summary)
+#: The stages whose outputs each stage reads (when they are in the same run).
+UPSTREAM: dict[str, tuple[str, ...]] = {"retrieval": ("stage1",), "distill": ("stage1", "teacher"),
+                                        "eval": ("distill", "teacher")}
 
 
 def _results_artefacts(out: Path) -> dict[str, str]:
@@ -308,9 +313,34 @@ class _Stage:
     """Bookkeeping of one stage folder: skip when done with the same inputs, resume when interrupted with
     them, else (re)run; the stage functions get ``overwrite=True``, since :meth:`check` has claimed the folder."""
 
-    def __init__(self, folder: Path, name: str, inputs_hash: str, overwrite: bool = False):
+    def __init__(self, folder: Path, name: str, inputs_hash: str, overwrite: bool = False,
+                 upstream: tuple["_Stage", ...] = ()):
         self.dir, self.name, self.hash, self.overwrite = folder, name, inputs_hash, overwrite
         self.marker = self.dir / "stage.json"
+        self.upstream = upstream  # the stages of this run whose outputs it reads
+        self.why = ""  # why check() said redo
+
+    def _upstream_records(self) -> dict[str, str]:
+        """The digest of what each upstream stage's outputs were computed from, as its record says now: its inputs
+        hash, the data it read and its own upstream record (a stage redone on changed data has another)."""
+        return {u.name: json_digest({k: (u._info() or {}).get(k) for k in ("hash", "data", "upstream")})
+                for u in self.upstream}
+
+    def stale(self, info: dict[str, Any]) -> str | None:
+        """Why a finished stage with the same inputs hash must still be redone: a data file it read changed
+        (its ``data`` record: :func:`mtllm.fingerprints.recording_reads`), or a stage it reads was redone since.
+        Records from before these were kept have neither, and stand."""
+        changed = changed_files(info.get("data") or {})
+        if changed:
+            more = f" and {len(changed) - 1} more" if len(changed) > 1 else ""
+            return f"a data file it read changed since ({changed[0]}{more})"
+        recorded = info.get("upstream")
+        if isinstance(recorded, dict):
+            now = self._upstream_records()
+            redone = [name for name in recorded if recorded[name] != now.get(name)]
+            if redone:
+                return f"{', '.join(redone)} was redone since"
+        return None
 
     def _info(self) -> dict[str, Any] | None:
         """The folder's ``stage.json``: None when there is none, ``{}`` when it cannot be read (inputs unknown)."""
@@ -324,7 +354,8 @@ class _Stage:
 
     def done(self) -> dict[str, Any] | None:
         info = self._info()
-        return info if info is not None and info.get("hash") == self.hash and info.get("status") == "done" else None
+        finished = info is not None and info.get("hash") == self.hash and info.get("status") == "done"
+        return info if finished and self.stale(info) is None else None
 
     def check(self) -> str:
         """What :meth:`run` will do: ``skip`` (done with the same inputs), ``resume`` (interrupted with them),
@@ -333,7 +364,11 @@ class _Stage:
         ``mtllm run`` did not start there (``fresh``: :func:`mtllm.outputs.claim_output_dir`)."""
         info = self._info()
         if info is not None and info.get("hash") == self.hash:
-            return "skip" if info.get("status") == "done" else "resume"
+            if info.get("status") != "done":
+                return "resume"
+            self.why = self.stale(info) or ""
+            if not self.why:
+                return "skip"
         if info is not None:
             foreign = foreign_entries(self.dir)
             if foreign and not self.overwrite:
@@ -356,7 +391,7 @@ class _Stage:
         removed = clear_outputs(self.dir, keep=frozenset())  # only what mtllm wrote; other files stay
         kept = foreign_entries(self.dir)
         if action == "redo":
-            why = "its stage.json is unreadable" if unreadable else "inputs changed since the last run"
+            why = ("its stage.json is unreadable" if unreadable else self.why or "inputs changed since the last run")
             print(f"[run] {self.name}: {why}; redoing it", flush=True)
         elif removed:
             print(f"[run] {self.name}: removed {', '.join(removed)} from {self.dir}, left by a run without a "
@@ -367,9 +402,10 @@ class _Stage:
         atomic_write_json(self.marker, {"hash": self.hash, "status": "running"})
         return False
 
-    def finish(self, artefacts: dict[str, Any], seconds: float, summary: Any = None) -> dict[str, Any]:
+    def finish(self, artefacts: dict[str, Any], seconds: float, summary: Any = None,
+               data: dict[str, str] | None = None) -> dict[str, Any]:
         info = {"hash": self.hash, "status": "done", "artefacts": artefacts, "seconds": round(seconds, 1),
-                "summary": summary}
+                "summary": summary, "data": data or {}, "upstream": self._upstream_records()}
         atomic_write_json(self.marker, info, indent=1, default=str)
         return info
 
@@ -384,8 +420,9 @@ class _Stage:
         if resume:
             print(f"[run] {self.name}: resuming the interrupted run in {self.dir}", flush=True)
         t0 = time.perf_counter()
-        artefacts, summary = body(plan, resume)
-        info = self.finish(artefacts, time.perf_counter() - t0, summary)
+        with recording_reads() as reads:  # the data files it reads: a later change redoes it
+            artefacts, summary = body(plan, resume)
+        info = self.finish(artefacts, time.perf_counter() - t0, summary, reads)
         _print_artefacts(artefacts)
         print(f"[run] {self.name} done in {info['seconds']:.0f} s", flush=True)
         return info
@@ -425,20 +462,31 @@ def run_pipeline(values: dict[str, Any]) -> dict[str, Any]:
     stages: dict[str, _Stage] = {}
     hashes: dict[str, str] = {}
     for name in plan.stages:  # in the order given: a stage's hash covers the hashes of those before it
-        stages[name] = _Stage(plan.dirs[name], name, _hash(_stage_inputs(plan, name, hashes)), plan.stage1_args.overwrite)
+        upstream = tuple(stages[u] for u in UPSTREAM.get(name, ()) if u in stages)
+        stages[name] = _Stage(plan.dirs[name], name, _hash(_stage_inputs(plan, name, hashes)), plan.stage1_args.overwrite,
+                              upstream)
         hashes[name] = stages[name].hash
-    for stage in stages.values():  # every folder is checked before the first stage starts
-        stage.check()
-    plan.root.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(plan.root / "run_config.json", values, indent=1, default=str)
-    t_run = time.perf_counter()
-    _resolve_models(plan)
-    results: dict[str, Any] = {}
-    for i, (name, stage) in enumerate(stages.items(), 1):
-        what, body = STAGES[name]
-        _header(i, len(plan.stages), name, what.format(task=plan.task_name or plan.pipe.task))
-        results[name] = stage.run(body, plan)
-    total = time.perf_counter() - t_run
+    with contextlib.ExitStack() as held:
+        # one writer per stage folder (mtllm.locks): the folders this run writes (a stage not done, or one whose
+        # upstream stage is to run) are locked for the whole run, before they are checked; a finished stage it
+        # only reads is not, so two runs can share it
+        to_run: set[str] = set()
+        for name, stage in stages.items():
+            if stage.done() is None or any(u.name in to_run for u in stage.upstream):
+                to_run.add(name)
+                held.enter_context(exclusive_output(stage.dir, folder=True, what=f"the {stage.name} stage folder"))
+        for stage in stages.values():  # every folder is checked before the first stage starts
+            stage.check()
+        plan.root.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(plan.root / "run_config.json", values, indent=1, default=str)
+        t_run = time.perf_counter()
+        _resolve_models(plan)
+        results: dict[str, Any] = {}
+        for i, (name, stage) in enumerate(stages.items(), 1):
+            what, body = STAGES[name]
+            _header(i, len(plan.stages), name, what.format(task=plan.task_name or plan.pipe.task))
+            results[name] = stage.run(body, plan)
+        total = time.perf_counter() - t_run
     _print_summary(plan, results, total)
     atomic_write_json(plan.root / "run_summary.json", {"seconds": round(total, 1), "stages": results}, indent=1,
                       default=str)

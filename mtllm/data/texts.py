@@ -5,14 +5,13 @@ teacher and the student always see the same text.
 """
 from __future__ import annotations
 
-import csv
 import logging
 import re
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
-from mtllm._io import read_json_rows, read_text_file
 from mtllm.errors import DataError  # noqa: F401 (raised here, re-exported)
+from mtllm.tables import Table
 
 logger = logging.getLogger(__name__)
 
@@ -36,49 +35,38 @@ def _short(value: object) -> str:
 
 
 def _iter_file(path: Path, text_field: str) -> Iterator[str]:
-    suffix = path.suffix.lower()
-    if suffix == ".txt":
-        # blank-line separated paragraphs; a file without blank lines gives one text per line
-        content = read_text_file(path)
-        blocks = re.split(r"\n\s*\n", content) if re.search(r"\n\s*\n", content) else content.splitlines()
-        yield from blocks
-    elif suffix in (".jsonl", ".json"):
-        for where, row in read_json_rows(path):
-            if isinstance(row, str):  # an array (or lines) of plain strings: the texts themselves
-                yield row
-                continue
-            if not isinstance(row, dict):
-                raise DataError(f"{where}: a {type(row).__name__} {_short(row)}, not an object with a "
-                                f"{text_field!r} field; write one object per row, e.g. {{\"{text_field}\": \"...\"}}")
-            if text_field not in row:
-                raise DataError(f"{where}: no field {text_field!r} (found {sorted(map(str, row))}); set text_field "
-                                f"to the field that holds the text")
-            yield _text(row[text_field], where, text_field)
-    elif suffix in (".csv", ".tsv"):
-        content = read_text_file(path)
-        reader = csv.DictReader(content.splitlines(), delimiter="\t" if suffix == ".tsv" else ",")
-        try:
-            if reader.fieldnames is None or text_field not in reader.fieldnames:
-                raise DataError(f"{path}: no column {text_field!r} (found {reader.fieldnames}); set text_field to "
-                                f"the column that holds the text")
-            for row in reader:
-                yield row[text_field] or ""
-        except csv.Error as err:
-            raise DataError(f"{path}:{reader.line_num}: not valid {suffix[1:].upper()} ({err})") from None
-    elif suffix == ".parquet":
-        import pyarrow as pa
-        import pyarrow.parquet as pq
+    """The texts of one file, streamed by the one table reader (:class:`mtllm.tables.Table`, strict: a malformed
+    row is an error naming its line). ``.txt``: see :func:`_paragraphs`; a JSON line (or ``.json`` item) that is
+    one string is a text; else the ``text_field`` column."""
+    table = Table(path, formats=LOCAL_SUFFIXES, bare_strings=text_field)
+    if table.suffix == ".txt":
+        yield from _paragraphs(table)
+        return
+    table.require([text_field], "set text_field to the column that holds the text")
+    for where, row in table.records():
+        if text_field not in row:
+            raise DataError(f"{where}: no field {text_field!r} (found {sorted(map(str, row))}); set text_field "
+                            f"to the field that holds the text")
+        yield _text(row[text_field], where, text_field)
 
-        try:
-            table = pq.read_table(path)
-        except (pa.ArrowException, OSError) as err:
-            raise DataError(f"{path}: not a readable Parquet file ({err}); check or rewrite the file") from None
-        if text_field not in table.column_names:
-            raise DataError(f"{path}: no column {text_field!r} (found {table.column_names}); set text_field")
-        for i, value in enumerate(table.column(text_field).to_pylist()):
-            yield _text(value, f"{path}: row {i}", text_field)
-    else:
-        raise DataError(f"{path}: unsupported file type {suffix!r}; use one of {', '.join(LOCAL_SUFFIXES)}")
+
+def _paragraphs(table: Table) -> Iterator[str]:
+    """A ``.txt`` file's texts: blank-line separated paragraphs (the lines of each joined by ``\\n``); a file
+    without a blank line after its first line gives one text per line. Two streamed passes (the first stops at
+    the first blank line)."""
+    by_paragraph = any(i and not row["text"].strip() for i, (_, row) in enumerate(table.records()))
+    if not by_paragraph:
+        yield from (row["text"] for _, row in table.records())
+        return
+    lines: list[str] = []
+    for _, row in table.records():
+        if row["text"].strip():
+            lines.append(row["text"])
+        elif lines:
+            yield "\n".join(lines)
+            lines = []
+    if lines:
+        yield "\n".join(lines)
 
 
 def source_problem(source: str, data_dir: str | None = None) -> str | None:

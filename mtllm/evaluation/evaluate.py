@@ -28,6 +28,7 @@ import torch
 
 from mtllm.errors import ConfigError
 from mtllm.evaluation.partial import PartialResults, evaluation_key
+from mtllm.fingerprints import examples_digest, json_digest
 from mtllm.settings import (EXISTING_DIR, MODEL, NAMED_MODELS, NON_EMPTY, OUTPUT_DIR, TASK_OR_RETRIEVAL, InferenceDtype,
                             at_least, check_settings)
 
@@ -321,10 +322,11 @@ def _run_task(s: EvaluateSettings, models: dict[str, Any], progress: bool, parti
         bar = tqdm(langs, desc=f"evaluate {spec.name}", unit="lang")
     for lang in bar:
         n_examples[lang] = len(examples_of[lang])
-        record = partial.get(lang)
+        data = examples_digest(examples_of[lang])
+        record = partial.get(lang, data)
         if record is None:
             record = one_language(lang, examples_of[lang])
-            partial.add(lang, record)
+            partial.add(lang, record, data)
         for name, acc in record["accs"].items():
             accs[name][lang] = acc
         for key, dt in record["seconds"].items():
@@ -444,7 +446,8 @@ def _run_retrieval(s: EvaluateSettings, models: dict[str, Any], progress: bool, 
         target = {e.id: e.texts[0] for e in load_examples("sib200", lang, s.split, data_dir=s.data_dir)}
         ids = [i for i in ids_all if i in target]
         n_examples[lang] = len(ids)
-        record = partial.get(lang)
+        data = json_digest([[i, target[i], english[i]] for i in ids])
+        record = partial.get(lang, data)
         if record is None:
             rows = [pos[i] for i in ids]
             record = {"accs": {}, "fvu": {}, "seconds": {}}
@@ -456,7 +459,7 @@ def _run_retrieval(s: EvaluateSettings, models: dict[str, Any], progress: bool, 
                 if fvu is not None and name in fvu and len(ids) > 1:
                     record["fvu"][name] = alignment_fvu(tgt, eng_cache["llm"][rows])
                 record["seconds"][name] = time.perf_counter() - t0
-            partial.add(lang, record)
+            partial.add(lang, record, data)
         for name, acc in record["accs"].items():
             accs[name][lang] = acc
         for name, value in record["fvu"].items():

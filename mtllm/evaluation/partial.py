@@ -5,8 +5,9 @@ A pocket evaluation of 60 languages takes hours on a laptop CPU; a crash, ``kill
 session at language 50 used to throw away all 50. After each language the evaluation now replaces
 ``<output_dir>/partial_results.json`` (atomically, fsynced) with everything measured so far, under a key
 that hashes every setting that changes the numbers and the saved models' own files
-(:func:`mtllm.modeling.model.model_fingerprint`). A rerun with the same key skips the languages it finds
-there; the file is removed once ``results.json`` is written. Settings that only change *how* it is
+(:func:`mtllm.modeling.model.model_fingerprint`), each language with the digest of the examples it was
+scored on. A rerun with the same key skips the languages it finds there whose data is unchanged (a language
+whose file changed since is evaluated again); the file is removed once ``results.json`` is written. Settings that only change *how* it is
 computed (``batch_size``, ``device``, ``output_dir``) are not in the key, so a run that ran out of memory
 can continue with a smaller batch.
 
@@ -17,7 +18,6 @@ are unchanged (its stage folders are keyed by them), so it always continues.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,6 +25,7 @@ from typing import Any
 
 from mtllm._io import atomic_write_json, remove_path
 from mtllm.errors import ConfigError
+from mtllm.fingerprints import json_digest
 
 __all__ = ["PARTIAL_FILE", "PartialResults", "evaluation_key"]
 
@@ -53,7 +54,7 @@ def evaluation_key(settings: Any) -> dict[str, Any]:
 
 
 def _digest(key: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return json_digest(key, length=16)
 
 
 @dataclass
@@ -101,11 +102,22 @@ class PartialResults:
         """Partial results that keep nothing: for models passed in memory, which no key can identify."""
         return cls(None, {})
 
-    def get(self, lang: str) -> dict[str, Any] | None:
-        return self.langs.get(lang)
+    def get(self, lang: str, data: str) -> dict[str, Any] | None:
+        """The finished record of ``lang`` if it was computed from the same data (``data``: the digest of what the
+        language's score is computed from, :func:`mtllm.fingerprints.examples_digest`), else ``None``: a language
+        whose data file changed since (cut, edited, replaced) is evaluated again, never reported from old data."""
+        record = self.langs.get(lang)
+        if record is not None and record.get("data") != data:
+            print(f"[evaluate] {lang}: its data changed since the interrupted run ({PARTIAL_FILE}); evaluating it "
+                  f"again", flush=True)
+            self.resumed = tuple(code for code in self.resumed if code != lang)
+            return None
+        return record
 
-    def add(self, lang: str, record: dict[str, Any]) -> None:
-        """Record one finished language (the file is replaced atomically and fsynced)."""
+    def add(self, lang: str, record: dict[str, Any], data: str) -> None:
+        """Record one finished language, computed from ``data`` (see :meth:`get`); the file is replaced atomically
+        and fsynced."""
+        record = {**record, "data": data}
         self.langs[lang] = record
         if self.path is not None:
             atomic_write_json(self.path, {"key": self.key, "langs": self.langs}, fsync=True, default=str)

@@ -1,12 +1,12 @@
 """Predictions and embeddings for a user's file, streamed and resumable: ``mtllm predict`` and ``mtllm encode``.
 
 **Input** (:func:`iter_rows`): ``.txt`` (one text per line), ``.csv``, ``.tsv``, ``.jsonl`` (one object per
-line) or ``.parquet``, read row by row (CSV/TSV with the ``csv`` module, JSON lines and text line by line,
-Parquet with ``pyarrow``'s ``iter_batches``), never whole: memory stays that of one chunk of ``chunk_size``
-rows (4096) whatever the file's size. A cheap first pass counts the rows (for the progress bar's ETA and the
-size of a ``.npy`` output) and checks every row that can be checked without the model (so
-``--on_bad_row fail`` stops before any model work). Rows are numbered from 1 (the first data row); a row's
-id is its ``id_column`` value, or its row number when there is no id column.
+line) or ``.parquet``, read row by row by the one table reader, :class:`mtllm.tables.Table` (strict; its
+module doc has the rules: lines, blank lines, what is an error of the file and what a malformed row), never
+whole: memory stays that of one chunk of ``chunk_size`` rows (4096) whatever the file's size. A cheap first
+pass counts the rows (for the progress bar's ETA and the size of a ``.npy`` output) and checks every row that
+can be checked without the model (so ``--on_bad_row fail`` stops before any model work). Rows are numbered
+from 1 (the first data row); a row's id is its ``id_column`` value, or its row number when there is no id column.
 
 **Per chunk**, rows are grouped by language and length-sorted into batches
 (:func:`mtllm.inference.predict.score_texts`, :func:`mtllm.inference.embed.embed_texts`); output rows come out
@@ -17,7 +17,11 @@ empty answer option, or no / an unknown / an uncovered language is, with ``on_ba
 written with an empty label (embedding: NaN in ``.npy``, null in Parquet) and its reason in the ``skipped``
 column, and counted; with ``on_bad_row="fail"`` it is a :class:`~mtllm.errors.DataError` naming the file, the
 row and the column (before any model work for what the first pass sees, else before that chunk is written). A
-pair row with one blank segment is kept, that segment empty, and counted (``blank_segment``).
+pair row with one blank segment is kept, that segment empty, and counted (``blank_segment``). A malformed row
+(:mod:`mtllm.tables`: more or fewer fields than the header, bad quoting, a lone ``\\r``, a JSON line that is not
+an object or not valid JSON, a lone surrogate) is such a bad row too, its reason the reader's (``too many
+fields``, ``not a JSON object``, ...; ``fail`` names its line); a file that cannot be read at all (not UTF-8, no
+header, a quote that never closes) is an error in either mode.
 
 **Resumable.** Output is written chunk by chunk, flushed and fsynced, and after each chunk a small sidecar
 ``<output>.progress.json`` (:data:`PROGRESS_SUFFIX`) is replaced atomically: rows done, the output's byte
@@ -51,7 +55,9 @@ import numpy as np
 
 from mtllm._io import atomic_path, atomic_write_json, file_sha256, remove_path, remove_stale_temporaries
 from mtllm.errors import ConfigError, DataError, UnknownLanguageError, UnsupportedLanguageError
+from mtllm.locks import exclusive_output, lock_file
 from mtllm.settings import MODEL, InferenceDtype, Rule, at_least, check_settings
+from mtllm.tables import Table, lone_surrogate
 
 __all__ = ["INPUT_SUFFIXES", "PREDICT_SUFFIXES", "ENCODE_SUFFIXES", "PROGRESS_SUFFIX", "CHUNK_ROWS", "Row",
            "iter_rows", "count_rows", "PredictFileSettings", "EncodeFileSettings", "predict_file", "encode_file",
@@ -68,7 +74,10 @@ _FORMAT_VERSION = 1
 # ------------------------------------------------------------------------------------------------ reading
 @dataclass(frozen=True)
 class Row:
-    """One input row: its number (from 1), id, and the raw values of the columns in use (``None``: missing)."""
+    """One input row: its number (from 1), id, and the raw values of the columns in use (``None``: missing);
+    ``problem``: for a row the reader found malformed (:class:`mtllm.tables.TableRow`: too many fields, not a JSON
+    object, a lone surrogate, ...), ``(reason, column, detail)`` as :meth:`_Job._row_problem` gives it (its values
+    are then ``None``, its id the row number unless ``id_column`` could be read)."""
 
     number: int
     id: Any
@@ -76,92 +85,11 @@ class Row:
     pair: Any = None
     lang: Any = None
     options: tuple = ()
+    problem: tuple[str, str, str] | None = None
 
 
 def _suffix(path: str | Path) -> str:
     return Path(path).suffix.lower()
-
-
-def _not_utf8(path: Path, where: str, err: UnicodeDecodeError) -> DataError:
-    return DataError(f"{path} is not UTF-8 ({where}: invalid byte 0x{err.object[err.start]:02x}); re-encode it, e.g. "
-                     f"`iconv -f LATIN1 -t UTF-8 {path.name} > {path.stem}.utf8{path.suffix}`")
-
-
-def _records(path: Path, columns: Sequence[str], batch_rows: int) -> Iterator[tuple[int, dict[str, Any]]]:
-    """``(row number, {column: value})`` of every data row of ``path``, streamed; a column a row lacks is
-    absent from its dict. A missing column (in a CSV header or Parquet schema) is a :class:`DataError`."""
-    suffix = _suffix(path)
-    if suffix == ".txt":
-        number = 0
-        try:
-            with open(path, encoding="utf-8-sig") as fh:
-                for number, line in enumerate(fh, 1):
-                    yield number, {"text": line.rstrip("\n")}
-        except UnicodeDecodeError as err:
-            raise _not_utf8(path, f"line {number + 1}", err) from None
-    elif suffix in (".csv", ".tsv"):
-        number = 0
-        try:
-            with open(path, encoding="utf-8-sig", newline="") as fh:
-                reader = csv.reader(fh, delimiter="\t" if suffix == ".tsv" else ",")
-                header = next(reader, None)
-                if header is None:
-                    raise DataError(f"{path} is empty: a {suffix[1:].upper()} input needs a header row naming its "
-                                    f"columns, e.g. id,text")
-                missing = [c for c in columns if c not in header]
-                if missing:
-                    raise DataError(f"{path}: no column {missing[0]!r} (found {header}); set the *_column settings "
-                                    f"to the file's column names")
-                where = {c: header.index(c) for c in columns}
-                for values in reader:
-                    if not values:  # a blank line is no row (as csv.DictReader reads it)
-                        continue
-                    number += 1
-                    yield number, {c: values[i] for c, i in where.items() if i < len(values)}
-        except UnicodeDecodeError as err:
-            raise _not_utf8(path, f"after row {number}", err) from None
-        except csv.Error as err:
-            raise DataError(f"{path}: row {number + 1}: not valid {suffix[1:].upper()} ({err})") from None
-    elif suffix == ".jsonl":
-        number = 0
-        line_no = 0
-        try:
-            with open(path, encoding="utf-8-sig") as fh:
-                for line_no, line in enumerate(fh, 1):
-                    if not line.strip():
-                        continue
-                    number += 1
-                    try:
-                        record = json.loads(line)
-                    except json.JSONDecodeError as err:
-                        raise DataError(f"{path}:{line_no}: not valid JSON ({err.msg}); each line must be one JSON "
-                                        f"object") from None
-                    if not isinstance(record, dict):
-                        raise DataError(f"{path}:{line_no}: a {type(record).__name__}, not an object; write one "
-                                        f"object per line, e.g. {{\"id\": 1, \"text\": \"...\"}}")
-                    yield number, record
-        except UnicodeDecodeError as err:
-            raise _not_utf8(path, f"line {line_no + 1}", err) from None
-    elif suffix == ".parquet":
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        try:
-            pf = pq.ParquetFile(path)
-        except (pa.ArrowException, OSError) as err:
-            raise DataError(f"{path}: not a readable Parquet file ({err}); check or rewrite the file") from None
-        names = pf.schema_arrow.names
-        missing = [c for c in columns if c not in names]
-        if missing:
-            raise DataError(f"{path}: no column {missing[0]!r} (found {names}); set the *_column settings to the "
-                            f"file's column names")
-        number = 0
-        for batch in pf.iter_batches(batch_size=batch_rows, columns=list(dict.fromkeys(columns))):
-            for record in batch.to_pylist():
-                number += 1
-                yield number, record
-    else:
-        raise DataError(f"{path}: unsupported input type {suffix!r}; use one of {', '.join(INPUT_SUFFIXES)}")
 
 
 def _blank(value: Any) -> bool:
@@ -171,14 +99,28 @@ def _blank(value: Any) -> bool:
 def iter_rows(path: str | Path, *, text_column: str = "text", pair_column: str | None = None,
               lang_column: str | None = None, id_column: str | None = None, option_columns: Sequence[str] = (),
               batch_rows: int = CHUNK_ROWS) -> Iterator[Row]:
-    """The rows of ``path`` (see the module doc), streamed. A ``.txt`` file has one text per line and no
-    columns. A text, pair or option that is not a string (or null), and a row without an id in ``id_column``,
-    are :class:`DataError` s naming the row."""
+    """The rows of ``path`` (see the module doc), streamed by the one table reader (:class:`mtllm.tables.Table`,
+    whose rules and errors are those of every table mtllm reads). A ``.txt`` file has one text per line and no
+    columns. A file that cannot be read (not UTF-8, no header, a missing column, a quote that never closes) is a
+    :class:`DataError`; a malformed row (too many fields, a JSON line that is not an object, a lone surrogate,
+    ...) is a :class:`Row` whose ``problem`` says why (``--on_bad_row`` decides). A text, pair or option that is
+    not a string (or null), and a row without an id in ``id_column``, are :class:`DataError` s naming the row."""
     path = Path(path)
     is_txt = _suffix(path) == ".txt"
     text_key = "text" if is_txt else text_column
     columns = [c for c in (text_column, pair_column, lang_column, id_column, *option_columns) if c] if not is_txt else []
-    for number, rec in _records(path, columns, batch_rows):
+    table = Table(path, select=columns, batch_rows=batch_rows, formats=INPUT_SUFFIXES)
+    table.require(columns, "set the *_column settings to the file's column names")
+    for trow in table:
+        number, rec = trow.number, trow.values
+        if trow.problem is not None:
+            row_id = number if id_column is None else rec.get(id_column)
+            if isinstance(row_id, str) and lone_surrogate(row_id) is not None:
+                row_id = None  # an id no output can hold
+            detail = (f"line {trow.line}: " if trow.line is not None else "") + trow.problem
+            yield Row(number, None if _blank(row_id) else row_id, None, problem=(trow.reason or "malformed row", "",
+                                                                                  detail))
+            continue
         values = {}
         for role, col in (("text", text_key), ("pair", pair_column), ("lang", lang_column)):
             if col is None:
@@ -242,7 +184,8 @@ def _output_file(suffixes: Sequence[str]):
             return f"{parent} is a file, not a folder"
         if getattr(settings, "input", None) and path.resolve() == Path(settings.input).expanduser().resolve():
             return "it is the input file; write the output elsewhere"
-        return None
+        given = getattr(settings, "input", None)
+        return output_problem(path, Path(str(given)).expanduser() if given else None)
     return problem
 
 
@@ -330,6 +273,49 @@ def output_paths(output: str | Path) -> list[Path]:
     if _suffix(output) == ".npy":
         paths += [output.with_name(output.name + ".partial"), _ids_path(output)]
     return paths
+
+
+def written_names(output: Path) -> list[Path]:
+    """Every path a run for ``output`` writes, removes or locks: :func:`output_paths`, the lock file and its
+    holder record (each may also get crash-safe temporaries ``.<name>.tmp-<pid>``, :func:`_touches`)."""
+    lock = lock_file(output, folder=False)
+    return [*output_paths(output), lock, Path(f"{lock}.json")]
+
+
+def _touches(written: Path, other: Path) -> bool:
+    """Whether writing or removing ``written`` (and its temporaries) touches ``other``: the same path, links to
+    one file, ``other`` inside the folder ``written``, or ``other`` named like a temporary of ``written``."""
+    try:
+        if written.exists() and other.exists() and os.path.samefile(written, other):
+            return True
+    except OSError:
+        pass
+    rw, ro = written.resolve(), other.resolve()
+    temporary = ro.parent == rw.parent and ro.name.startswith(f".{rw.name}.tmp-")
+    return rw == ro or rw in ro.parents or temporary
+
+
+def output_problem(output: Path, input_path: Path | None) -> str | None:
+    """Why a predict/encode ``output`` cannot be written for ``input_path``: one of the files it writes or
+    removes (:func:`written_names`: the ``.ids.txt`` of an ``.npy``, the progress record, parquet part files,
+    the lock) is the input or holds it, or a name is longer than the file system allows. ``None``: fine."""
+    names = written_names(output)
+    if input_path is not None:
+        for path in names:
+            if _touches(path, input_path):
+                what = "the output" if path == output else f"{path.name}, which a run for this output writes"
+                return (f"{what} would overwrite the input {input_path}; choose an output name whose companion "
+                        f"files do not touch the input (e.g. another stem or folder)")
+    folder = next((p for p in output.parents if p.is_dir()), Path("."))
+    try:
+        limit = os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        limit = 255
+    longest = max((p.with_name(f".{p.name}.tmp-{'9' * 10}") for p in names), key=lambda p: len(os.fsencode(p.name)))
+    if len(os.fsencode(longest.name)) > limit:
+        return (f"the output name is too long: a run writes {longest.name[:40]}... ({len(os.fsencode(longest.name))} "
+                f"bytes), over this file system's limit of {limit} bytes per name; choose a shorter output name")
+    return None
 
 
 def _fsync_append(path: Path, data: bytes) -> int:
@@ -536,8 +522,8 @@ class _Counts:
 
 
 def _bad(path: Path, row: Row, column: str, reason: str, detail: str = "") -> DataError:
-    return DataError(f"{path}: row {row.number} (id {row.id!r}), column {column!r}: {reason}"
-                     + (f" ({detail})" if detail else "") + "; fix the row, or rerun with --on_bad_row skip (it writes "
+    return DataError(f"{path}: row {row.number} (id {row.id!r})" + (f", column {column!r}" if column else "")
+                     + f": {reason}" + (f" ({detail})" if detail else "") + "; fix the row, or rerun with --on_bad_row skip (it writes "
                      f"the row with an empty label and skipped: {reason!r}, and counts it)")
 
 
@@ -578,6 +564,8 @@ class _Job:
     # ------------------------------------------------------------------ rows
     def _row_problem(self, row: Row) -> tuple[str, str, str] | None:
         """(reason, column, detail) of a row that cannot be used, from the row alone (no model)."""
+        if row.problem is not None:  # malformed: the reader's reason (column ""), e.g. "too many fields"
+            return row.problem
         if _blank(row.text) and (self.pair_column is None or _blank(row.pair)):
             cols = self.text_column + (f" / {self.pair_column}" if self.pair_column else "")
             return "no text", cols, "blank or missing"
@@ -599,10 +587,21 @@ class _Job:
         """Count the rows and check what can be checked without the model; returns (rows, id kind: ``int``
         or ``str``)."""
         n, all_int = 0, True
+        first_of_kind: dict[str, int] = {}  # id type -> the first row with it (a parquet id column has one type)
         for row in iter_rows(self.input, **self._columns()):
             n += 1
             if self.s.id_column is not None and not (isinstance(row.id, int) and not isinstance(row.id, bool)):
                 all_int = False
+            if self.s.id_column is not None and _suffix(self.output) == ".parquet":
+                kind = "integer" if isinstance(row.id, int) and not isinstance(row.id, bool) else \
+                    "string" if isinstance(row.id, str) else type(row.id).__name__
+                first_of_kind.setdefault(kind, row.number)
+                if len(first_of_kind) > 1 or kind not in ("integer", "string"):
+                    seen = ", ".join(f"{k} (first at row {r})" for k, r in first_of_kind.items())
+                    raise DataError(f"{self.input}: the ids in column {self.s.id_column!r} are of types {seen}: a "
+                                    f"parquet id column holds integers or strings, one type; make the ids all "
+                                    f"integers or all strings, or write a .jsonl / .csv output, which keeps each id "
+                                    f"as it is")
             if self.s.on_bad_row == "fail" and (problem := self._row_problem(row)) is not None:
                 raise _bad(self.input, row, problem[1], problem[0], problem[2])
             if self.kind == "encode" and _suffix(self.output) == ".npy" and any(c in str(row.id) for c in "\r\n"):
@@ -646,6 +645,20 @@ class _Job:
 
     # ------------------------------------------------------------------ run
     def run(self) -> dict:
+        """The whole job, holding the output's lock (one writer per output: :mod:`mtllm.locks`)."""
+        with exclusive_output(self.output, folder=False, what="output"):
+            return self._run()
+
+    def _check_input_unchanged(self) -> None:
+        """Refuse to mark the output complete when the input changed while the job read it: its rows may come
+        from both versions. The progress record keeps the start's input hash, so a rerun asks for --overwrite."""
+        now = {"size": self.input.stat().st_size, "sha256": file_sha256(self.input)}
+        if now != self.identity["input"]:
+            raise DataError(f"{self.input} changed while {self.kind} ran (sha256 {self.identity['input']['sha256'][:12]} "
+                            f"at the start, {now['sha256'][:12]} now): {self.output} may mix rows of both versions and "
+                            f"is not marked complete; rerun with --overwrite once the input stays put")
+
+    def _run(self) -> dict:
         t0 = time.perf_counter()
         self.identity = self._identity()
         record = self.claim(self.identity)
@@ -698,6 +711,7 @@ class _Job:
                 done = self._chunk(model, chunk, sink, counts, bar, identify, n_rows)
         finally:
             bar.close()
+        self._check_input_unchanged()
         sink.finish()
         self._write_progress({**self.identity, "rows_total": n_rows, "rows_done": done, "state": sink.state(),
                               "counts": counts.to_dict(), "complete": True})

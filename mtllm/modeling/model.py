@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import re
@@ -26,7 +27,7 @@ from mtllm.modeling.config import LoraSettings, MTLLMConfig
 from mtllm.modeling.pooling import get_pooler, span_mean_pool
 from mtllm.errors import ConfigError
 from mtllm.sources import (check_model_folder, check_safetensors, from_hub, load_encoder, load_llm, load_tokenizer,
-                           looks_local, read_json_file)
+                           looks_local, read_json_file, refuse_custom_code)
 
 logger = logging.getLogger(__name__)
 
@@ -613,6 +614,12 @@ class MTLLMModel(PreTrainedModel):
                   metadata={"format": "pt"})
         if _is_peft(self.llm):
             self.llm.save_pretrained(str(out / ADAPTER_DIR))
+            # the adapter names its base as config.json does (PEFT writes the loaded folder's path), so a load
+            # can tell an adapter of another base model from this one (_check_saved_folder)
+            adapter_cfg = out / ADAPTER_DIR / "adapter_config.json"
+            data = json.loads(adapter_cfg.read_text(encoding="utf-8"))
+            data["base_model_name_or_path"] = config.llm_name_or_path
+            adapter_cfg.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
     def base_llm_unwrapped_save(self, path: Path) -> None:
         """Save the LLM's base weights (without the trainable LoRA) to ``path``."""
@@ -685,7 +692,7 @@ class MTLLMModel(PreTrainedModel):
 
         root = _mtllm_folder(pretrained_model_name_or_path)
         if config is None:
-            config = MTLLMConfig.from_pretrained(root)
+            config = MTLLMConfig.from_pretrained(root)  # mtllm's own config class: no code from the folder
         elif not isinstance(config, MTLLMConfig):
             raise ConfigError(f"config= must be an MTLLMConfig (the config of a saved MT-LLM), not a "
                               f"{type(config).__name__}")
@@ -698,6 +705,9 @@ class MTLLMModel(PreTrainedModel):
         _check_base_refs(root, [("encoder", config.encoder_name_or_path, ref(config.encoder_name_or_path))
                                 if config.has_encoder and encoder is None else None,
                                 ("LLM", config.llm_name_or_path, ref(config.llm_name_or_path)) if llm is None else None])
+        _check_saved_folder(root, config, encoder_ref=ref(config.encoder_name_or_path)
+                            if config.has_encoder and encoder is None else None,
+                            llm_ref=ref(config.llm_name_or_path) if llm is None else None)
         enc = None
         if config.has_encoder:
             enc = load_encoder(encoder if encoder is not None else ref(config.encoder_name_or_path), dtype=dtype)
@@ -831,7 +841,12 @@ def _add_lora(llm: nn.Module, lora: dict) -> nn.Module:
 
 
 def _hidden_size(model: nn.Module) -> int:
-    cfg = model.config
+    return _config_hidden_size(model.config, type(model).__name__)
+
+
+def _config_hidden_size(cfg: Any, what: str) -> int:
+    """The hidden size a transformers config declares (``hidden_size``, ``d_model`` or ``dim``, or its text
+    config's ``hidden_size``)."""
     for name in ("hidden_size", "d_model", "dim"):
         value = getattr(cfg, name, None)
         if isinstance(value, int):
@@ -839,7 +854,89 @@ def _hidden_size(model: nn.Module) -> int:
     text = getattr(cfg, "get_text_config", lambda: None)()
     if text is not None and isinstance(getattr(text, "hidden_size", None), int):
         return text.hidden_size
-    raise ValueError(f"cannot tell the hidden size of {type(model).__name__}")
+    raise ValueError(f"cannot tell the hidden size of {what}")
+
+
+def _tensor_shapes(path: Path) -> dict[str, list[int]]:
+    """Name -> shape of every tensor in a safetensors file, from its header alone (no weights are read)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as fh:
+        return {key: list(fh.get_slice(key).get_shape()) for key in fh.keys()}
+
+
+def _same_base(recorded: str, name: str | None, resolved: str | None) -> bool:
+    """Whether an adapter's recorded base model (``base_model_name_or_path``) is the LLM ``name`` (as config.json
+    names it) found at ``resolved``: the same name or path, the same folder, or, for a folder that has moved
+    since (a cache in another place), a missing folder of the same name."""
+    if recorded in (name, resolved):
+        return True
+    if resolved is None or not Path(resolved).exists():
+        return False
+    old = Path(recorded).expanduser()
+    if old.exists():
+        return os.path.samefile(old, resolved)
+    return looks_local(recorded) and old.name == Path(resolved).name
+
+
+def _check_saved_folder(root: Path, config: MTLLMConfig, *, encoder_ref: str | None, llm_ref: str | None) -> None:
+    """Check a saved MT-LLM against itself and its base models before any weights load (a wrong folder is one
+    :class:`~mtllm.errors.ConfigError` line, not a traceback from deep inside a load): the base models' hidden
+    sizes and types in their ``config.json`` (``encoder_ref`` / ``llm_ref``: ``None`` for instances passed in,
+    checked after), the shapes in ``model.safetensors`` (up-projection, head) against ``config.json``, and the
+    LoRA adapter's base model, rank and input sizes."""
+    from transformers import AutoConfig
+
+    from mtllm.sources import load_source, resolve_source
+
+    for role, ref, size, kind in (("encoder", encoder_ref, config.encoder_hidden_size,
+                                   config.to_dict().get("encoder_model_type")),
+                                  ("LLM", llm_ref, config.llm_hidden_size, config.to_dict().get("llm_model_type"))):
+        if ref is None:
+            continue
+        base = load_source(ref, role, lambda path: AutoConfig.from_pretrained(path, trust_remote_code=False))
+        found_kind = getattr(base, "model_type", None)
+        text = getattr(base, "get_text_config", lambda: base)()
+        if kind and found_kind and kind != found_kind and kind != getattr(text, "model_type", None):
+            _check_type(role, kind, found_kind, ref)
+        _check_size(f"{role} hidden size", size, _config_hidden_size(base, f"the {role} {ref}"), ref)
+    weights = root / WEIGHTS_NAME
+    shapes = _tensor_shapes(weights)
+    expected: dict[str, list[int]] = {}
+    if config.has_encoder:
+        expected.update({"projection.weight": [config.llm_hidden_size, config.encoder_hidden_size],
+                         "projection.bias": [config.llm_hidden_size]})
+    if config.head_kind:
+        out = len(config.label_names) if config.head_kind == "classification" else 1
+        expected.update({"head.weight": [out, config.llm_hidden_size], "head.bias": [out]})
+    wrong = [f"{k} is {shapes[k]}, config.json says {v}" for k, v in expected.items() if k in shapes and shapes[k] != v]
+    wrong += [f"{k} is not a tensor of an MT-LLM with this config" for k in shapes if k not in expected]
+    wrong += [f"{k} is missing" for k in expected if k not in shapes]
+    if wrong:
+        raise ConfigError(f"{weights} does not belong to {root / 'config.json'}: {'; '.join(wrong[:4])} (the weights or "
+                          f"the head of another model?): {_MTLLM_FIX}")
+    adapter = root / ADAPTER_DIR
+    if not adapter.is_dir():
+        return
+    adapter_cfg = read_json_file(adapter / "adapter_config.json", fix=_MTLLM_FIX)
+    recorded = adapter_cfg.get("base_model_name_or_path") if isinstance(adapter_cfg, dict) else None
+    if llm_ref is not None and isinstance(recorded, str) and recorded:
+        resolved = resolve_source(llm_ref, what="LLM")  # a folder (checked by _check_base_refs), or a hub id
+        if not _same_base(recorded, config.llm_name_or_path, resolved):
+            raise ConfigError(f"{adapter} is a LoRA adapter trained on {recorded!r}, but {root / 'config.json'} names "
+                              f"the LLM {config.llm_name_or_path!r}: an adapter of another model was copied in; "
+                              f"{_MTLLM_FIX}")
+    rank = adapter_cfg.get("r") if isinstance(adapter_cfg, dict) else None
+    first_layer_inputs = ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj")
+    for key, shape in _tensor_shapes(adapter / "adapter_model.safetensors").items():
+        if "lora_A" not in key or len(shape) != 2:
+            continue
+        if isinstance(rank, int) and not adapter_cfg.get("rank_pattern") and shape[0] != rank:
+            raise ConfigError(f"{adapter}: {key} has rank {shape[0]}, adapter_config.json says r={rank}: the "
+                              f"adapter's files come from two models; {_MTLLM_FIX}")
+        if any(f".{name}." in key for name in first_layer_inputs) and shape[1] != config.llm_hidden_size:
+            raise ConfigError(f"{adapter}: {key} takes inputs of size {shape[1]}, this MT-LLM's LLM has hidden size "
+                              f"{config.llm_hidden_size}: an adapter of another model; {_MTLLM_FIX}")
 
 
 def _float_dtype(model: nn.Module) -> torch.dtype:
@@ -897,6 +994,7 @@ def _mtllm_folder(ref: str | os.PathLike) -> Path:
         raise ConfigError(f"{cfg} is the config of a {kind!r} model, not of an MT-LLM (model_type "
                           f"{MTLLMConfig.model_type!r}): a plain transformers model is given as the encoder or llm "
                           f"setting, not loaded as an MT-LLM")
+    refuse_custom_code(root, str(root), "mtllm")
     check_safetensors(root / WEIGHTS_NAME, fix=_MTLLM_FIX)
     if (root / ADAPTER_DIR).exists():
         check_model_folder(root / ADAPTER_DIR, kind="adapter", what="the MT-LLM's LoRA adapter")
@@ -906,7 +1004,7 @@ def _mtllm_folder(ref: str | os.PathLike) -> Path:
 def _check_base_refs(root: Path, refs: Sequence[tuple[str, str | None, str | None] | None]) -> None:
     """Check each ``(role, name in config.json, resolved)`` base-model reference of the MT-LLM in ``root``
     before any of them loads: a local one must be a complete model folder (it is never sent to the hub)."""
-    from mtllm.errors import UserError
+    from mtllm.errors import CustomCodeError, UserError
     from mtllm.sources import resolve_source
 
     for item in refs:
@@ -918,6 +1016,8 @@ def _check_base_refs(root: Path, refs: Sequence[tuple[str, str | None, str | Non
                               f"{_MTLLM_FIX}")
         try:
             resolve_source(resolved, what=role)
+        except CustomCodeError as err:  # not a broken copy: the folder is what it is
+            raise CustomCodeError(f"{root / 'config.json'} refers to the {role} {name!r}: {err}") from None
         except UserError as err:
             fix = ("the model was saved with its base models inside (full=True): copy the whole folder again"
                    if name.startswith("./") else f"restore that path, or pass {role.lower()}= (a loaded model)")
@@ -1005,13 +1105,13 @@ def _is_loadable_ref(ref: str | None) -> bool:
 
 def _check_size(what: str, saved: int | None, found: int, source: str | None) -> None:
     if saved is not None and saved != found:
-        raise ValueError(f"model mismatch: the saved MT-LLM was built with {what} {saved}, but the loaded "
+        raise ConfigError(f"model mismatch: the saved MT-LLM was built with {what} {saved}, but the loaded "
                          f"model ({source}) has {found}. Load it with the base models it was trained with.")
 
 
 def _check_type(what: str, saved: str | None, found: str | None, source: str | None) -> None:
     if saved and found and saved != found:
-        raise ValueError(f"model mismatch: the saved MT-LLM was trained on a {saved!r} {what}, but the loaded {what} "
+        raise ConfigError(f"model mismatch: the saved MT-LLM was trained on a {saved!r} {what}, but the loaded {what} "
                          f"({source}) is a {found!r}. Load it with the base models it was trained with.")
 
 
@@ -1019,6 +1119,6 @@ def _refuse_pickles(root: Path) -> None:
     """Checkpoints must not be able to run code: refuse pickled weights."""
     for bad in ("pytorch_model.bin", "adapter/adapter_model.bin", "model.bin", "training_args.bin"):
         if (root / bad).exists():
-            raise ValueError(f"{root / bad} is a pickle file, which can run arbitrary code when loaded; mtllm "
+            raise ConfigError(f"{root / bad} is a pickle file, which can run arbitrary code when loaded; mtllm "
                              f"only loads safetensors. Convert it with safetensors.torch.save_file from a "
                              f"trusted environment.")

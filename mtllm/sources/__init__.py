@@ -28,7 +28,7 @@ from typing import Any, Callable, TypeVar
 import torch
 from torch import nn
 
-from mtllm.errors import ConfigError, DataError, UserError
+from mtllm.errors import ConfigError, CustomCodeError, DataError, UserError
 
 logger = logging.getLogger(__name__)
 
@@ -90,9 +90,37 @@ def check_model_folder(path: str | Path, *, kind: str = "model", what: str | Non
                     "; it is not a complete model folder (an interrupted copy or download?): copy or save it again")
             raise ConfigError(f"{name} has no {required}{hint}")
         read_json_file(path / required, fix="copy or save the model folder again")
+    refuse_custom_code(path, name, kind)
     if kind != "tokenizer":
         _check_weights(path, name, kind)
     return path
+
+
+def refuse_custom_code(path: Path, name: str, kind: str) -> None:
+    """Refuse a folder whose config or tokenizer config asks for code shipped with it (``auto_map``), or whose
+    ``model_type`` transformers does not know (it could only be custom code): mtllm never runs code from a
+    model folder (every load passes ``trust_remote_code=False``), and says so before anything loads."""
+    for file in ("config.json", "tokenizer_config.json"):
+        data = read_json_file(path / file, fix="copy or save the model folder again") if (path / file).is_file() else None
+        if isinstance(data, dict) and data.get("auto_map"):
+            raise CustomCodeError(f"{name} needs custom code ({file} has auto_map: {_short(data['auto_map'])}); mtllm never "
+                              f"runs code from a model folder: use a model that standard transformers classes load")
+    if kind != "model":
+        return
+    data = read_json_file(path / "config.json", fix="copy or save the model folder again")
+    model_type = data.get("model_type") if isinstance(data, dict) else None
+    if model_type is not None:
+        from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+        if model_type not in CONFIG_MAPPING:
+            raise CustomCodeError(f"{name}: its config.json has model_type {str(model_type)[:60]!r}, which this "
+                              f"transformers does not know (custom code, or a newer transformers); mtllm never runs "
+                              f"code from a model folder: use a supported model, or upgrade transformers")
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = json.dumps(value, ensure_ascii=False, default=str)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _check_weights(path: Path, name: str, kind: str) -> None:
@@ -223,9 +251,19 @@ def from_hub(ref: str, what: str, load: Callable[[str], _T]) -> _T:
 
 def load_source(source: str | Path, what: str, load: Callable[[str], _T], *, kind: str = "model") -> _T:
     """``load(path)`` for a source (``what`` names it in errors): ``pocket:``/``tiny:`` converted, local paths
-    checked first (:func:`resolve_source`), hub ids via :func:`from_hub`. Every loader goes through this."""
+    checked first (:func:`resolve_source`), hub ids via :func:`from_hub`. Every loader goes through this.
+
+    A hub model that needs its own code is refused in one line (transformers, told ``trust_remote_code=False``,
+    raises; it never asks)."""
     path = resolve_source(source, kind=kind, what=what)
-    return load(path) if Path(path).exists() else from_hub(path, what, load)
+    try:
+        return load(path) if Path(path).exists() else from_hub(path, what, load)
+    except ValueError as err:
+        if "trust_remote_code" not in str(err) or isinstance(err, UserError):
+            raise
+        raise CustomCodeError(f"{what} {source} needs custom code (transformers: it has code of its own to run); mtllm "
+                          f"never runs code from a model folder or the hub: use a model that standard transformers "
+                          f"classes load") from None
 
 
 def tiny_path(name: str) -> Path:
@@ -368,7 +406,8 @@ def load_tokenizer(source: str | Path, *, optional: bool = False, what: str = "t
 
     def load(path: str):
         local = Path(path).is_dir()
-        tok = AutoTokenizer.from_pretrained(path) if not local or has_tokenizer_files(path) else None
+        tok = (AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+               if not local or has_tokenizer_files(path) else None)
         if tok is None or _is_empty_tokenizer(tok):
             if optional:
                 logger.info("%s %s has no tokenizer files: loaded without a tokenizer (text input needs one)",

@@ -446,7 +446,7 @@ def convert_gemma_gguf(source: str | os.PathLike[str], out_dir: str | os.PathLik
     )
     if getattr(model, "hf_quantizer", None) is not None or getattr(model.config, "quantization_config", None):
         raise RuntimeError(f"{source}: transformers kept the GGUF weights quantised; cannot save them")
-    tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
+    tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name, trust_remote_code=False)
     bos_id = tokenizer.bos_token_id
     if bos_id is None:
         raise ValueError(f"{source}: the GGUF tokenizer has no bos token")
@@ -463,7 +463,7 @@ def convert_gemma_gguf(source: str | os.PathLike[str], out_dir: str | os.PathLik
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
 
-    ids = AutoTokenizer.from_pretrained(out_dir)("hi").input_ids
+    ids = AutoTokenizer.from_pretrained(out_dir, trust_remote_code=False)("hi").input_ids
     if ids[0] != bos_id or ids.count(bos_id) != 1:
         raise RuntimeError(f"the saved Gemma tokenizer does not add exactly one bos (id {bos_id}): {ids}")
     return {"gguf_tokenizer_added_bos": gguf_adds_bos, "parameters": model.num_parameters()}

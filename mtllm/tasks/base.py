@@ -33,7 +33,7 @@ import contextlib
 import contextvars
 import csv
 import difflib
-import io
+import itertools
 import os
 import re
 import warnings
@@ -41,9 +41,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Iterable, Iterator, Mapping, Sequence
 
-from mtllm._io import read_json_rows, read_text_file
 from mtllm.data.languages import FLORES200, UnknownLanguageError, suggest_languages, validate_lang
 from mtllm.errors import ConfigError, DataError
+from mtllm.tables import Table
 
 __all__ = [
     "Example", "Examples", "LoadReport", "TaskSpec", "TASKS", "SPLITS", "KINDS", "KIND_COLUMNS", "DATA_DIR_ENV",
@@ -418,64 +418,47 @@ def _normalise_split(split: str) -> str:
     return s
 
 
-def _read_text(path: Path) -> str:
-    """:func:`mtllm._io.read_text_file`, its error as a :class:`TaskDataError`."""
+#: The file types of task data (:func:`_read_rows`).
+_TASK_SUFFIXES = (".jsonl", ".tsv", ".csv", ".parquet")
+
+
+def _task_error(err: DataError) -> TaskDataError:
+    return err if isinstance(err, TaskDataError) else TaskDataError(str(err))
+
+
+def _strict(rows: Iterator[tuple[str, dict[str, Any]]]) -> Iterator[Row]:
+    """``rows`` (:meth:`mtllm.tables.Table.records`), their errors as :class:`TaskDataError` s."""
     try:
-        return read_text_file(path)
-    except TaskDataError:
-        raise
+        yield from rows
     except DataError as err:
-        raise TaskDataError(str(err)) from None
+        raise _task_error(err) from None
+
+
+def _read_lines(path: Path) -> Iterator[str]:
+    """The lines of a text file (:class:`mtllm.tables.Table`: UTF-8, split at ``\\n`` only), streamed."""
+    try:
+        table = Table(path, formats=(".txt",))
+    except DataError as err:
+        raise _task_error(err) from None
+    return (row["text"] for _, row in _strict(table.records()))
 
 
 def _read_rows(path: Path, *, quoting: int = csv.QUOTE_MINIMAL) -> tuple[list[str], Iterator[Row]]:
-    """Columns and rows of a .tsv/.csv/.jsonl file; ``where`` is ``path:line`` for error messages."""
-    suffix = path.suffix.lower()
-    if suffix == ".jsonl":
-        rows: list[Row] = []
-        try:
-            json_rows = list(read_json_rows(path))
-        except TaskDataError:
-            raise
-        except DataError as err:
-            raise TaskDataError(str(err)) from None
-        for where, obj in json_rows:
-            if not isinstance(obj, dict):
-                raise TaskDataError(f"{where}: expected a JSON object per line, got {type(obj).__name__}.")
-            rows.append((where, obj))
-        return (list(rows[0][1]) if rows else []), iter(rows)
-    if suffix in (".tsv", ".csv"):
-        text = _read_text(path)
-        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if suffix == ".tsv" else ",",
-                                quoting=quoting)
-        columns = list(reader.fieldnames or [])
-
-        def gen() -> Iterator[Row]:
-            for row in reader:
-                if None in row:  # more fields than columns
-                    raise TaskDataError(f"{path}:{reader.line_num}: {len(columns) + len(row[None])} fields but "
-                                        f"the header has {len(columns)} ({columns}); check the delimiter/quoting.")
-                yield f"{path}:{reader.line_num}", row
-        return columns, gen()
-    if suffix == ".parquet":
-        return _read_parquet(path)
-    raise TaskDataError(f"{path}: unsupported file type {suffix!r}; use .jsonl, .tsv, .csv or .parquet.")
-
-
-def _read_parquet(path: Path) -> tuple[list[str], Iterator[Row]]:
-    """Columns and rows of a Parquet file (``pyarrow``); ``where`` is ``path row i`` (0-based)."""
+    """Columns and rows of a .tsv/.csv/.jsonl/.parquet file, streamed by the one table reader
+    (:class:`mtllm.tables.Table`: strict; a malformed row is an error naming its line); ``where`` is
+    ``path:line`` (Parquet: ``path: row N``) for error messages. A JSON-lines file has no header: its columns
+    are the keys of its first row."""
     try:
-        import pyarrow.parquet as pq
-    except ImportError as err:  # pragma: no cover - pyarrow comes with datasets
-        raise TaskDataError(f"{path}: reading Parquet needs the pyarrow package ({err}); pip install pyarrow, or "
-                            f"convert the file to .jsonl/.csv/.tsv.") from None
-    try:
-        table = pq.read_table(path)
-    except Exception as err:  # not Parquet, damaged
-        raise TaskDataError(f"{path} is not a readable Parquet file ({type(err).__name__}: {err}); check the "
-                            f"file, or convert it to .jsonl/.csv/.tsv.") from None
-    columns = list(table.column_names)
-    return columns, ((f"{path} row {i}", row) for i, row in enumerate(table.to_pylist()))
+        table = Table(path, quoting=quoting, formats=_TASK_SUFFIXES)
+    except DataError as err:
+        raise _task_error(err) from None
+    rows = _strict(table.records())
+    if table.columns is not None:
+        return list(table.columns), rows
+    first = next(rows, None)
+    if first is None:
+        return [], iter(())
+    return list(first[1]), itertools.chain([first], rows)
 
 
 def _require_columns(columns: Sequence[str], expected: Sequence[str], source: str, fix: str = "") -> None:

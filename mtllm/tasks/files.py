@@ -41,7 +41,6 @@ read once), so ``mtllm run --task my-task.yaml`` fails in one line before any mo
 from __future__ import annotations
 
 import difflib
-import hashlib
 import json
 import os
 import re
@@ -50,8 +49,10 @@ from pathlib import Path
 from typing import Any, ClassVar, Iterator, Mapping, Sequence
 
 from mtllm._io import file_sha256, read_text_file
+from mtllm._yaml import Refused, load_document
 from mtllm.data.languages import UnknownLanguageError, validate_lang
 from mtllm.errors import ConfigError, DataError
+from mtllm.fingerprints import json_digest
 from mtllm.tasks.base import (SPLITS, TASKS, DataNotFoundError, Example, LoadReport, TaskDataError, TaskSpec,
                               _ALIASES, _blank_label, _normalise_split, _read_rows, _recording, _require_columns,
                               _segments, _task_key, _text, register_task)
@@ -194,7 +195,7 @@ class FileTask(TaskSpec):
                                                 self.label_column, self.id_column],
                  "labels": list(self.label_names), "train_lang": self.train_lang,
                  "files": {s: {lang: file_sha256(p) for lang, p in by_lang.items()} for s, by_lang in self.files.items()}}
-        return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+        return json_digest(parts, length=16)
 
     def validate(self) -> "FileTask":
         """Read every file once (columns, labels, text), so that a bad file fails now, not mid-run."""
@@ -381,10 +382,12 @@ def load_task_file(path: str | os.PathLike) -> FileTask:
     if not path.is_file():
         raise ConfigError(f"task file {path} not found; give the path of a task YAML (relative to the current "
                           f"folder: {Path.cwd()}) or the name of a task (mtllm.tasks.list_tasks()).")
-    try:
-        config = yaml.safe_load(read_text_file(path))
+    try:  # the safe loader, no aliases, bounded nesting: the rules of every YAML mtllm reads (mtllm._yaml)
+        config = load_document(read_text_file(path))
     except yaml.YAMLError as err:
         raise ConfigError(f"task file {path} is not valid YAML: {' '.join(str(err).split())}") from None
+    except Refused as err:
+        raise ConfigError(f"task file {path} {err}") from None
     except DataError as err:
         raise ConfigError(f"task file {err}") from None
     if not isinstance(config, Mapping):

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from mtllm.data.languages import SIB200_CODES
-from mtllm.tasks.base import (Example, TaskDataError, TaskSpec, _hub_columns, _hub_rows, _must_exist, _read_rows,
-                              _read_text, _require_columns, _single, register_task)
+from mtllm.tasks.base import (Example, TaskDataError, TaskSpec, _hub_columns, _hub_rows, _must_exist, _read_lines,
+                              _read_rows, _require_columns, _single, register_task)
 
 __all__ = ["SIB200_LABELS", "SIB200"]
 
@@ -25,7 +25,7 @@ class SIB200Task(TaskSpec):
         _must_exist(self, [path], lang, split)
         labels_txt = folder / "labels.txt"
         if labels_txt.is_file():
-            found = [ln.strip() for ln in _read_text(labels_txt).splitlines() if ln.strip()]
+            found = [ln.strip() for ln in _read_lines(labels_txt) if ln.strip()]
             if sorted(found) != sorted(self.label_names):
                 raise TaskDataError(f"{labels_txt}: labels {found} differ from SIB-200's {list(self.label_names)}; "
                                     f"this is not SIB-200 data, or the file is damaged.")

@@ -9,7 +9,7 @@ import csv
 from pathlib import Path
 from typing import Iterator
 
-from mtllm.tasks.base import (Example, TaskSpec, _must_exist, _pairs, _read_rows, _read_text, _require_columns,
+from mtllm.tasks.base import (Example, TaskSpec, _must_exist, _pairs, _read_rows, _require_columns,
                               register_task)
 
 __all__ = ["NLI_LABELS", "XNLI"]
@@ -43,9 +43,10 @@ class XNLITask(TaskSpec):
 
     def local_languages(self, base: Path) -> set[str]:
         found = super().local_languages(base)
-        for f in _RELEASE.values():  # the release files: languages in their first column
+        for f in _RELEASE.values():  # the release files: languages in their "language" column
             if (base / f).is_file():
-                isos = {line.split("\t", 1)[0] for line in _read_text(base / f).splitlines()[1:]}
+                _, rows = _read_rows(base / f, quoting=csv.QUOTE_NONE)
+                isos = {row.get("language") for _, row in rows}
                 found |= {_LANGS[i] for i in isos if i in _LANGS}
         return found
 
