@@ -13,7 +13,7 @@ stage1     self-distillation over ``--epochs`` epochs. *optimized* = the math of
            (``EncoderCache``), length-grouped batches; *naive* = teacher and encoder recomputed every step,
            random batches padded to the longest text of the batch. Same models, texts, batch size,
            steps, optimizer and seed; both see every text once per epoch. Loss: the product's own
-           objective (``mtllm.training.objectives.stage1_loss``, standardised MSE); the naive path
+           objective (``mtllm.modeling.objectives.stage1_loss``, standardised MSE); the naive path
            gets the target statistics from one uncached teacher pass in its setup.
 distill    stage-2 distillation (MSE to the teacher's pooled states, head copied): *optimized* = teacher
            pre-embeddings (``pre_embed``, fp16 memmap) + ``EncoderCache`` + length grouping; *naive* =
@@ -220,7 +220,7 @@ def load_data(args: argparse.Namespace, model) -> tuple[list[str], list[Any], li
         examples = [Example(id=str(i), texts=(t,), label=rng.randrange(7))
                     for i, t in enumerate(generated_texts(n, seed=1, max_words=30))]
         return texts, examples, labels, f"{n} generated texts and {n} generated 7-class examples (3-30 words each)"
-    from mtllm.data.texts import load_stage1_texts
+    from mtllm.tasks.texts import load_stage1_texts
     from mtllm.tasks import get_task, load_examples
     from mtllm.training.stage1 import _fits
 
@@ -451,7 +451,7 @@ def same_examples_per_epoch(n: int, bs: int, epochs: int, lengths: Sequence[int]
 def stage1_run(model, texts: list[str], opts: Opts, args, workdir: Path, tok: dict[str, Any]) -> dict[str, Any]:
     """One stage-1 run: ``opts`` all on = the project's path (run_stage1 math), all off = naive."""
     from mtllm.training.encoder_cache import EncoderCache
-    from mtllm.training.objectives import stage1_loss, target_stats
+    from mtllm.modeling.objectives import stage1_loss, target_stats
     from mtllm.training.stage1 import teacher_targets
 
     naive = opts == Opts.naive()
@@ -506,7 +506,7 @@ def distill_run(model, examples: list[Any], opts: Opts, args, workdir: Path, tok
     from mtllm.data.collate import collate_examples, example_lengths
     from mtllm.training.encoder_cache import EncoderCache, encoder_input_texts
     from mtllm.training.distill import pre_embed
-    from mtllm.training.objectives import distill_loss, target_stats
+    from mtllm.modeling.objectives import distill_loss, target_stats
 
     naive = opts == Opts.naive()
     seen: list[list[int]] = []

@@ -5,7 +5,7 @@ available, else Apple's MPS, else the CPU. Whatever loads a model for a command 
 (:meth:`mtllm.MTLLMModel.from_pretrained`, ``from_encoder_and_llm``, ``llm_only``,
 :meth:`mtllm.baselines.translate_test.Translator.from_pretrained`) puts it there with :func:`place`,
 and every forward pass moves its batch to the device of the model it runs (:func:`module_device`,
-:func:`to_device`; the batched loop is :func:`mtllm.inference.batching.run_batched`).
+:func:`to_device`; the batched loop is :func:`mtllm.modeling.batching.run_batched`).
 
 Training runs under Accelerate, which places the model itself; :func:`mtllm.training.loop.make_accelerator`
 asks it for the CPU exactly when this policy says CPU and checks that both name the same device. Under

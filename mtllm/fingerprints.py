@@ -1,7 +1,9 @@
-"""Digests that identify what a result was computed from: settings, data, files.
+"""Digests that identify what a result was computed from: settings, data, files, models. The one home of them.
 
 Every digest of a JSON-able value is :func:`json_digest` (sorted keys, so two equal dicts always give one
-digest); a file's is :func:`mtllm._io.file_sha256`. Resume records (partial evaluation results, ``mtllm run``'s
+digest); a file's is :func:`mtllm._io.file_sha256`; a saved model folder's, :func:`folder_fingerprint` (over its
+own files: :func:`mtllm.modeling.model.model_fingerprint` names them); a model in memory,
+:func:`module_fingerprint`. Resume records (partial evaluation results, ``mtllm run``'s
 stage records, predict/encode progress) compare these to decide whether earlier work still stands.
 """
 from __future__ import annotations
@@ -16,7 +18,8 @@ from typing import Any, Iterable, Iterator, Mapping
 
 from mtllm._io import file_sha256
 
-__all__ = ["json_digest", "examples_digest", "recording_reads", "note_read", "changed_files"]
+__all__ = ["json_digest", "examples_digest", "folder_fingerprint", "module_fingerprint", "recording_reads",
+           "note_read", "changed_files"]
 
 
 def json_digest(value: Any, *, length: int = 64) -> str:
@@ -29,6 +32,42 @@ def examples_digest(examples: Iterable[Any]) -> str:
     """The digest of task examples (:class:`mtllm.tasks.Example`: id, texts, label, options, in order): what
     a language's score was computed from, so that a result is reused only for the same data."""
     return json_digest([[e.id, list(e.texts), e.label, list(e.options)] for e in examples])
+
+
+def folder_fingerprint(root: str | os.PathLike, names: Iterable[str]) -> str:
+    """Hex sha256 over the files ``names`` (relative to ``root``) that exist, each as its name and its sha256:
+    the same contents under the same names, the same fingerprint, wherever the folder is."""
+    digest = hashlib.sha256()
+    root = Path(root)
+    for rel in names:
+        if (root / rel).exists():
+            digest.update(rel.encode())
+            digest.update(bytes.fromhex(file_sha256(root / rel)))
+    return digest.hexdigest()
+
+
+def module_fingerprint(model: Any, tokenizer: Any) -> str:
+    """A cheap identity of a model in memory (an ``nn.Module`` with a ``config``) and its tokenizer: its config
+    (without paths and versions), the tokenizer's class and vocabulary size, and 16 evenly spaced values of
+    every parameter. Two checkpoints of one architecture (differently seeded or fine-tuned) differ. Caches of
+    its outputs (translations, encoder states) key on it."""
+    import torch  # slow to import: only callers that hold a model need it
+
+    digest = hashlib.sha1()
+    config = model.config.to_dict() if hasattr(model, "config") else {}
+    for volatile in ("_name_or_path", "transformers_version", "_commit_hash", "torch_dtype", "dtype"):
+        config.pop(volatile, None)
+    digest.update(json.dumps(config, sort_keys=True, default=str).encode())
+    digest.update(f"{type(tokenizer).__name__}|{len(tokenizer)}".encode())
+    with torch.no_grad():
+        for name, param in sorted(model.state_dict().items()):
+            flat = param.detach().reshape(-1)
+            digest.update(f"{name}|{tuple(param.shape)}|".encode())
+            if flat.numel():
+                k = min(16, flat.numel())  # evenly spaced, in integers (float linspace overshoots past 2**24)
+                idx = (torch.arange(k, dtype=torch.int64) * (flat.numel() - 1) // max(k - 1, 1)).to(flat.device)
+                digest.update(flat[idx].to(torch.float64).cpu().numpy().tobytes())
+    return digest.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------- data read

@@ -41,6 +41,24 @@ FINISHED = ("final", "best", "results.json")
 #: What a fresh run keeps of an earlier one: caches are keyed by their inputs, so never stale.
 KEPT = frozenset({"cache", "stage.json"})
 _TEMPORARY = re.compile(r"^\..+\.tmp-\d+$")  # mtllm._io.atomic_path's temporaries, left by a killed writer
+#: Where a training run keeps its checkpoints (``<output_dir>/checkpoints/step-0000010``; written and verified
+#: by :mod:`mtllm.training.checkpoint`).
+CHECKPOINT_DIR = "checkpoints"
+CHECKPOINT_PREFIX = "step-"
+
+
+def checkpoint_path(output_dir: str | Path, step: int) -> Path:
+    return Path(output_dir) / CHECKPOINT_DIR / f"{CHECKPOINT_PREFIX}{step:07d}"
+
+
+def list_checkpoints(output_dir: str | Path) -> list[Path]:
+    """The finished checkpoint folders of a run, oldest first (unverified)."""
+    root = Path(output_dir) / CHECKPOINT_DIR
+    if not root.exists():
+        return []
+    return sorted((p for p in root.iterdir()
+                   if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX) and p.name[len(CHECKPOINT_PREFIX):].isdigit()),
+                  key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
 
 
 def _own(name: str) -> bool:
@@ -59,8 +77,6 @@ def _listing(names: list[str], limit: int = 5) -> str:
 
 
 def _checkpoints(folder: Path) -> list[str]:
-    from mtllm.training.checkpoint import CHECKPOINT_DIR, list_checkpoints
-
     return [f"{CHECKPOINT_DIR}/{p.name}" for p in list_checkpoints(folder)]
 
 

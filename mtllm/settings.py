@@ -415,12 +415,12 @@ TASK_OR_RETRIEVAL = Rule("a task name or 'retrieval'", lambda v, s: _task(v, s, 
 
 
 def _text_source(value: Any, settings: Any) -> str | None:
-    from mtllm.data.texts import source_problem
+    from mtllm.tasks.texts import source_problem
 
     return source_problem(str(value), getattr(settings, "data_dir", None))
 
 
-#: A source of stage-1 text (:func:`mtllm.data.texts.iter_texts`).
+#: A source of stage-1 text (:func:`mtllm.tasks.texts.iter_texts`).
 TEXT_SOURCE = Rule("a text file or folder, data:PATH (inside the data directory), 'fineweb' or task:NAME/LANG/SPLIT",
                    _text_source, inputs=True)
 

@@ -289,17 +289,17 @@ def eval_models():
 
 def test_max_examples_on_a_label_sorted_file_is_a_stratified_sample_said_in_results(tmp_path, eval_models,
                                                                                    monkeypatch):
-    import mtllm.inference
+    import mtllm.modeling.predict
     from mtllm.evaluation.evaluate import EvaluateSettings, run_evaluate
 
     seen: dict[str, list] = {}
-    real = mtllm.inference.predict
+    real = mtllm.modeling.predict.predict
 
     def spy(model, examples, **kw):
         seen.setdefault(kw["path"], []).append([e.id for e in examples])
         return real(model, examples, **kw)
 
-    monkeypatch.setattr("mtllm.inference.predict", spy)
+    monkeypatch.setattr("mtllm.modeling.predict.predict", spy)
     data = _sorted_data(tmp_path)
     out = tmp_path / "eval"
     results = run_evaluate(EvaluateSettings(task="sib200", data_dir=str(data), output_dir=str(out), batch_size=8,

@@ -170,17 +170,17 @@ def test_models_take_an_empty_segment_never_an_all_blank_example(nli_models):
 
 
 def test_evaluation_reports_bad_rows_in_json_and_markdown(tmp_path, nli_models, monkeypatch):
-    import mtllm.inference
+    import mtllm.modeling.predict
     from mtllm.evaluation.evaluate import EvaluateSettings, run_evaluate
 
     fed: list[tuple[str, ...]] = []
-    real = mtllm.inference.predict
+    real = mtllm.modeling.predict.predict
 
     def spy(model, examples, **kw):
         fed.extend(e.texts for e in examples)
         return real(model, examples, **kw)
 
-    monkeypatch.setattr("mtllm.inference.predict", spy)
+    monkeypatch.setattr("mtllm.modeling.predict.predict", spy)
     out = tmp_path / "eval"
     results = run_evaluate(EvaluateSettings(task="xnli", data_dir=str(FIX), output_dir=str(out), batch_size=4,
                                             systems=["mtllm", "llm"], langs=["eng_Latn", "ell_Grek"]),

@@ -6,7 +6,7 @@ import json
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from mtllm.data.texts import DataError, chunk_text, iter_texts, load_stage1_texts
+from mtllm.tasks.texts import DataError, chunk_text, iter_texts, load_stage1_texts
 
 
 def test_formats_and_folders(tmp_path):
@@ -111,7 +111,7 @@ def test_parquet_rows_that_are_not_text_and_broken_parquet(tmp_path):
 
 def test_source_problems_are_known_before_reading(tmp_path):
     """What the settings check (before any model loads) is what reading would find."""
-    from mtllm.data.texts import source_problem
+    from mtllm.tasks.texts import source_problem
 
     (tmp_path / "notes.md").write_text("hello", encoding="utf-8")
     (tmp_path / "empty").mkdir()

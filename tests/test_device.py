@@ -28,7 +28,7 @@ from transformers import GenerationMixin, PreTrainedModel
 from mtllm import LoraSettings, MTLLMModel
 from mtllm.device import ENV_VAR, module_device, place, resolve_device, to_device
 from mtllm.errors import ConfigError
-from mtllm.inference.batching import length_order, run_batched
+from mtllm.modeling.batching import length_order, run_batched
 from mtllm.settings import ModelSettings
 from mtllm.training.loop import TrainingArgs, make_accelerator
 
@@ -213,7 +213,8 @@ def test_entry_point_puts_model_and_batches_on_the_resolved_device(name, saved, 
 
     monkeypatch.setenv(ENV_VAR, "meta")
     # meta weights hold no values to fingerprint for the translation / encoder-cache keys
-    monkeypatch.setattr("mtllm.baselines.translate_test.model_fingerprint", lambda model, tokenizer: "meta-weights")
+    for user in ("mtllm.baselines.translate_test", "mtllm.training.encoder_cache"):
+        monkeypatch.setattr(f"{user}.module_fingerprint", lambda model, tokenizer: "meta-weights")
     # Accelerate cannot run on meta: the training loop is made to report it, so that make_accelerator's
     # check against the policy passes and the model follows accelerator.device as it would follow a GPU
     monkeypatch.setattr(Accelerator, "device", property(lambda self: torch.device("meta")))

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from mtllm import LoraSettings, MTLLMModel
-from mtllm.evaluation.evaluate import EvaluateSettings, encoder_lang, retrieval_accuracy, run_evaluate
+from mtllm.evaluation.evaluate import EvaluateSettings, retrieval_accuracy, run_evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = str(ROOT / "tests" / "fixtures" / "pipeline")
@@ -188,10 +188,10 @@ def test_alignment_fvu_is_zero_for_the_teacher_and_about_one_for_its_mean():
 
 def test_encoder_language_fallback_is_explicit_and_warned():
     model = MTLLMModel.from_encoder_and_llm("tiny:m2m100", "tiny:gemma3", lora=None)
-    assert encoder_lang(model, "fra_Latn") == "fra_Latn"
+    assert model.encoder_lang("fra_Latn") == "fra_Latn"
     with pytest.warns(UserWarning, match="fed to the encoder as"):
-        assert encoder_lang(model, "ita_Latn", fallbacks={"ita_Latn": "fra_Latn"}) == "fra_Latn"
+        assert model.encoder_lang("ita_Latn", fallbacks={"ita_Latn": "fra_Latn"}) == "fra_Latn"
     from mtllm.data.languages import UnsupportedLanguageError
 
     with pytest.raises(UnsupportedLanguageError, match="fallback"):
-        encoder_lang(model, "ita_Latn")
+        model.encoder_lang("ita_Latn")

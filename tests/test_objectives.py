@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mtllm.training import objectives as O
+from mtllm.modeling import objectives as O
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -88,7 +88,7 @@ def _load_benchmark():
 
 
 def test_benchmark_paths_train_on_the_products_objectives(tmp_path, monkeypatch):
-    """Both benchmark paths (naive and optimized) call mtllm.training.objectives, never a copy."""
+    """Both benchmark paths (naive and optimized) call mtllm.modeling.objectives, never a copy."""
     bench = _load_benchmark()
     calls = {"stage1_loss": 0, "distill_loss": 0}
     for name in calls:

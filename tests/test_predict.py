@@ -26,7 +26,7 @@ from mtllm.data.collate import collate_examples, model_inputs
 from mtllm.errors import ConfigError, DataError, UnknownLanguageError
 from mtllm.inference import files as files_mod
 from mtllm.inference.files import PROGRESS_SUFFIX, iter_rows
-from mtllm.inference.predict import softmax
+from mtllm.modeling.predict import softmax
 
 ROOT = Path(__file__).resolve().parents[1]
 LABELS = ["neg", "neu", "pos"]

@@ -338,16 +338,126 @@ def test_run_config_section_typo_in_yaml(tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
-def test_stage_hashes_are_stable(monkeypatch):
-    """The hashes that decide whether a finished stage is redone: same config, same hashes as before."""
-    monkeypatch.chdir(ROOT)
-    monkeypatch.setenv("MTLLM_DATA_DIR", "tests/fixtures/pipeline")
-    plan = plan_run(command_values("run", ["--config", TINY_RUN, "--data_dir", "null", "--output_dir", "/x"]))
+def _stage_hashes(*argv: str, upstream: dict[str, str] | None = None) -> dict[str, str]:
+    """Each stage's hash for configs/tiny-sib200.yaml with ``argv`` overrides, as ``mtllm run`` computes it
+    before its first stage (nothing runs); ``upstream``: hashes that stand in for those stages' own."""
+    plan = plan_run(command_values("run", ["--config", TINY_RUN, "--data_dir", "null", "--output_dir", "/x", *argv]))
     hashes: dict[str, str] = {}
     for name in plan.stages:
-        hashes[name] = _hash(_stage_inputs(plan, name, hashes))
-    assert hashes == {"stage1": "b699d3f9d5205270", "retrieval": "c14d0e0fdff8a87b", "teacher": "24c3898da87ff591",
-                      "distill": "fc0054383f1ef9e9", "eval": "c0ddd0683147862c"}
+        hashes[name] = _hash(_stage_inputs(plan, name, {**hashes, **(upstream or {})}))
+    return hashes
+
+
+@pytest.fixture
+def tiny_run(monkeypatch):
+    """configs/tiny-sib200.yaml as the tests run it: from the repository, data in tests/fixtures/pipeline."""
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setenv("MTLLM_DATA_DIR", "tests/fixtures/pipeline")
+
+
+ALL_STAGES = {"stage1", "retrieval", "teacher", "distill", "eval"}
+STAGE1_ON = {"stage1", "retrieval", "distill", "eval"}  # stage 1 and the stages that read its model
+#: (overrides, the stages whose hash they change): a setting redoes its stage and every stage after it that
+#: reads what it made. Stage 1 reads its texts through ``data`` (the bytes it read are in its stage.json), so
+#: ``data_dir`` is not in its hash.
+HASH_INPUTS = [
+    (["--learning_rate", "1e-3"], STAGE1_ON),
+    (["--max_steps", "11"], STAGE1_ON),
+    (["--data", "[task:sib200/fra_Latn/train]"], STAGE1_ON),
+    (["--lora_r", "8"], ALL_STAGES),  # the model: stage 1 and the teacher are built on it
+    (["--dtype", "bfloat16"], ALL_STAGES),
+    (["--seed", "1"], ALL_STAGES),
+    (["--data_dir", "tests/fixtures"], {"retrieval", "teacher", "distill", "eval"}),
+    (["--retrieval.langs", "[fra_Latn]"], {"retrieval"}),
+    (["--finetune.learning_rate", "1e-3"], {"teacher", "distill", "eval"}),
+    (["--distill.num_epochs", "3"], {"distill", "eval"}),
+    (["--evaluate.langs", "[eng_Latn]"], {"eval"}),
+    (["--evaluate.systems", "[mtllm]"], {"eval"}),
+]
+#: Keys that change how a stage runs, logs or where it writes, never what it computes: no stage is redone.
+BOOKKEEPING = [["--output_dir", "/y"], ["--log_steps", "1"], ["--save_steps", "3"], ["--keep_checkpoints", "1"],
+               ["--micro_batch_size", "2"], ["--progress", "true"], ["--report_to", "tensorboard"],
+               ["--resume", "true"], ["--overwrite", "true"], ["--notes", "[x]"], ["--finetune.save_steps", "1"],
+               ["--finetune.eval_batch_size", "2"], ["--finetune.micro_batch_size", "2"],
+               ["--finetune.report_to", "tensorboard"], ["--distill.micro_batch_size", "2"],
+               ["--distill.log_steps", "1"], ["--distill.keep_checkpoints", "2"], ["--distill.eval_batch_size", "2"]]
+
+
+@pytest.mark.parametrize("argv, redone", HASH_INPUTS, ids=[" ".join(a) for a, _ in HASH_INPUTS])
+def test_a_setting_changes_the_hash_of_its_stage_and_of_the_stages_that_read_it(tiny_run, argv, redone):
+    base, changed = _stage_hashes(), _stage_hashes(*argv)
+    assert base.keys() == changed.keys() == ALL_STAGES
+    assert {name for name in base if changed[name] != base[name]} == redone
+
+
+@pytest.mark.parametrize("argv", BOOKKEEPING, ids=[" ".join(a) for a in BOOKKEEPING])
+def test_bookkeeping_keys_change_no_stage_hash(tiny_run, argv):
+    assert _stage_hashes(*argv) == _stage_hashes()
+
+
+def test_a_stage_hash_covers_the_hashes_of_the_stages_it_reads(tiny_run):
+    """A stage redone upstream (another hash) redoes the stages that read it, even where no setting of theirs
+    changed: retrieval reads stage 1's model, distill stage 1's and the teacher's, eval distill's and the
+    teacher's; no stage's hash covers one it does not read."""
+    from mtllm.cli.pipeline import UPSTREAM
+
+    reads = {"stage1": set(), "retrieval": {"stage1"}, "teacher": set(), "distill": {"stage1", "teacher"},
+             "eval": {"distill", "teacher"}}
+    assert {name: set(UPSTREAM.get(name, ())) for name in reads} == reads
+    plan = plan_run(command_values("run", ["--config", TINY_RUN, "--data_dir", "null", "--output_dir", "/x"]))
+    base = _stage_hashes()
+    for name in ALL_STAGES:
+        for upstream in ALL_STAGES - {name}:
+            redone = _hash(_stage_inputs(plan, name, {**base, upstream: "0" * 16})) != base[name]
+            assert redone == (upstream in reads[name]), (name, upstream)
+
+
+@pytest.fixture
+def task_registry():
+    """Leave the registered tasks as they were (planning a run with a task file registers it)."""
+    from mtllm.tasks import base, files
+
+    tasks, aliases = dict(base.TASKS), dict(base._ALIASES)
+    yield files._LOADED.clear
+    base.TASKS.clear()
+    base.TASKS.update(tasks)
+    base._ALIASES.clear()
+    base._ALIASES.update(aliases)
+    files._LOADED.clear()
+
+
+def test_a_task_file_hashes_its_files_bytes_not_its_place(tiny_run, task_registry, tmp_path):
+    """A task given as a YAML file: its data files' bytes are in the hashes of the stages that read the task
+    (teacher, distill, eval); rewriting the same bytes, or moving the task's folder (seen by a new process),
+    redoes nothing."""
+    from mtllm.tasks import base
+
+    task = tmp_path / "task"
+    (task / "en").mkdir(parents=True)
+    for split in ("train", "valid", "test"):
+        (task / "en" / f"{split}.csv").write_text("id,text,label\n1,good,positive\n2,bad,negative\n", encoding="utf-8")
+    (task / "t.yaml").write_text("name: tiny-sentiment\nkind: single\ntrain: {eng_Latn: en/train.csv}\n"
+                                 "validation: {eng_Latn: en/valid.csv}\ntest: {eng_Latn: en/test.csv}\n", encoding="utf-8")
+    base_hashes = _stage_hashes("--task", str(task / "t.yaml"))
+    assert base_hashes["teacher"] != _stage_hashes()["teacher"]  # the task itself is an input
+    test_file = task / "en" / "test.csv"
+    test_file.write_bytes(test_file.read_bytes())
+    assert _stage_hashes("--task", str(task / "t.yaml")) == base_hashes
+    moved = task.rename(tmp_path / "elsewhere")
+    base.TASKS.pop("tiny-sentiment")  # as in a new process: the name is free for the task file's new place
+    task_registry()
+    assert _stage_hashes("--task", str(moved / "t.yaml")) == base_hashes
+    (moved / "en" / "test.csv").write_text("id,text,label\n1,good,positive\n2,awful,negative\n", encoding="utf-8")
+    changed = _stage_hashes("--task", str(moved / "t.yaml"))
+    assert {name for name in base_hashes if changed[name] != base_hashes[name]} == {"teacher", "distill", "eval"}
+
+
+def test_stage_hashes_of_the_tiny_run_are_unchanged(tiny_run):
+    """Regression: the hashes that decide whether a finished stage is redone, for one config, as they were
+    (a refactoring that changes them would redo every finished run's stages)."""
+    assert _stage_hashes() == {"stage1": "b699d3f9d5205270", "retrieval": "c14d0e0fdff8a87b",
+                               "teacher": "24c3898da87ff591", "distill": "fc0054383f1ef9e9",
+                               "eval": "c0ddd0683147862c"}
 
 
 def test_a_bug_keeps_its_traceback(monkeypatch):

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from mtllm.data.spans import align_units, atoms
 from mtllm.modeling.pooling import unit_mean_pool
-from mtllm.training.objectives import stage1_loss, target_stats
+from mtllm.modeling.objectives import stage1_loss, target_stats
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -243,7 +243,7 @@ def test_stage1_run_with_the_span_objective_learns_and_records_it(tmp_path, obje
 
 
 def test_data_source_inside_the_data_directory(tmp_path):
-    from mtllm.data.texts import load_stage1_texts, source_problem
+    from mtllm.tasks.texts import load_stage1_texts, source_problem
     from mtllm.errors import DataError
 
     (tmp_path / "corpus").mkdir()

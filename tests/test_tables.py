@@ -279,7 +279,7 @@ def test_unsupported_types_are_named(tmp_path):
 def test_every_caller_gives_the_readers_message(tmp_path, monkeypatch):
     """Task files, built-in task data, stage-1 texts and predict/encode inputs read the same file the same way."""
     import mtllm.tasks as T
-    from mtllm.data.texts import iter_texts
+    from mtllm.tasks.texts import iter_texts
     from mtllm.inference.files import iter_rows
     from mtllm.tasks import TaskDataError, load_examples
 
@@ -299,7 +299,7 @@ def test_every_caller_gives_the_readers_message(tmp_path, monkeypatch):
 
 
 def test_stage1_text_paragraphs_and_lines(tmp_path):
-    from mtllm.data.texts import iter_texts
+    from mtllm.tasks.texts import iter_texts
 
     paragraphs = _file(tmp_path, "p.txt", "first line\nstill first\n\n  \nsecond\u2028same line\r\n")
     assert list(iter_texts([str(paragraphs)])) == ["first line\nstill first", "second\u2028same line"]

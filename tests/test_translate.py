@@ -321,7 +321,7 @@ def test_fingerprint_of_a_parameter_larger_than_float32_precision():
     250k x 384 embedding), where a float linspace rounds past the last index."""
     import torch
 
-    from mtllm.baselines.translate_test import model_fingerprint
+    from mtllm.fingerprints import module_fingerprint as model_fingerprint
 
     class Big(torch.nn.Module):
         def __init__(self):

@@ -6,7 +6,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -17,7 +16,6 @@ import torch
 
 from mtllm import LoraSettings, MTLLMModel
 from mtllm.cli import main
-from mtllm.errors import ConfigError
 from mtllm.locks import exclusive_output, lock_file
 
 ROOT = Path(__file__).resolve().parents[1]

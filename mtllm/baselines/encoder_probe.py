@@ -17,9 +17,9 @@ from torch import nn
 
 from mtllm.data.collate import collate_examples, example_lengths
 from mtllm.device import module_device, to_device
-from mtllm.inference.batching import run_batched
+from mtllm.modeling.batching import run_batched
 from mtllm.modeling.pooling import mean_pool, span_mean_pool
-from mtllm.training.objectives import TargetStats, standardize, target_stats
+from mtllm.modeling.objectives import TargetStats, standardize, target_stats
 
 __all__ = ["EncoderClassifier"]
 

@@ -34,13 +34,13 @@ import torch
 
 from mtllm.device import module_device, place, to_device
 from mtllm.errors import UnsupportedLanguageError  # noqa: F401 (raised here, re-exported)
-from mtllm.inference.batching import run_batched
+from mtllm.fingerprints import module_fingerprint
+from mtllm.modeling.batching import run_batched
 from mtllm.settings import MODEL, OUTPUT_DIR, at_least, check_settings
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TranslateSettings", "TranslateStats", "Translator", "translate_examples", "UnsupportedLanguageError",
-           "model_fingerprint"]
+__all__ = ["TranslateSettings", "TranslateStats", "Translator", "translate_examples", "UnsupportedLanguageError"]
 
 _CACHE_FORMAT = 1
 
@@ -92,27 +92,6 @@ class TranslateStats:
 
 def _sha1(text: str) -> str:
     return hashlib.sha1(text.encode("utf-8")).hexdigest()
-
-
-def model_fingerprint(model: torch.nn.Module, tokenizer: Any) -> str:
-    """A cheap identity of an MT model: its config (without paths/versions), its tokenizer's class
-    and vocabulary size, and 16 evenly spaced values of every parameter. Two checkpoints of the
-    same architecture (e.g. differently seeded or fine-tuned) get different fingerprints."""
-    digest = hashlib.sha1()
-    config = model.config.to_dict() if hasattr(model, "config") else {}
-    for volatile in ("_name_or_path", "transformers_version", "_commit_hash", "torch_dtype", "dtype"):
-        config.pop(volatile, None)
-    digest.update(json.dumps(config, sort_keys=True, default=str).encode())
-    digest.update(f"{type(tokenizer).__name__}|{len(tokenizer)}".encode())
-    with torch.no_grad():
-        for name, param in sorted(model.state_dict().items()):
-            flat = param.detach().reshape(-1)
-            digest.update(f"{name}|{tuple(param.shape)}|".encode())
-            if flat.numel():
-                k = min(16, flat.numel())  # evenly spaced, in integers (float linspace overshoots past 2**24)
-                idx = (torch.arange(k, dtype=torch.int64) * (flat.numel() - 1) // max(k - 1, 1)).to(flat.device)
-                digest.update(flat[idx].to(torch.float64).cpu().numpy().tobytes())
-    return digest.hexdigest()
 
 
 def _lang_token_id(tokenizer: Any, code: str) -> int | None:
@@ -228,7 +207,7 @@ class Translator:
     @property
     def fingerprint(self) -> str:
         if self._fingerprint is None:
-            self._fingerprint = model_fingerprint(self.model, self.tokenizer)
+            self._fingerprint = module_fingerprint(self.model, self.tokenizer)
         return self._fingerprint
 
     def cache_path(self, src_lang: str) -> Path:

@@ -208,12 +208,12 @@ def plan_run(values: dict[str, Any]) -> RunPlan:
     stages = tuple(s for s in pipe.stages if not (s == "retrieval" and retrieval is None))
     task_files = None
     if spec.reads_own_files:  # a task file: the splits and languages the stages use exist, before any stage
-        from mtllm.evaluation.evaluate import _languages
+        from mtllm.evaluation.evaluate import evaluation_languages
 
         for split in (teacher[0].train_split, teacher[0].eval_split, distill[0].train_split, distill[0].eval_split,
                       evaluate.split):
             spec.check_split(split)
-        _languages(spec, evaluate.langs, None)
+        evaluation_languages(spec, evaluate.langs, None)
         task_files = spec.files_digest()
     return RunPlan(pipe, root, data_dir, stages, dirs, model, stage1, stage1_args, tuple(teacher), tuple(distill),
                    evaluate, retrieval, sections, task_name, task_files)

@@ -32,9 +32,9 @@ from mtllm.fingerprints import examples_digest, json_digest
 from mtllm.settings import (EXISTING_DIR, MODEL, NAMED_MODELS, NON_EMPTY, OUTPUT_DIR, TASK_OR_RETRIEVAL, InferenceDtype,
                             at_least, check_settings)
 
-__all__ = ["EvaluateSettings", "run_evaluate", "retrieval_accuracy", "encoder_lang", "sample_examples"]
+__all__ = ["EvaluateSettings", "run_evaluate", "retrieval_accuracy", "sample_examples", "evaluation_languages"]
 
-from mtllm.inference import predict_shared_encoder  # noqa: E402
+from mtllm.modeling.predict import predict_shared_encoder  # noqa: E402
 
 Predictor = Callable[[Sequence[Any], str], np.ndarray]
 
@@ -137,20 +137,7 @@ def retrieval_accuracy(src_ND: torch.Tensor, tgt_ND: torch.Tensor) -> tuple[floa
     return float((sim.argmax(1) == gold).float().mean()), float((sim.argmax(0) == gold).float().mean())
 
 
-def encoder_lang(model: Any, lang: str, fallbacks: dict | None = None) -> str:
-    """The language code to give ``model``'s encoder for text in ``lang``: unchanged when the encoder
-    covers it, else an explicit, warned fallback (:func:`mtllm.data.languages.resolve_encoder_lang`)."""
-    from mtllm.data.languages import resolve_encoder_lang
-
-    supported = model.config.encoder_languages
-    if supported is None and model.config.encoder_lang_style == "nllb":
-        tok = model.encoder_tokenizer
-        supported = [t for t in getattr(tok, "extra_special_tokens", None) or tok.additional_special_tokens
-                     if isinstance(t, str) and len(t) == 8 and t[3] == "_"]
-    return resolve_encoder_lang(lang, supported, fallbacks=fallbacks)
-
-
-def _languages(task: Any, requested: Sequence[str], data_dir: str | None) -> list[str]:
+def evaluation_languages(task: Any, requested: Sequence[str], data_dir: str | None) -> list[str]:
     """``requested`` (``all``: every language the task has data for here; a task file: its test languages),
     each checked."""
     from mtllm.data.languages import validate_lang
@@ -210,10 +197,10 @@ def _run_task(s: EvaluateSettings, models: dict[str, Any], progress: bool, parti
     from mtllm.baselines.encoder_probe import EncoderClassifier
     from mtllm.evaluation.report import EvalResults
     from mtllm.tasks import get_task, load_examples
-    from mtllm.inference import predict
+    from mtllm.modeling.predict import predict
 
     spec = get_task(s.task)  # a name, or the path of a task file (mtllm.tasks.files)
-    langs = _languages(spec, s.langs, s.data_dir)
+    langs = evaluation_languages(spec, s.langs, s.data_dir)
     from mtllm.settings import parse_dtype
 
     dtype = parse_dtype(s.dtype, s.device)
@@ -258,7 +245,7 @@ def _run_task(s: EvaluateSettings, models: dict[str, Any], progress: bool, parti
     # the mtllm and encoder systems share one encoder pass per batch (same encoder, same tokenisation)
     shared = "mtllm" in s.systems and "encoder" in s.systems
     if "mtllm" in s.systems and not shared:
-        predictors["mtllm"] = lambda ex, lang: predict(mtllm, ex, path="encoder", lang=encoder_lang(mtllm, lang, s.fallbacks),
+        predictors["mtllm"] = lambda ex, lang: predict(mtllm, ex, path="encoder", lang=mtllm.encoder_lang(lang, s.fallbacks),
                                                        batch_size=s.batch_size)
     if "llm" in s.systems:
         predictors["llm"] = lambda ex, lang: predict(teacher, ex, path="llm", batch_size=s.batch_size)
@@ -269,12 +256,12 @@ def _run_task(s: EvaluateSettings, models: dict[str, Any], progress: bool, parti
 
         train_ex = (load_train_examples(spec, data_dir=s.data_dir) if s.train_lang == "eng_Latn"
                     else load_examples(spec, s.train_lang, "train", data_dir=s.data_dir))
-        fit = probe.fit(train_ex, spec.label_names, lang=encoder_lang(mtllm, s.train_lang, s.fallbacks))
+        fit = probe.fit(train_ex, spec.label_names, lang=mtllm.encoder_lang(s.train_lang, s.fallbacks))
         seconds["encoder_fit"] = time.perf_counter() - t0
         notes.append(f"encoder: frozen encoder, mean pooling, logistic-regression head fitted on {len(train_ex)} "
                      f"{s.train_lang} training examples (train accuracy {fit['train_accuracy']:.3f})")
         if not shared:
-            predictors["encoder"] = lambda ex, lang: probe.predict(ex, lang=encoder_lang(mtllm, lang, s.fallbacks))
+            predictors["encoder"] = lambda ex, lang: probe.predict(ex, lang=mtllm.encoder_lang(lang, s.fallbacks))
     if "translate_test" in s.systems:
         from mtllm.baselines.translate_test import TranslateSettings, Translator, translate_examples
 
@@ -302,7 +289,7 @@ def _run_task(s: EvaluateSettings, models: dict[str, Any], progress: bool, parti
             warnings.simplefilter("always")
             if shared:
                 mt_preds, enc_preds, parts = predict_shared_encoder(
-                    mtllm, probe, examples, lang=encoder_lang(mtllm, lang, s.fallbacks), batch_size=s.batch_size)
+                    mtllm, probe, examples, lang=mtllm.encoder_lang(lang, s.fallbacks), batch_size=s.batch_size)
                 got["mtllm"] = float((mt_preds == labels).mean())
                 got["encoder"] = float((enc_preds == labels).mean())
                 took.update({f"shared_{key}": dt for key, dt in parts.items()})
@@ -370,14 +357,14 @@ def _run_retrieval(s: EvaluateSettings, models: dict[str, Any], progress: bool, 
     from mtllm.evaluation.report import EvalResults
     from mtllm.modeling.model import MTLLMModel
     from mtllm.device import module_device, to_device
-    from mtllm.inference.batching import run_batched
+    from mtllm.modeling.batching import run_batched
     from mtllm.modeling.pooling import mean_pool
     from mtllm.tasks import load_examples
 
     from mtllm.settings import parse_dtype
 
     dtype = parse_dtype(s.dtype, s.device)
-    langs = [c for c in _languages("sib200", s.langs, s.data_dir) if c != s.train_lang]
+    langs = [c for c in evaluation_languages("sib200", s.langs, s.data_dir) if c != s.train_lang]
     mtllms: dict[str, Any] = {}
     if "mtllm" in s.systems:
         mtllms["mtllm"] = models.get("mtllm") or _load_mtllm(s.model, dtype, s.device)
@@ -389,7 +376,7 @@ def _run_retrieval(s: EvaluateSettings, models: dict[str, Any], progress: bool, 
         any_model = _load_mtllm(s.model, dtype, s.device)
     embedders: dict[str, Callable[[list[str], str], torch.Tensor]] = {}
     for name, m in mtllms.items():
-        embedders[name] = (lambda m: lambda texts, lang: m.encode(texts, lang=encoder_lang(m, lang, s.fallbacks),
+        embedders[name] = (lambda m: lambda texts, lang: m.encode(texts, lang=m.encoder_lang(lang, s.fallbacks),
                                                                     batch_size=s.batch_size))(m)
     if "llm" in s.systems:
         if any_model is None:
@@ -405,7 +392,7 @@ def _run_retrieval(s: EvaluateSettings, models: dict[str, Any], progress: bool, 
 
         @torch.inference_mode()
         def enc(texts, lang, m=any_model):
-            device, code = module_device(m.encoder), encoder_lang(m, lang, s.fallbacks)
+            device, code = module_device(m.encoder), m.encoder_lang(lang, s.fallbacks)
 
             def step(batch_texts):
                 batch = to_device(m.tokenize(batch_texts, lang=code), device)
@@ -501,7 +488,7 @@ def alignment_fvu(student_ND: torch.Tensor, teacher_ND: torch.Tensor) -> float:
     """Fraction of the teacher's variance the student leaves unexplained: ``sum ||s_i - t_i||^2`` over the
     pairs divided by ``N`` times the teacher rows' total variance (the sum of the per-dimension variances).
     0 = the student reproduces the teacher; 1 = no better than predicting the teacher's mean."""
-    from mtllm.training.objectives import regression_metrics, target_stats
+    from mtllm.modeling.objectives import regression_metrics, target_stats
 
     teacher_ND = teacher_ND.float()
     return regression_metrics(student_ND.float(), teacher_ND, target_stats(teacher_ND, standardize=False))["fvu"]

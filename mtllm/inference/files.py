@@ -9,7 +9,7 @@ can be checked without the model (so ``--on_bad_row fail`` stops before any mode
 from 1 (the first data row); a row's id is its ``id_column`` value, or its row number when there is no id column.
 
 **Per chunk**, rows are grouped by language and length-sorted into batches
-(:func:`mtllm.inference.predict.score_texts`, :func:`mtllm.inference.embed.embed_texts`); output rows come out
+(:func:`mtllm.modeling.predict.score_texts`, :func:`mtllm.modeling.embed.embed_texts`); output rows come out
 in input order, one per input row.
 
 **Bad rows** never vanish. A row with no text at all (blank, missing, only characters the tokenizer drops), an
@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import hashlib
 import io
 import json
 import os
@@ -56,6 +55,7 @@ import numpy as np
 from mtllm._io import atomic_path, atomic_write_json, file_sha256, remove_path, remove_stale_temporaries
 from mtllm.errors import ConfigError, DataError, UnknownLanguageError, UnsupportedLanguageError
 from mtllm.locks import exclusive_output, lock_file
+from mtllm.modeling.model import model_fingerprint
 from mtllm.settings import MODEL, InferenceDtype, Rule, at_least, check_settings
 from mtllm.tables import Table, lone_surrogate
 
@@ -487,16 +487,9 @@ class _NpySink:
 
 # ------------------------------------------------------------------------------------------------ the run
 def _model_fingerprint(ref: str) -> dict:
-    """What identifies the model's weights: a local folder's sha256 over its config and trained weights."""
+    """What identifies the model's weights: a local folder's :func:`mtllm.modeling.model.model_fingerprint`."""
     path = Path(ref).expanduser()
-    if not path.is_dir():
-        return {"ref": ref}
-    digest = hashlib.sha256()
-    for name in ("config.json", "model.safetensors", "adapter/adapter_config.json",
-                 "adapter/adapter_model.safetensors"):
-        if (path / name).is_file():
-            digest.update(name.encode() + b"\0" + file_sha256(path / name).encode())
-    return {"sha256": digest.hexdigest()}
+    return {"sha256": model_fingerprint(path)} if path.is_dir() else {"ref": ref}
 
 
 def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
@@ -540,7 +533,7 @@ class _Job:
         self.is_txt = _suffix(self.input) == ".txt"
         self.text_column = "text" if self.is_txt else s.text_column
         self.auto = s.lang == "auto"
-        self.enc_langs: dict = {}  # FLORES code -> the code the encoder gets (mtllm.inference.predict.encoder_code)
+        self.enc_langs: dict = {}  # FLORES code -> the code the encoder gets (mtllm.modeling.predict.encoder_code)
         self.uncovered: dict = {}  # FLORES code -> why the encoder cannot take it (None: it can)
 
     # ------------------------------------------------------------------ identity
@@ -674,7 +667,7 @@ class _Job:
         model = self._load_model()
         if self.s.lang not in (None, "auto"):
             from mtllm.data.languages import validate_lang
-            from mtllm.inference.predict import encoder_code, model_path
+            from mtllm.modeling.predict import encoder_code, model_path
 
             self.s.lang = validate_lang(self.s.lang)
             encoder_code(model, self.s.lang, model_path(model), self.enc_langs)  # uncovered: an error before any work
@@ -733,7 +726,7 @@ class _Job:
         model = MTLLMModel.from_pretrained(self.s.model, dtype=parse_dtype(self.s.dtype, self.s.device), merge_adapters=True,
                                            device=self.s.device)
         if self.kind == "predict":
-            from mtllm.inference.predict import check_head
+            from mtllm.modeling.predict import check_head
 
             check_head(model)
             mc = model.config.head_kind == "multiple_choice"
@@ -787,7 +780,7 @@ class _Job:
 
     def _chunk(self, model, chunk: list[Row], sink, counts: _Counts, bar, identify, n_rows: int) -> int:
         """Score one chunk, write it, record it; returns the rows done."""
-        from mtllm.inference.predict import encoder_code, model_path
+        from mtllm.modeling.predict import encoder_code, model_path
 
         path = model_path(model)
         fail = self.s.on_bad_row == "fail"
@@ -887,7 +880,7 @@ class _Job:
         if not ok:
             return {}
         if self.kind == "predict":
-            from mtllm.inference.predict import score_texts, softmax
+            from mtllm.modeling.predict import score_texts, softmax
 
             options = [[o for o in chunk[j].options] for j in ok] if self.option_columns else None
             logits = score_texts(model, [texts[j] for j in ok], langs=[langs[j] for j in ok],
@@ -901,8 +894,8 @@ class _Job:
                 k = int(np.argmax(x))
                 out[j] = (k if mc else names[k], softmax(x) if self.s.return_probs else None)
             return out
-        from mtllm.inference.embed import embed_texts
-        from mtllm.inference.predict import encoder_code, model_path
+        from mtllm.modeling.embed import embed_texts
+        from mtllm.modeling.predict import encoder_code, model_path
 
         path = model_path(model)
         groups: dict[Any, list[int]] = {}

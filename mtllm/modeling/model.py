@@ -7,7 +7,6 @@ without an encoder (``MTLLMModel.llm_only``) has only that path.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -26,6 +25,7 @@ from mtllm.device import module_device, place, to_device
 from mtllm.modeling.config import LoraSettings, MTLLMConfig
 from mtllm.modeling.pooling import get_pooler, span_mean_pool
 from mtllm.errors import ConfigError
+from mtllm.fingerprints import folder_fingerprint
 from mtllm.sources import (check_model_folder, check_safetensors, from_hub, load_encoder, load_llm, load_tokenizer,
                            looks_local, read_json_file, refuse_custom_code)
 
@@ -47,19 +47,14 @@ class MTLLMOutput(ModelOutput):
     logits: torch.Tensor | None = None
 
 
-def model_fingerprint(model_dir: str | os.PathLike) -> str:
-    """sha256 over a saved MT-LLM's own files (``config.json``, ``model.safetensors``, the LoRA adapter):
-    the same folder contents, the same fingerprint. The base models are referenced by name in the config,
-    so they are covered by it, not hashed. Caches and resumable evaluations key on it."""
-    from mtllm._io import file_sha256
+#: A saved MT-LLM's own files (the base models are referenced by name in the config, so covered by it).
+OWN_FILES = ("config.json", WEIGHTS_NAME, f"{ADAPTER_DIR}/adapter_model.safetensors", f"{ADAPTER_DIR}/adapter_config.json")
 
-    digest = hashlib.sha256()
-    root = Path(model_dir)
-    for rel in ("config.json", WEIGHTS_NAME, f"{ADAPTER_DIR}/adapter_model.safetensors", f"{ADAPTER_DIR}/adapter_config.json"):
-        if (root / rel).exists():
-            digest.update(rel.encode())
-            digest.update(bytes.fromhex(file_sha256(root / rel)))
-    return digest.hexdigest()
+
+def model_fingerprint(model_dir: str | os.PathLike) -> str:
+    """sha256 over a saved MT-LLM's own files (:data:`OWN_FILES`): the same folder contents, the same fingerprint.
+    Caches, resumable evaluations and predict/encode jobs key on it (:func:`mtllm.fingerprints.folder_fingerprint`)."""
+    return folder_fingerprint(model_dir, OWN_FILES)
 
 
 def bidirectional_attention_mask(attention_mask_NL: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -216,6 +211,18 @@ class MTLLMModel(PreTrainedModel):
         if model.projection is not None:
             model.projection.to(device=module_device(base_llm), dtype=_float_dtype(base_llm))
         return place(model, device)
+
+    def encoder_lang(self, lang: str, fallbacks: Mapping[str, str] | None = None) -> str:
+        """The language code to give this model's encoder for text in ``lang``: unchanged when the encoder covers
+        it, else an explicit, warned fallback (:func:`mtllm.data.languages.resolve_encoder_lang`)."""
+        from mtllm.data.languages import resolve_encoder_lang
+
+        supported = self.config.encoder_languages
+        if supported is None and self.config.encoder_lang_style == "nllb":
+            tok = self.encoder_tokenizer
+            supported = [t for t in getattr(tok, "extra_special_tokens", None) or tok.additional_special_tokens
+                         if isinstance(t, str) and len(t) == 8 and t[3] == "_"]
+        return resolve_encoder_lang(lang, supported, fallbacks=fallbacks)
 
     # ------------------------------------------------------------------ parts
     def _make_head(self, kind: str, label_names: Sequence[str]) -> None:
@@ -523,7 +530,7 @@ class MTLLMModel(PreTrainedModel):
         ``precision="float32"`` and ``output_value="sentence_embedding"`` (the only ones there are here);
         ``prompt_name``, ``prompt``, ``task_name``, ``prompt_type`` (and MTEB's ``task_metadata``, ``hf_split``,
         ``hf_subset``) are accepted and ignored. Any other keyword is a ``TypeError``."""
-        from mtllm.inference.embed import embed_texts
+        from mtllm.modeling.embed import embed_texts
 
         unknown = sorted(set(kwargs) - set(self._ENCODE_IGNORED))
         if unknown:
@@ -558,10 +565,10 @@ class MTLLMModel(PreTrainedModel):
         ``(N, C)`` (``(N, K)`` over the options; a list of arrays when the number of options varies). One text
         (a string) gives one label (and one row of probabilities).
 
-        Batches are length-sorted within each language (:func:`mtllm.inference.predict.predict_texts`) and run
+        Batches are length-sorted within each language (:func:`mtllm.modeling.predict.predict_texts`) and run
         on the model's device. No head, a ``pairs``/``options``/``lang`` list of the wrong length, an unknown
         language code and a text with nothing to read are clear errors before any model work."""
-        from mtllm.inference.predict import predict_texts
+        from mtllm.modeling.predict import predict_texts
 
         return predict_texts(self, texts, lang=lang, pairs=pairs, options=options, batch_size=batch_size,
                              return_probs=return_probs, show_progress=show_progress)

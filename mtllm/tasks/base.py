@@ -39,7 +39,7 @@ import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable, ClassVar, Iterable, Iterator, Mapping, Sequence
 
 from mtllm.data.languages import FLORES200, UnknownLanguageError, suggest_languages, validate_lang
 from mtllm.errors import ConfigError, DataError
@@ -372,6 +372,21 @@ def is_task_file(name: Any) -> bool:
     return isinstance(name, (str, os.PathLike)) and str(name).strip().lower().endswith(TASK_FILE_SUFFIXES)
 
 
+def _no_task_files(path: str | os.PathLike) -> TaskSpec:
+    raise ConfigError(f"task file {path}: task files are read by mtllm.tasks.files, which is not imported")
+
+
+#: Reads the task a task YAML defines; :mod:`mtllm.tasks.files` (imported with :mod:`mtllm.tasks`) sets it to its
+#: ``task_from_file``, so that this module, below it, never imports it.
+_task_file_loader: Callable[[str | os.PathLike], TaskSpec] = _no_task_files
+
+
+def set_task_file_loader(loader: Callable[[str | os.PathLike], TaskSpec]) -> None:
+    """How :func:`get_task` reads a task YAML (:func:`mtllm.tasks.files.task_from_file`, set when it is imported)."""
+    global _task_file_loader
+    _task_file_loader = loader
+
+
 def get_task(name: str | os.PathLike | TaskSpec) -> TaskSpec:
     """The task called ``name`` (or one of its aliases; case and ``_``/``-`` do not matter), a
     :class:`TaskSpec` as it is, or, for the path of a task YAML (``my-task.yaml``), the task it defines
@@ -379,9 +394,7 @@ def get_task(name: str | os.PathLike | TaskSpec) -> TaskSpec:
     if isinstance(name, TaskSpec):
         return name
     if is_task_file(name):
-        from mtllm.tasks.files import task_from_file
-
-        return task_from_file(name)
+        return _task_file_loader(name)
     key = _task_key(name)
     key = _ALIASES.get(key, key)
     if key in TASKS:

@@ -41,7 +41,6 @@ read once), so ``mtllm run --task my-task.yaml`` fails in one line before any mo
 from __future__ import annotations
 
 import difflib
-import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -53,7 +52,7 @@ from mtllm._yaml import Refused, load_document
 from mtllm.data.languages import UnknownLanguageError, validate_lang
 from mtllm.errors import ConfigError, DataError
 from mtllm.fingerprints import json_digest
-from mtllm.tasks.base import (SPLITS, TASKS, DataNotFoundError, Example, LoadReport, TaskDataError, TaskSpec,
+from mtllm.tasks.base import (set_task_file_loader, SPLITS, TASKS, DataNotFoundError, Example, LoadReport, TaskDataError, TaskSpec,
                               _ALIASES, _blank_label, _normalise_split, _read_rows, _recording, _require_columns,
                               _segments, _task_key, _text, register_task)
 
@@ -436,3 +435,5 @@ def task_from_file(path: str | os.PathLike) -> FileTask:
     except ValueError as err:  # pragma: no cover - the checks above cover the registry's
         raise ConfigError(f"{path}: {err}") from None
 
+
+set_task_file_loader(task_from_file)  # get_task reads task YAMLs with it (mtllm.tasks.base sits below this module)

@@ -33,32 +33,17 @@ from torch import nn
 
 from mtllm._io import atomic_path, file_sha256
 from mtllm.errors import CheckpointError
+from mtllm.outputs import CHECKPOINT_DIR, CHECKPOINT_PREFIX, checkpoint_path, list_checkpoints  # noqa: F401 (re-exported)
 
 __all__ = ["CHECKPOINT_DIR", "checkpoint_path", "list_checkpoints", "verify_checkpoint", "latest_valid_checkpoint",
            "save_checkpoint", "load_checkpoint", "prune_checkpoints"]
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_DIR = "checkpoints"
 MANIFEST = "manifest.json"
 TRAINABLES = "trainables.safetensors"
 SCHEDULER = "scheduler.pt"
 TRAINER_STATE = "trainer_state.json"
-_PREFIX = "step-"
-
-
-def checkpoint_path(output_dir: str | Path, step: int) -> Path:
-    return Path(output_dir) / CHECKPOINT_DIR / f"{_PREFIX}{step:07d}"
-
-
-def list_checkpoints(output_dir: str | Path) -> list[Path]:
-    """The finished checkpoint folders of a run, oldest first (unverified)."""
-    root = Path(output_dir) / CHECKPOINT_DIR
-    if not root.exists():
-        return []
-    return sorted((p for p in root.iterdir()
-                   if p.is_dir() and p.name.startswith(_PREFIX) and p.name[len(_PREFIX):].isdigit()),
-                  key=lambda p: int(p.name[len(_PREFIX):]))
 
 
 def verify_checkpoint(path: Path) -> None:
@@ -92,7 +77,7 @@ def prune_checkpoints(output_dir: str | Path, keep: int) -> None:
     """Keep the ``keep`` newest checkpoints (all if ``keep <= 0``) and drop temporaries of killed writers."""
     for old in list_checkpoints(output_dir)[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
-    for stale in (Path(output_dir) / CHECKPOINT_DIR).glob(f".{_PREFIX}*"):
+    for stale in (Path(output_dir) / CHECKPOINT_DIR).glob(f".{CHECKPOINT_PREFIX}*"):
         shutil.rmtree(stale, ignore_errors=True)
 
 

@@ -23,15 +23,15 @@ from torch import nn
 from mtllm._io import atomic_write_json
 from mtllm.data.collate import check_content, collate_examples, example_lengths
 from mtllm.device import module_device
-from mtllm.inference import accuracy
-from mtllm.inference.batching import forward_inputs, run_batched
+from mtllm.modeling.predict import accuracy
+from mtllm.modeling.batching import forward_inputs, run_batched
 from mtllm.modeling.model import MTLLMModel, model_fingerprint
 from mtllm.errors import ConfigError
 from mtllm.settings import MODEL, ModelSettings, check_settings, required_if
 from mtllm.training.finetune import TaskSettings, _check_labels, _head_kind, _load
 from mtllm.training.caches import ArrayCache, cache_key
 from mtllm.training.loop import TrainingArgs, epoch_evals, set_seed, start_run, train
-from mtllm.training.objectives import classification_loss, distill_loss, target_stats
+from mtllm.modeling.objectives import classification_loss, distill_loss, target_stats
 
 __all__ = ["DistillSettings", "pre_embed", "run_distill"]
 

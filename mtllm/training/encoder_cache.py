@@ -30,8 +30,9 @@ import numpy as np
 import torch
 
 from mtllm.device import module_device, to_device
+from mtllm.fingerprints import module_fingerprint
 from mtllm.training.caches import ArrayCache, cache_key
-from mtllm.inference.batching import run_batched
+from mtllm.modeling.batching import run_batched
 
 __all__ = ["EncoderCache", "encoder_input_texts"]
 
@@ -57,10 +58,9 @@ def encoder_input_texts(model: Any, examples: Sequence[Any]) -> list[str]:
 
 
 def _cache_key(model: Any, texts: Sequence[str], lang: str | None) -> str:
-    from mtllm.baselines.translate_test import model_fingerprint
 
     cfg = model.config
-    return cache_key([_FORMAT, model_fingerprint(model.encoder, model.encoder_tokenizer), cfg.encoder_lang_style,
+    return cache_key([_FORMAT, module_fingerprint(model.encoder, model.encoder_tokenizer), cfg.encoder_lang_style,
                       cfg.encoder_text_prefix, lang, cfg.max_seq_length], texts)
 
 

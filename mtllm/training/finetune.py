@@ -12,12 +12,12 @@ from torch import nn
 
 from mtllm._io import atomic_path, atomic_write_json
 from mtllm.data.collate import check_content, collate_examples, example_lengths
-from mtllm.inference import accuracy
+from mtllm.modeling.predict import accuracy
 from mtllm.modeling.model import MTLLMModel
 from mtllm.errors import DataError
 from mtllm.settings import EXISTING_DIR, NON_EMPTY, TASK, ModelSettings, at_least, check_settings
 from mtllm.training.loop import TrainingArgs, epoch_evals, set_seed, start_run, train
-from mtllm.training.objectives import classification_loss
+from mtllm.modeling.objectives import classification_loss
 
 __all__ = ["TaskSettings", "run_finetune"]
 

@@ -20,12 +20,12 @@ from typing import Any, Literal, Sequence
 import numpy as np
 import torch
 
-from mtllm.data.texts import load_stage1_texts
+from mtllm.tasks.texts import load_stage1_texts
 from mtllm.modeling.model import MTLLMModel
 from mtllm.settings import EXISTING_DIR, NON_EMPTY, TEXT_SOURCE, ModelSettings, at_least, check_settings, each
 from mtllm.training.caches import ArrayCache, cache_key
 from mtllm.training.loop import TrainingArgs, train
-from mtllm.training.objectives import TargetStats, stage1_loss, target_stats
+from mtllm.modeling.objectives import TargetStats, stage1_loss, target_stats
 
 logger = logging.getLogger(__name__)
 
@@ -144,7 +144,7 @@ def teacher_span_targets(model: MTLLMModel, texts: Sequence[str], alignment: Spa
     ``2 * D`` bytes per word (1.3 kB for Gemma 3 270M). The same forward pass also gives the pooled targets of
     :func:`teacher_targets`; they are written to its cache when it has none, so stage 1 runs the teacher once."""
     from mtllm.device import module_device, to_device
-    from mtllm.inference.batching import run_batched
+    from mtllm.modeling.batching import run_batched
     from mtllm.modeling.pooling import unit_mean_pool
 
     total = int(sum(alignment.n_units))
@@ -183,7 +183,7 @@ def teacher_span_targets(model: MTLLMModel, texts: Sequence[str], alignment: Spa
 
 
 def span_target_stats(spans_UD: np.ndarray, *, standardize: bool = True, max_rows: int = 200_000) -> TargetStats:
-    """:func:`~mtllm.training.objectives.target_stats` of the span targets, on an evenly strided sample of
+    """:func:`~mtllm.modeling.objectives.target_stats` of the span targets, on an evenly strided sample of
     at most ``max_rows`` rows (the full set can be millions of words; the statistics settle long before)."""
     step = max(1, -(-spans_UD.shape[0] // max_rows))
     return target_stats(torch.from_numpy(np.asarray(spans_UD[::step], dtype=np.float32)), standardize=standardize)

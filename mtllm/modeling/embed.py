@@ -1,5 +1,5 @@
 """Pooled embeddings of texts: the batched loop behind :meth:`mtllm.MTLLMModel.encode` and ``mtllm encode``
-(length-sorted batches through :func:`~mtllm.inference.batching.run_batched`, on the model's device)."""
+(length-sorted batches through :func:`~mtllm.modeling.batching.run_batched`, on the model's device)."""
 from __future__ import annotations
 
 import warnings
@@ -26,7 +26,7 @@ def embed_texts(model, texts: Sequence[str], *, lang: str | None = None, path: s
     A text with nothing to embed (empty, whitespace-only, only characters the tokenizer drops) is a
     :class:`~mtllm.errors.DataError` before any work."""
     from mtllm.data.collate import model_inputs
-    from mtllm.inference.batching import run_batched
+    from mtllm.modeling.batching import run_batched
 
     texts = list(texts)
     path = path or ("encoder" if model.encoder is not None else "llm")

@@ -12,6 +12,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 from mtllm.errors import DataError  # noqa: F401 (raised here, re-exported)
 from mtllm.tables import Table
+from mtllm.tasks.base import load_examples, resolve_data_dir
 
 logger = logging.getLogger(__name__)
 
@@ -146,14 +147,10 @@ DATA_PREFIX = "data:"
 
 
 def _data_root(data_dir: str | None) -> Path | None:
-    from mtllm.tasks import resolve_data_dir
-
     return resolve_data_dir(data_dir)
 
 
 def _iter_task(source: str, data_dir: str | None) -> Iterator[str]:
-    from mtllm.tasks import load_examples
-
     parts = source[len(TASK_PREFIX):].split("/")
     for example in load_examples(parts[0], parts[1], parts[2], data_dir=data_dir):
         for text in (*example.texts, *example.options):

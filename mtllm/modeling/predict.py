@@ -20,7 +20,7 @@ from mtllm.data.collate import collate_examples, example_lengths
 from mtllm.data.multiple_choice import OptionTruncatedError
 from mtllm.device import module_device
 from mtllm.errors import ConfigError, DataError
-from mtllm.inference.batching import forward_inputs, run_batched
+from mtllm.modeling.batching import forward_inputs, run_batched
 from mtllm.modeling.model import MTLLMModel
 
 __all__ = ["predict", "example_logits", "score_texts", "predict_texts", "softmax", "check_head", "model_path",
@@ -96,13 +96,11 @@ class _Item(NamedTuple):
 
 def encoder_code(model: MTLLMModel, lang: str | None, path: str, cache: dict) -> str | None:
     """The code the encoder gets for text in ``lang`` (its explicit, warned fallback where it does not cover
-    ``lang``; see :func:`mtllm.evaluation.evaluate.encoder_lang`), once per language; ``None`` on the LLM path."""
+    ``lang``; see :meth:`mtllm.MTLLMModel.encoder_lang`), once per language; ``None`` on the LLM path."""
     if lang is None or path != "encoder":
         return lang
     if lang not in cache:
-        from mtllm.evaluation.evaluate import encoder_lang
-
-        cache[lang] = encoder_lang(model, lang)
+        cache[lang] = model.encoder_lang(lang)
     return cache[lang]
 
 

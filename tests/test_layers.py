@@ -1,0 +1,51 @@
+"""The package's one-way layering (``[tool.importlinter]`` in pyproject.toml, checked by ``lint-imports`` in
+.ci/run) holds, and the check can fail: a lower layer that imports a higher one, written into a temporary copy
+of the package, breaks it."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _lint_imports(cwd: Path) -> subprocess.CompletedProcess:
+    """``lint-imports`` with ``cwd``'s pyproject.toml, finding the ``mtllm`` package in ``cwd`` first."""
+    return subprocess.run([sys.executable, "-c", "from importlinter.cli import lint_imports_command; "
+                           "lint_imports_command()"], cwd=cwd, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(cwd)})
+
+
+def _copy(tmp_path: Path) -> Path:
+    shutil.copytree(ROOT / "mtllm", tmp_path / "mtllm", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    return tmp_path
+
+
+def test_the_package_keeps_its_layers():
+    pytest.importorskip("importlinter")
+    result = _lint_imports(ROOT)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "BROKEN" not in result.stdout and "KEPT" in result.stdout
+
+
+@pytest.mark.parametrize("module,imports", [
+    ("errors.py", "import mtllm.cli"),                                # the ground importing the top, at module level
+    ("tasks/base.py", "def _f():\n    from mtllm.tasks.files import FileTask\n"),  # a function-level import counts
+    ("modeling/model.py", "def _g():\n    from mtllm.evaluation import evaluate\n"),
+])
+def test_a_reversed_import_breaks_the_check(tmp_path, module, imports):
+    pytest.importorskip("importlinter")
+    copy = _copy(tmp_path)
+    path = copy / "mtllm" / module
+    path.write_text(path.read_text() + "\n\n" + imports + "\n")
+    result = _lint_imports(copy)
+    assert result.returncode != 0, result.stdout
+    assert "BROKEN" in result.stdout
+    importer = "mtllm." + module.removesuffix(".py").replace("/", ".")
+    assert f"- {importer} -> " in result.stdout  # the offending import is named
