@@ -28,7 +28,6 @@ def _copy(tmp_path: Path) -> Path:
 
 
 def test_the_package_keeps_its_layers():
-    pytest.importorskip("importlinter")
     result = _lint_imports(ROOT)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "BROKEN" not in result.stdout and "KEPT" in result.stdout
@@ -40,7 +39,6 @@ def test_the_package_keeps_its_layers():
     ("modeling/model.py", "def _g():\n    from mtllm.evaluation import evaluate\n"),
 ])
 def test_a_reversed_import_breaks_the_check(tmp_path, module, imports):
-    pytest.importorskip("importlinter")
     copy = _copy(tmp_path)
     path = copy / "mtllm" / module
     path.write_text(path.read_text() + "\n\n" + imports + "\n")
