@@ -277,7 +277,8 @@ def evaluate(data_dir: str, *, split: str = "test", column: str = "text",
     return report
 
 
-def _markdown(report: dict[str, dict[str, Any]]) -> str:
+def markdown_report(report: dict[str, dict[str, Any]]) -> str:
+    """The per-language table of :func:`evaluate`'s report, in Markdown (docs/langid.md)."""
     lines = ["| language | n | accuracy | mean confidence | most frequent answers |", "|---|---|---|---|---|"]
     for code, r in report.items():
         answers = ", ".join(f"{c} {n}" for c, n in r["predicted"])
@@ -285,9 +286,3 @@ def _markdown(report: dict[str, dict[str, Any]]) -> str:
     mean = sum(r["accuracy"] for r in report.values()) / max(len(report), 1)
     lines.append(f"\nMean accuracy over {len(report)} languages: {mean:.3f}")
     return "\n".join(lines)
-
-
-if __name__ == "__main__":  # python -m mtllm.langid DATA_DIR [SPLIT]: the table of docs/langid.md
-    import sys
-
-    print(_markdown(evaluate(sys.argv[1], split=sys.argv[2] if len(sys.argv) > 2 else "test")))

@@ -198,7 +198,7 @@ def test_models_passed_in_memory_keep_no_partial_results(saved, tmp_path, monkey
     assert not (out / PARTIAL_FILE).exists()
 
 
-def test_a_finished_language_whose_file_changed_is_evaluated_again(saved, tmp_path, monkeypatch, capsys):
+def test_a_finished_language_whose_file_changed_is_evaluated_again(saved, tmp_path, monkeypatch, caplog):
     """Results follow their data (issue 23): the tester cut a finished language's test file to 50 rows and the
     rerun reported the old accuracy; the language is now evaluated again on what its file holds."""
     import shutil
@@ -214,9 +214,10 @@ def test_a_finished_language_whose_file_changed_is_evaluated_again(saved, tmp_pa
     lines = test_file.read_text(encoding="utf-8").splitlines(keepends=True)
     test_file.write_text("".join(lines[:6]), encoding="utf-8")  # the header and 5 rows
     seen = _counting(monkeypatch, "predict_shared_encoder")
+    caplog.set_level("INFO", logger="mtllm")
     again = run_evaluate(_settings(saved, out, data_dir=str(data)), progress=False)
     assert seen == ["fra_Latn", "swh_Latn"]  # eng_Latn unchanged: kept; fra_Latn changed: again
-    assert "fra_Latn: its data changed since the interrupted run" in capsys.readouterr().out
+    assert "fra_Latn: its data changed since the interrupted run" in caplog.text
     fresh = run_evaluate(_settings(saved, tmp_path / "fresh", data_dir=str(data)), progress=False)
     assert again.systems == fresh.systems
     results = json.loads((out / "results.json").read_text())

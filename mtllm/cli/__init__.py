@@ -318,9 +318,41 @@ def _list(keys: Sequence[str], owners: Mapping[str, Sequence[str]], dashes: str)
     return ", ".join(f"{dashes}{k} (a key of {' and '.join(owners[k])})" for k in keys)
 
 
+class _Console(logging.Handler):
+    """mtllm's progress messages (INFO) as plain lines on the command's console stream, looked up when each one
+    is written (so whatever stands for ``sys.stdout`` / ``sys.stderr`` at that moment gets it)."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(logging.INFO)
+        self.stream = stream
+        self.addFilter(lambda record: record.levelno < logging.WARNING)  # warnings: the prefixed handler
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            out = getattr(sys, self.stream)
+            out.write(self.format(record) + "\n")
+            out.flush()
+        except Exception:  # noqa: BLE001 (logging's own rule: a failed write never stops the command)
+            self.handleError(record)
+
+
+def _configure_logging(command: str) -> None:
+    """The library logs (one logger per module, under ``mtllm``); the command line shows it: progress messages
+    as plain lines on stdout, or on stderr for ``predict`` / ``encode``, whose stdout is their JSON result;
+    warnings and errors of every library on stderr, prefixed with their level and logger. Idempotent."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logger = logging.getLogger("mtllm")
+    logger.setLevel(logging.INFO)
+    for handler in [h for h in logger.handlers if isinstance(h, _Console)]:
+        logger.removeHandler(handler)
+    logger.addHandler(_Console("stderr" if command in ("predict", "encode") else "stdout"))
+    for handler in logging.getLogger().handlers:  # the root's: warnings and errors only (INFO is _Console's)
+        handler.setLevel(max(handler.level, logging.WARNING))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    _configure_logging(argv[0] if argv else "")
     if not argv or argv[0] in ("-h", "--help"):
         print("usage: mtllm COMMAND [--config FILE] [--key value ...]\n\ncommands:")
         for name, cmd in COMMANDS.items():

@@ -16,6 +16,7 @@ and the encoder alone.
 """
 from __future__ import annotations
 
+import logging
 import hashlib
 import time
 import warnings
@@ -32,9 +33,11 @@ from mtllm.fingerprints import examples_digest, json_digest
 from mtllm.settings import (EXISTING_DIR, MODEL, NAMED_MODELS, NON_EMPTY, OUTPUT_DIR, TASK_OR_RETRIEVAL, InferenceDtype,
                             at_least, check_settings)
 
+from mtllm.modeling.predict import predict_shared_encoder
+
 __all__ = ["EvaluateSettings", "run_evaluate", "retrieval_accuracy", "sample_examples", "evaluation_languages"]
 
-from mtllm.modeling.predict import predict_shared_encoder  # noqa: E402
+logger = logging.getLogger(__name__)
 
 Predictor = Callable[[Sequence[Any], str], np.ndarray]
 
@@ -177,9 +180,9 @@ def run_evaluate(settings: EvaluateSettings, *, models: dict[str, Any] | None = 
     paths = write_results(results, settings.output_dir)
     partial.finish()
     for line in format_summary_lines(results):
-        print(line, flush=True)
+        logger.info(line)
     for kind, path in paths.items():
-        print(f"[evaluate] {kind}: {path}", flush=True)
+        logger.info(f"[evaluate] {kind}: {path}")
     return results
 
 

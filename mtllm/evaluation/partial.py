@@ -18,6 +18,7 @@ are unchanged (its stage folders are keyed by them), so it always continues.
 """
 from __future__ import annotations
 
+import logging
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,6 +27,8 @@ from typing import Any
 from mtllm._io import atomic_write_json, remove_path
 from mtllm.errors import ConfigError
 from mtllm.fingerprints import json_digest
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["PARTIAL_FILE", "PartialResults", "evaluation_key"]
 
@@ -80,12 +83,12 @@ class PartialResults:
             old_key, langs = saved["key"], saved["langs"]
             assert isinstance(old_key, dict) and isinstance(langs, dict)
         except (OSError, ValueError, KeyError, TypeError, AssertionError):
-            print(f"[evaluate] {path} is unreadable; starting over", flush=True)
+            logger.info(f"[evaluate] {path} is unreadable; starting over")
             return found
         if _digest(old_key) != _digest(key):
             if overwrite:
-                print(f"[evaluate] overwrite: discarding {len(langs)} languages of partial results in {path} "
-                      f"(other settings)", flush=True)
+                logger.info(f"[evaluate] overwrite: discarding {len(langs)} languages of partial results in {path} "
+                      f"(other settings)")
                 return found
             changed = sorted(k for k in set(key) | set(old_key) if key.get(k) != old_key.get(k))
             raise ConfigError(
@@ -94,7 +97,7 @@ class PartialResults:
                 f"over, or choose another output_dir")
         found.langs, found.resumed = langs, tuple(langs)
         if langs:
-            print(f"[evaluate] continuing: {len(langs)} languages already done ({path})", flush=True)
+            logger.info(f"[evaluate] continuing: {len(langs)} languages already done ({path})")
         return found
 
     @classmethod
@@ -108,8 +111,8 @@ class PartialResults:
         whose data file changed since (cut, edited, replaced) is evaluated again, never reported from old data."""
         record = self.langs.get(lang)
         if record is not None and record.get("data") != data:
-            print(f"[evaluate] {lang}: its data changed since the interrupted run ({PARTIAL_FILE}); evaluating it "
-                  f"again", flush=True)
+            logger.info(f"[evaluate] {lang}: its data changed since the interrupted run ({PARTIAL_FILE}); evaluating it "
+                  f"again")
             self.resumed = tuple(code for code in self.resumed if code != lang)
             return None
         return record

@@ -39,12 +39,12 @@ finished run (sidecar ``"complete": true``, kept with the counts) says it is don
 """
 from __future__ import annotations
 
+import logging
 import csv
 import dataclasses
 import io
 import json
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +58,8 @@ from mtllm.locks import exclusive_output, lock_file
 from mtllm.modeling.model import model_fingerprint
 from mtllm.settings import MODEL, InferenceDtype, Rule, at_least, check_settings
 from mtllm.tables import Table, lone_surrogate
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["INPUT_SUFFIXES", "PREDICT_SUFFIXES", "ENCODE_SUFFIXES", "PROGRESS_SUFFIX", "CHUNK_ROWS", "Row",
            "iter_rows", "count_rows", "PredictFileSettings", "EncodeFileSettings", "predict_file", "encode_file",
@@ -657,8 +659,8 @@ class _Job:
         record = self.claim(self.identity)
         if record is not None and record.get("complete"):
             counts = record.get("counts", {})
-            print(f"[{self.kind}] {self.output} is already complete ({counts.get('rows', '?')} rows); rerun with "
-                  f"--overwrite to compute it again", file=sys.stderr, flush=True)
+            logger.info(f"[{self.kind}] {self.output} is already complete ({counts.get('rows', '?')} rows); rerun with "
+                  f"--overwrite to compute it again")
             return {"output": str(self.output), "already_complete": True, **counts}
         n_rows, id_kind = self.first_pass()
         if record is not None and record.get("rows_total") != n_rows:
@@ -716,7 +718,7 @@ class _Job:
                 + (f"; {counts.blank_segment} kept with one empty segment" if counts.blank_segment else "")
                 + (f"; {counts.truncated} truncated at max_seq_length ({model.config.max_seq_length} tokens)"
                    if counts.truncated else ""))
-        print(line, file=sys.stderr, flush=True)
+        logger.info(line)
         return summary
 
     def _load_model(self):

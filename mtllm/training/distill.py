@@ -10,6 +10,7 @@ teacher, then distil it into the MT-LLM.
 """
 from __future__ import annotations
 
+import logging
 import functools
 import json
 from dataclasses import asdict, dataclass, field
@@ -32,6 +33,8 @@ from mtllm.training.finetune import TaskSettings, _check_labels, _head_kind, _lo
 from mtllm.training.caches import ArrayCache, cache_key
 from mtllm.training.loop import TrainingArgs, epoch_evals, set_seed, start_run, train
 from mtllm.modeling.objectives import classification_loss, distill_loss, target_stats
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["DistillSettings", "pre_embed", "run_distill"]
 
@@ -161,7 +164,7 @@ def run_distill(model_settings: ModelSettings, task: TaskSettings, distill: Dist
 
     def on_epoch_end(m: nn.Module, epoch: int, step: int) -> dict[str, float]:
         acc = accuracy(m, val_ex, path="encoder", lang=lang, batch_size=task.eval_batch_size)
-        print(f"[distill] epoch {epoch} step {step}: {lang} {task.eval_split} accuracy {acc:.4f}", flush=True)
+        logger.info(f"[distill] epoch {epoch} step {step}: {lang} {task.eval_split} accuracy {acc:.4f}")
         return {"val_accuracy": acc}
 
     groups: dict[str, list[nn.Parameter]] = {"lora": [], "projection": [], "head": []}

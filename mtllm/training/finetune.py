@@ -3,6 +3,7 @@ and a head on the pooled output, cross-entropy on English task data; the checkpo
 English validation accuracy is kept (``best/``), chosen automatically."""
 from __future__ import annotations
 
+import logging
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,6 +19,8 @@ from mtllm.errors import DataError
 from mtllm.settings import EXISTING_DIR, NON_EMPTY, TASK, ModelSettings, at_least, check_settings
 from mtllm.training.loop import TrainingArgs, epoch_evals, set_seed, start_run, train
 from mtllm.modeling.objectives import classification_loss
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["TaskSettings", "run_finetune"]
 
@@ -85,8 +88,8 @@ def run_finetune(model_settings: ModelSettings, task: TaskSettings, args: Traini
 
     def on_epoch_end(m: nn.Module, epoch: int, step: int) -> dict[str, float]:
         acc = accuracy(m, val_ex, path="llm", batch_size=task.eval_batch_size)
-        print(f"[finetune] epoch {epoch} step {step}: {task.train_lang} {task.eval_split} accuracy {acc:.4f}"
-              + (" (best so far)" if acc > best["accuracy"] else ""), flush=True)
+        logger.info(f"[finetune] epoch {epoch} step {step}: {task.train_lang} {task.eval_split} accuracy {acc:.4f}"
+              + (" (best so far)" if acc > best["accuracy"] else ""))
         if acc > best["accuracy"]:
             best.update(accuracy=acc, epoch=epoch, step=step)
             with atomic_path(best_path) as tmp:

@@ -103,7 +103,7 @@ def start_run(args: TrainingArgs, stage: str) -> Path | None:
         if _is_main_process():
             removed = clear_outputs(out)
             if removed and args.overwrite:
-                print(f"[{stage}] --overwrite: removed the earlier run's {', '.join(removed)} from {out}", flush=True)
+                logger.info(f"[{stage}] --overwrite: removed the earlier run's {', '.join(removed)} from {out}")
     return ckpt
 
 
@@ -207,7 +207,7 @@ def make_accelerator(args: TrainingArgs):
         from mtllm.device import fast_bf16
 
         mixed_precision = "bf16" if fast_bf16(device) else "no"
-        print(f"[train] mixed_precision auto -> {mixed_precision!r} on {device}", flush=True)
+        logger.info(f"[train] mixed_precision auto -> {mixed_precision!r} on {device}")
     accelerator = Accelerator(mixed_precision=mixed_precision, log_with=_trackers(args.report_to) or None,
                               project_dir=str(args.output_dir), cpu=device.type == "cpu")
     if resolve_device(accelerator.device) != device:
@@ -270,13 +270,12 @@ def train(
             state = load_checkpoint(accelerator, model, scheduler, ckpt)
             step, history = state["step"], state.get("history", [])
             if accelerator.is_main_process:
-                print(f"[{stage}] resumed from {ckpt} at step {step}", flush=True)
+                logger.info(f"[{stage}] resumed from {ckpt} at step {step}")
                 if state.get("num_processes", world) != world:
-                    print(f"[{stage}] the checkpoint was written by {state['num_processes']} processes, this run "
-                          f"has {world}: same global batches, but not bit-identical to an uninterrupted run",
-                          flush=True)
+                    logger.info(f"[{stage}] the checkpoint was written by {state['num_processes']} processes, this run "
+                          f"has {world}: same global batches, but not bit-identical to an uninterrupted run")
         elif accelerator.is_main_process:
-            print(f"[{stage}] --resume: no valid checkpoint in {out / CHECKPOINT_DIR}; starting fresh", flush=True)
+            logger.info(f"[{stage}] --resume: no valid checkpoint in {out / CHECKPOINT_DIR}; starting fresh")
     trackers = bool(accelerator.log_with)
     if trackers:
         accelerator.init_trackers(stage, config={k: v for k, v in asdict(args).items() if v is not None})
@@ -353,7 +352,7 @@ def train(
                         bar.set_postfix({k: f"{v:.4g}" for k, v in sums.items()})
                     if step % args.log_steps == 0 or step == max_steps:
                         text = " ".join(f"{k}={v:.4g}" for k, v in sums.items())
-                        print(f"[{stage}] step {step}/{max_steps} {text} lr={record['lr']:.3g}", flush=True)
+                        logger.info(f"[{stage}] step {step}/{max_steps} {text} lr={record['lr']:.3g}")
                 if args.save_steps and step % args.save_steps == 0 and step < max_steps:
                     _save_checkpoint(accelerator, model, optimizer, scheduler, out, step, history, args.keep_checkpoints)
                     saved_at = step
@@ -370,7 +369,7 @@ def train(
         if not stopping and accelerator.is_main_process and save_final is not None:
             with atomic_path(final_dir) as tmp:  # final/ appears complete or not at all
                 save_final(unwrapped, tmp)
-            print(f"[{stage}] saved {final_dir}", flush=True)
+            logger.info(f"[{stage}] saved {final_dir}")
         if stopping or _any_process(accelerator, stop.requested):  # also a Ctrl-C during the last step's end
             if saved_at != step:
                 _save_checkpoint(accelerator, model, optimizer, scheduler, out, step, history, args.keep_checkpoints)

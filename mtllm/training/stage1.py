@@ -219,11 +219,11 @@ def run_stage1(model_settings: ModelSettings, stage1: Stage1Settings, args: Trai
             raise DataError(f"no text in {stage1.data} has a content token (all are empty or made only of characters "
                             f"the tokenizers drop, such as zero-width or control characters)")
         if accelerator.is_main_process:
-            print(f"[stage1] skipped {len(dropped)} text chunk(s) with no content token (only characters the "
-                  f"tokenizers drop, such as zero-width or control characters), as empty ones are", flush=True)
+            logger.info(f"[stage1] skipped {len(dropped)} text chunk(s) with no content token (only characters the "
+                  f"tokenizers drop, such as zero-width or control characters), as empty ones are")
     out = Path(args.output_dir)
     if accelerator.is_main_process:
-        print(f"[stage1] {len(texts)} text chunks from {stage1.data}", flush=True)
+        logger.info(f"[stage1] {len(texts)} text chunks from {stage1.data}")
     enc_lang = "eng_Latn" if model.config.encoder_lang_style == "nllb" else None
     span = None
     if stage1.stage1_objective != "sequence":  # first: the same teacher pass fills the pooled targets' cache
@@ -234,9 +234,9 @@ def run_stage1(model_settings: ModelSettings, stage1: Stage1Settings, args: Trai
         span = {"alignment": alignment, "targets": spans_UD, "first_row": alignment.first_rows(),
                 "stats": span_target_stats(spans_UD, standardize=stage1.target_norm == "standardize")}
         if accelerator.is_main_process:
-            print(f"[stage1] span objective: {len(spans_UD)} words in {len(texts)} texts "
+            logger.info(f"[stage1] span objective: {len(spans_UD)} words in {len(texts)} texts "
                   f"({len(spans_UD) / max(1, len(texts)):.1f} per text; teacher span targets "
-                  f"{spans_UD.nbytes / 2**20:.1f} MiB float16, memory-mapped)", flush=True)
+                  f"{spans_UD.nbytes / 2**20:.1f} MiB float16, memory-mapped)")
 
     with accelerator.main_process_first():
         targets_ND = teacher_targets(model, texts, batch_size=stage1.teacher_batch_size, cache_dir=out / "cache",
@@ -249,8 +249,8 @@ def run_stage1(model_settings: ModelSettings, stage1: Stage1Settings, args: Trai
         calibration = model.calibrate_projection(texts[:256])
         if accelerator.is_main_process:
             atomic_write_json(calibration_file, calibration)  # so a resumed run reports it too
-            print(f"[stage1] projection RMS {calibration['rms_before']:.3g} -> {calibration['rms_after']:.3g} "
-                  f"(LLM input embeddings: {calibration['target_rms']:.3g})", flush=True)
+            logger.info(f"[stage1] projection RMS {calibration['rms_before']:.3g} -> {calibration['rms_after']:.3g} "
+                  f"(LLM input embeddings: {calibration['target_rms']:.3g})")
 
     elif stage1.projection_init == "rms_match" and calibration_file.exists():
         calibration = json.loads(calibration_file.read_text())
@@ -295,7 +295,7 @@ def run_stage1(model_settings: ModelSettings, stage1: Stage1Settings, args: Trai
                    save_final=lambda m, d: m.save_pretrained(d),
                    config_to_save={"model": model_settings.__dict__, "stage1": stage1.__dict__, "training": args.__dict__})
     if n_truncated["n"] and accelerator.is_main_process:
-        print(f"[stage1] {n_truncated['n']} texts were longer than max_seq_length and truncated", flush=True)
+        logger.info(f"[stage1] {n_truncated['n']} texts were longer than max_seq_length and truncated")
     summary = {"final_dir": str(result.final_dir), "steps": result.steps, "seconds": round(result.seconds, 2),
                "n_texts": len(texts), "calibration": calibration,
                "first": result.history[0] if result.history else None,
