@@ -64,7 +64,8 @@ def _copy(saved: Path, which: str, dest: Path) -> Path:
 # (name, which saved folder, how to break it, error class, words the one line must hold)
 BROKEN = [
     ("no config.json", "good", lambda d: (d / "config.json").unlink(), ConfigError, ["config.json", "save"]),
-    ("truncated config.json", "good", lambda d: _truncate(d / "config.json"), DataError, ["config.json", "not valid JSON"]),
+    ("truncated config.json", "good", lambda d: _truncate(d / "config.json"), DataError,
+     ["config.json", "not valid JSON"]),
     ("config of a plain model", "good",
      lambda d: (d / "config.json").write_text(json.dumps({"model_type": "gemma3_text"})), ConfigError,
      ["'gemma3_text'", "not of an MT-LLM", "llm setting"]),
@@ -248,7 +249,8 @@ def test_other_seeds_draw_other_samples_and_parallel_files_share_ids():
     from mtllm.evaluation.evaluate import sample_examples
 
     labels = [i % 4 for i in range(200)]
-    eng, fra = _examples(labels), [Example(id=f"x{i}", texts=(f"texte {i}",), label=lab) for i, lab in enumerate(labels)]
+    eng, fra = _examples(labels), [Example(id=f"x{i}", texts=(f"texte {i}",), label=lab)
+                                   for i, lab in enumerate(labels)]
     samples = {seed: {e.id for e in sample_examples(eng, 20, seed=seed)} for seed in range(5)}
     assert len({frozenset(s) for s in samples.values()}) == 5
     assert {e.id for e in sample_examples(fra[::-1], 20, seed=3)} == samples[3]
@@ -324,12 +326,13 @@ def test_max_examples_on_a_label_sorted_file_is_a_stratified_sample_said_in_resu
     assert seen["encoder"][-1] == seen["encoder"][0]
 
 
-def test_a_one_class_language_is_flagged_next_to_its_score(tmp_path, eval_models, capsys):
+def test_a_one_class_language_is_flagged_next_to_its_score(tmp_path, eval_models, caplog):
     from mtllm.evaluation.evaluate import EvaluateSettings, run_evaluate
     from mtllm.evaluation.report import SINGLE_CLASS_MARK
 
     data = _sorted_data(tmp_path, one_class="travel")
     out = tmp_path / "eval"
+    caplog.set_level("INFO", logger="mtllm")  # the summary lines are logged (the CLI shows them)
     results = run_evaluate(EvaluateSettings(task="sib200", data_dir=str(data), output_dir=str(out), batch_size=16,
                                             systems=["mtllm", "llm"]), models=eval_models, progress=False)
     assert results.meta["single_class"] == {"fra_Latn": "travel"}
@@ -340,7 +343,7 @@ def test_a_one_class_language_is_flagged_next_to_its_score(tmp_path, eval_models
     assert not any(cell.endswith(SINGLE_CLASS_MARK) for cell in rows["eng_Latn"])
     md = (out / "results.md").read_text()
     assert f"{SINGLE_CLASS_MARK} every example of fra_Latn (travel) has the same class" in md
-    assert f"{SINGLE_CLASS_MARK} one class only in the examples of fra_Latn" in capsys.readouterr().out
+    assert f"{SINGLE_CLASS_MARK} one class only in the examples of fra_Latn" in caplog.text
 
 
 # ------------------------------------------------------------------------------------------ item 7: no content token
@@ -434,7 +437,8 @@ def test_stage1_skips_contentless_texts_as_it_skips_empty_ones(tmp_path, capsys)
     from mtllm.training.loop import TrainingArgs
     from mtllm.training.stage1 import Stage1Settings, run_stage1
 
-    lines = [l for l in (ROOT / "tests" / "fixtures" / "english.txt").read_text().splitlines() if l.strip()][:12]
+    lines = [line for line in (ROOT / "tests" / "fixtures" / "english.txt").read_text().splitlines()
+             if line.strip()][:12]
     clean, dirty = tmp_path / "clean.txt", tmp_path / "dirty.txt"
     clean.write_text("\n".join(lines) + "\n", encoding="utf-8")
     dirty.write_text("\n".join(lines[:5] + ["\u200b\u200b"] + lines[5:] + ["\x00\u2060"]) + "\n", encoding="utf-8")

@@ -69,15 +69,33 @@ def test_encode_takes_sentence_transformers_keywords(tiny_model):
 
 
 def test_encode_drops_into_retrieval_code(tiny_model):
-    """The usual sentence-transformers retrieval idiom: ``encode(..., convert_to_tensor=True,
-    normalize_embeddings=True)`` then a dot product; the best match of each query is itself."""
+    """The usual sentence-transformers retrieval idiom: the corpus ``encode(..., convert_to_tensor=True,
+    normalize_embeddings=True)``, the queries (other texts: each a near copy of one corpus text) ``encode(...,
+    convert_to_numpy=True, normalize_embeddings=True)``, then a dot product. The scores are the cosine
+    similarities computed by hand from each text's own (unnormalised) embedding, and each query's best match is
+    its corpus text, by a margin."""
     corpus = ["The cat sleeps on the warm mat.", "A dog runs in the park every morning.",
-              "Le chat dort sur le tapis chaud.", "Scientists discovered a new species of frog."]
+              "Le chat dort sur le tapis chaud.", "Scientists discovered a new species of frog.",
+              "The train to Nairobi leaves at noon.", "Paka analala kwenye mkeka."]
+    queries = {"A dog runs in the park every evening.": 1, "Scientists discovered a new species of frog in Peru.": 3,
+               "the cat sleeps on the warm mat": 0, "The train to Mombasa leaves at noon.": 4,
+               "Le chat dort sur le tapis.": 2}
     emb = tiny_model.encode(corpus, lang="eng_Latn", convert_to_tensor=True, normalize_embeddings=True,
-                            show_progress_bar=False)
-    queries = tiny_model.encode(corpus[::-1], lang="eng_Latn", convert_to_numpy=True, normalize_embeddings=True)
-    hits = (torch.from_numpy(queries) @ emb.T).argmax(1).tolist()
-    assert hits == [3, 2, 1, 0]
+                            batch_size=4, show_progress_bar=False)
+    q = tiny_model.encode(list(queries), lang="eng_Latn", convert_to_numpy=True, normalize_embeddings=True,
+                          batch_size=2)
+    assert isinstance(emb, torch.Tensor) and isinstance(q, np.ndarray)
+    scores = torch.from_numpy(q) @ emb.T
+
+    def own(text: str) -> np.ndarray:  # one text at a time: no batching, no normalisation
+        return tiny_model.encode(text, lang="eng_Latn").numpy().astype(np.float64)
+
+    docs, asked = np.stack([own(t) for t in corpus]), np.stack([own(t) for t in queries])
+    by_hand = (asked @ docs.T) / np.outer(np.linalg.norm(asked, axis=1), np.linalg.norm(docs, axis=1))
+    np.testing.assert_allclose(scores.numpy(), by_hand, atol=1e-5, rtol=0)
+    assert scores.argmax(1).tolist() == list(queries.values())
+    top2 = scores.topk(2, dim=1).values
+    assert (top2[:, 0] - top2[:, 1] > 1e-3).all()  # found, not tied
 
 
 # ------------------------------------------------------------------------------------------- files

@@ -88,7 +88,8 @@ def test_a_shared_preset_serves_every_command(monkeypatch, tmp_path):
             if name == "run":
                 plan_run(command_values(name, argv))
             elif is_run_config and name in ("finetune", "distill", "evaluate"):
-                with pytest.raises(ConfigError, match=f"is a `mtllm run` config: its {name}: (section is|and retrieval: sections are) read by "):
+                with pytest.raises(ConfigError, match=f"is a `mtllm run` config: its {name}: (section is|and "
+                                                      "retrieval: sections are) read by "):
                     command_values(name, argv)
             elif name in ("predict", "encode"):  # they need a model and files of the user's; of a preset they take
                 # only their own keys (e.g. batch_size, dtype) and leave the shared layer
@@ -98,7 +99,8 @@ def test_a_shared_preset_serves_every_command(monkeypatch, tmp_path):
                 build_settings(cmd.settings(), command_values(name, argv))
     ft = command_values("finetune", ["--config", TINY])
     assert "target_norm" not in ft and "data" not in ft and ft["lora_r"] == 4
-    with pytest.raises(ConfigError, match=r"^finetune does not use --target_norm \(a key of adapt and distill\); give it to the command that "):
+    with pytest.raises(ConfigError, match=r"^finetune does not use --target_norm \(a key of adapt and distill\); give "
+                                          r"it to the command that "):
         command_values("finetune", ["--target_norm", "none"])
     assert command_values("adapt", ["--config", TINY_RUN])["data"] == ["task:sib200/eng_Latn/train"]
 
@@ -145,7 +147,8 @@ def test_unknown_key_is_one_line_with_close_match(tmp_path, capsys):
     ("--lora_dropout", "1", "lora_dropout must be in [0, 1), not 1.0: the default is 0.05"),
     ("--max_seq_length", "4", "max_seq_length must be >= 8, not 4: the default is 512"),
     ("--data", "[]", "data must be non-empty, not []: the default is ['fineweb']"),
-    ("--data", "[nope.txt]", "data must be a list, each a text file or folder, data:PATH (inside the data directory), 'fineweb' or task:NAME/LANG/SPLIT, "
+    ("--data", "[nope.txt]", "data must be a list, each a text file or folder, data:PATH (inside the data directory), "
+                             "'fineweb' or task:NAME/LANG/SPLIT, "
                              "not ['nope.txt']: 'nope.txt': no such file or folder."),
     ("--encoder", "./no/such/model", "encoder must be a hub id, pocket:NAME, tiny:NAME or an existing model folder, "
                                      "not './no/such/model': there is no folder no/such/model (a path like this "
@@ -182,7 +185,8 @@ def test_bad_value_fails_before_anything_loads(tmp_path, capsys, monkeypatch, fl
     (Stage1Settings, {"teacher_batch_size": 0}, "teacher_batch_size must be >= 1, not 0"),
     (TaskSettings, {"eval_batch_size": 0}, "eval_batch_size must be >= 1, not 0"),
     (TaskSettings, {"max_train_examples": 0}, "max_train_examples must be >= 1 or null, not 0"),
-    (TaskSettings, {"task": "sib2000"}, "task must be a task name, not 'sib2000': unknown task 'sib2000'. Did you mean"),
+    (TaskSettings, {"task": "sib2000"},
+     "task must be a task name, not 'sib2000': unknown task 'sib2000'. Did you mean"),
     (DistillSettings, {}, "teacher_model must be given when objective is 'distill': give the folder written by "
                           "`mtllm finetune` (its DIR/best), or use objective: ce"),
     (EvaluateSettings, {"batch_size": 0}, "batch_size must be >= 1, not 0: the default is 32"),
@@ -194,7 +198,8 @@ def test_bad_value_fails_before_anything_loads(tmp_path, capsys, monkeypatch, fl
     (TranslateSettings, {"num_beams": 0}, "num_beams must be >= 1, not 0: the default is 1"),
     (TranslateTestSettings, {"max_examples": 0}, "max_examples must be >= 1 or null, not 0"),
     (ConvertSettings, {"names": ["e5-smal"]}, "names must be a list, each a pocket model name, not ['e5-smal']: "
-                                              "'e5-smal': pocket: models are e5-small, gemma3-270m (did you mean e5-small?)"),
+                                              "'e5-smal': pocket: models are e5-small, gemma3-270m (did you mean "
+                                              "e5-small?)"),
     (PipelineSettings, {"stages": []}, "stages must be non-empty, not []"),
 ])
 def test_ranges_are_checked_when_settings_are_built(cls, values, message):
@@ -239,9 +244,11 @@ def test_output_dir_that_is_a_file_and_config_that_is_a_folder(tmp_path, capsys)
     for out in (afile, afile / "sub"):
         assert main(["adapt", "--config", TINY, "--output_dir", str(out)]) == 2
         assert _error_line(capsys) == (f"mtllm adapt: error: output_dir must be a folder path, not {str(out)!r}: "
-                                       f"{afile} is a file, not a folder; choose a folder path (new or existing) for it")
+                                       f"{afile} is a file, not a folder; choose a folder path (new or existing) for "
+                                       "it")
     assert afile.read_text(encoding="utf-8") == "keep me"
-    assert main(["evaluate", "--output_dir", str(afile)]) == 2 and "output_dir must be a folder path" in _error_line(capsys)
+    assert main(["evaluate", "--output_dir",
+                 str(afile)]) == 2 and "output_dir must be a folder path" in _error_line(capsys)
     assert main(["adapt", "--config", str(ROOT / "configs")]) == 2
     assert _error_line(capsys) == (f"mtllm adapt: error: config file {ROOT / 'configs'} is a folder; give a YAML "
                                    f"file in it, e.g. {ROOT / 'configs' / 'paper-americasnli.yaml'}")
@@ -283,7 +290,8 @@ def test_missing_inputs_are_named_before_any_model_loads(tmp_path, capsys, monke
          f"compare must be a list of NAME=DIR, not ['before={tmp_path / 'm'}']: 'before={tmp_path / 'm'}': there is "
          f"no folder {tmp_path / 'm'}"),
         (["adapt", *args, "--data", str(ROOT / "README.md")],
-         "data must be a list, each a text file or folder, data:PATH (inside the data directory), 'fineweb' or task:NAME/LANG/SPLIT, not"),
+         "data must be a list, each a text file or folder, data:PATH (inside the data directory), 'fineweb' or "
+         "task:NAME/LANG/SPLIT, not"),
     ]
     for argv, message in cases:
         assert main(argv) == 2, argv
@@ -437,7 +445,8 @@ def test_a_task_file_hashes_its_files_bytes_not_its_place(tiny_run, task_registr
     for split in ("train", "valid", "test"):
         (task / "en" / f"{split}.csv").write_text("id,text,label\n1,good,positive\n2,bad,negative\n", encoding="utf-8")
     (task / "t.yaml").write_text("name: tiny-sentiment\nkind: single\ntrain: {eng_Latn: en/train.csv}\n"
-                                 "validation: {eng_Latn: en/valid.csv}\ntest: {eng_Latn: en/test.csv}\n", encoding="utf-8")
+                                 "validation: {eng_Latn: en/valid.csv}\ntest: {eng_Latn: en/test.csv}\n",
+                                 encoding="utf-8")
     base_hashes = _stage_hashes("--task", str(task / "t.yaml"))
     assert base_hashes["teacher"] != _stage_hashes()["teacher"]  # the task itself is an input
     test_file = task / "en" / "test.csv"
@@ -491,8 +500,10 @@ def test_config_file_mistakes_are_one_line(tmp_path, capsys):
         (["--config", str(tmp_path / "broken.yaml")], f"{tmp_path / 'broken.yaml'} is not valid YAML: while parsing"),
         (["--config", str(tmp_path / "latin1.yaml")], f"{tmp_path / 'latin1.yaml'} is not UTF-8 (invalid byte 0xe9"),
         (["--config", str(tmp_path / "bases.yaml")], f"{tmp_path / 'bases.yaml'}: base must be the path of one YAML "
-                                                     f"file (relative to bases.yaml), not ['tiny.yaml', 'pocket.yaml']"),
-        (["--config", TINY, "--encoder", "null"], "encoder must be a string, not null: the default is 'pocket:e5-small'"),
+                                                     "file (relative to bases.yaml), not ['tiny.yaml', "
+                                                     "'pocket.yaml']"),
+        (["--config", TINY, "--encoder", "null"],
+         "encoder must be a string, not null: the default is 'pocket:e5-small'"),
         (["--config", TINY, "--output_dir", "' '"], "output_dir must be a folder path, not ' ': give a folder path"),
     ]
     for argv, message in cases:
