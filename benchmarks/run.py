@@ -76,13 +76,18 @@ LANG = "eng_Latn"
 # configuration
 # =============================================================================================
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="tiny random models (tiny:xlmr + tiny:gemma3), generated texts; < 1 min")
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="tiny random models (tiny:xlmr + tiny:gemma3), generated "
+                                                        "texts; < 1 min")
     p.add_argument("--encoder", default=None, help="encoder source (default pocket:e5-small; --quick: tiny:xlmr)")
     p.add_argument("--llm", default=None, help="LLM source (default pocket:gemma3-270m; --quick: tiny:gemma3)")
-    p.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data"), help="local task data root (pocket data)")
-    p.add_argument("--max-texts", type=int, default=None, help="training texts/examples (default 128 pocket, 128 quick); rounded down to a multiple of the batch size")
-    p.add_argument("--infer-texts", type=int, default=None, help="texts for the inference section (default 96 pocket, 64 quick)")
+    p.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data"),
+                   help="local task data root (pocket data)")
+    p.add_argument("--max-texts", type=int, default=None, help="training texts/examples (default 128 pocket, 128 "
+                                                               "quick); rounded down to a multiple of the batch size")
+    p.add_argument("--infer-texts", type=int, default=None, help="texts for the inference section (default 96 pocket, "
+                                                                 "64 quick)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--epochs", type=int, default=3, help="epochs of stage 1 and distillation (>= 2)")
     p.add_argument("--max-seq-length", type=int, default=128)
@@ -95,14 +100,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-target-cache", action="store_true", help="optimized path: recompute the teacher every step")
     p.add_argument("--no-length-grouping", action="store_true", help="optimized path: random batches")
     p.add_argument("--no-encoder-cache", action="store_true", help="optimized path: run the frozen encoder every step")
-    p.add_argument("--bf16", action="store_true", help="optimized path: bf16 autocast training; inference: bf16 weights")
-    p.add_argument("--compile", action="store_true", help="optimized path and precision section: torch.compile (slow to compile)")
+    p.add_argument("--bf16", action="store_true",
+                   help="optimized path: bf16 autocast training; inference: bf16 weights")
+    p.add_argument("--compile", action="store_true", help="optimized path and precision section: torch.compile (slow "
+                                                          "to compile)")
     p.add_argument("--ablations", nargs="?", const="all", default=None, metavar="NAMES",
                    help="also run the optimized path with each optimisation off in turn: all of them, or a comma list "
                         "among target_cache,length_grouping,encoder_cache,bf16")
-    p.add_argument("--mt-decoder-layers", type=int, default=12, help="decoder layers of the pocket-shaped random M2M100 (NLLB-600M has 12)")
-    p.add_argument("--peak-size", type=int, default=None, help="matrix size for the matmul peak (default 2048; quick 1024)")
-    p.add_argument("--scaling", action="store_true", help="time and peak memory vs #texts and vs sequence length (a subprocess per point) -> PNG")
+    p.add_argument("--mt-decoder-layers", type=int, default=12,
+                   help="decoder layers of the pocket-shaped random M2M100 (NLLB-600M has 12)")
+    p.add_argument("--peak-size", type=int, default=None, help="matrix size for the matmul peak (default 2048; quick "
+                                                               "1024)")
+    p.add_argument("--scaling", action="store_true", help="time and peak memory vs #texts and vs sequence length (a "
+                                                          "subprocess per point) -> PNG")
     p.add_argument("--scaling-png", default=str(ROOT / "benchmarks" / "scaling.png"))
     p.add_argument("--scaling-point", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -233,7 +243,8 @@ def load_data(args: argparse.Namespace, model) -> tuple[list[str], list[Any], li
     examples = random.Random(0).sample(list(exs), min(n, len(exs)))
     n_ex = (len(examples) // args.batch_size) * args.batch_size
     return (texts[:n], examples[:n_ex], list(spec.label_names),
-            f"{n} of {len(all_texts)} stage-1 texts ({' + '.join(POCKET_DATA)}), {n_ex} SIB-200 eng_Latn train examples")
+            f"{n} of {len(all_texts)} stage-1 texts ({' + '.join(POCKET_DATA)}), {n_ex} SIB-200 eng_Latn train "
+            "examples")
 
 
 def infer_texts(args: argparse.Namespace, texts: list[str]) -> list[str]:
@@ -259,7 +270,8 @@ def build_mt_model(args: argparse.Namespace, model):
         with contextlib.redirect_stdout(io.StringIO()):
             mt = AutoModelForSeq2SeqLM.from_pretrained(path)
         tok = AutoTokenizer.from_pretrained(path)
-        return mt.eval(), tok, {"src_lang": "fra_Latn", "target_lang": LANG, "what": "tiny:m2m100 (d 32, 2+2 layers, NLLB-style tokenizer)"}
+        return mt.eval(), tok, {"src_lang": "fra_Latn", "target_lang": LANG,
+                                "what": "tiny:m2m100 (d 32, 2+2 layers, NLLB-style tokenizer)"}
     ec = model.encoder.config
     tok = model.encoder_tokenizer
     torch.manual_seed(0)
@@ -271,7 +283,8 @@ def build_mt_model(args: argparse.Namespace, model):
         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, decoder_start_token_id=tok.eos_token_id,
         dropout=0.0, attention_dropout=0.0, activation_function="gelu")
     mt = M2M100ForConditionalGeneration(cfg).eval()
-    what = (f"random M2M100: d_model {cfg.d_model}, {cfg.encoder_layers} encoder + {cfg.decoder_layers} decoder layers, "
+    what = (f"random M2M100: d_model {cfg.d_model}, {cfg.encoder_layers} encoder + {cfg.decoder_layers} decoder "
+            "layers, "
             f"{cfg.encoder_attention_heads} heads, FFN {cfg.encoder_ffn_dim}, vocabulary {cfg.vocab_size} "
             f"(the encoder's tokenizer), no language tokens")
     return mt, tok, {"src_lang": LANG, "target_lang": None, "what": what}
@@ -289,13 +302,15 @@ class Part:
 
     def fwd(self, n: int, length: int, lora: bool = True) -> float:
         """Matmul FLOPs of a forward pass over ``n`` sequences of ``length`` tokens (full L^2 attention)."""
-        return 2.0 * (self.lin + (self.lora if lora else 0)) * n * length + 4.0 * self.attn * self.layers * n * length ** 2
+        return (2.0 * (self.lin + (self.lora if lora else 0)) * n * length
+                + 4.0 * self.attn * self.layers * n * length ** 2)
 
     def train(self, n: int, length: int) -> float:
         """Forward + backward with frozen base weights: activation grads through every linear (~1x the
         forward matmuls), LoRA weight grads, attention backward ~2x its forward."""
         lin = self.lin + self.lora
-        return (2.0 * lin * n * length) * 2 + 2.0 * self.lora * n * length + 12.0 * self.attn * self.layers * n * length ** 2
+        return ((2.0 * lin * n * length) * 2 + 2.0 * self.lora * n * length
+                + 12.0 * self.attn * self.layers * n * length ** 2)
 
 
 def linear_sizes(module: nn.Module, skip: Callable[[str], bool] = lambda name: False) -> tuple[int, int]:
@@ -327,7 +342,8 @@ def model_parts(model) -> dict[str, Part]:
 def token_lengths(model, texts: Sequence[str], path: str) -> np.ndarray:
     out = np.zeros(len(texts), dtype=np.int64)
     for s in range(0, len(texts), 256):
-        mask = model.tokenize(list(texts[s:s + 256]), lang=LANG if path == "encoder" else None, path=path)["attention_mask"]
+        mask = model.tokenize(list(texts[s:s + 256]), lang=LANG if path == "encoder" else None,
+                              path=path)["attention_mask"]
         out[s:s + len(mask)] = mask.sum(1).numpy()
     return out
 
@@ -433,7 +449,8 @@ def run_training(model, *, stage: str, n: int, collate, loss_fn, lengths, opts: 
     epochs = [ends[0]] + [b - a for a, b in zip(ends, ends[1:])]
     # each epoch visits every example once in both paths, so the epoch-mean loss is over the same examples
     epoch_loss = [sum(h["loss"] for h in res.history[e * spe:(e + 1) * spe]) / spe for e in range(args.epochs)]
-    return {"train_s": res.seconds, "epoch_s": epochs, "steps": res.steps, "step_loss": [h["loss"] for h in res.history],
+    return {"train_s": res.seconds, "epoch_s": epochs, "steps": res.steps,
+            "step_loss": [h["loss"] for h in res.history],
             "first_loss": res.history[0]["loss"], "epoch_loss": epoch_loss, "final_epoch_loss": epoch_loss[-1]}
 
 
@@ -622,7 +639,8 @@ def bench_inference(model, mt, mt_tok, mt_info: dict[str, Any], texts: list[str]
     res["translate_test"] = {
         "total_s": total_tt, "translate_s": t_translate, "mt_encode_s": t_mt_enc,
         "mt_decode_s": max(t_translate - t_mt_enc, 0.0), "llm_classify_s": t_cls,
-        "examples_per_s": len(texts) / total_tt, "decode_tokens": decode_len, "mt_batches": [len(b) for b in mt_batches],
+        "examples_per_s": len(texts) / total_tt, "decode_tokens": decode_len,
+    "mt_batches": [len(b) for b in mt_batches],
         "mt_src_max_len": [max(len(ids[i]) for i in b) for b in mt_batches], "cls_shapes": cls_shapes,
         "translations_cached": translator.last_stats.cache_hits}
     res["mtllm_vs_translate_test"] = res["mtllm"]["examples_per_s"] / res["translate_test"]["examples_per_s"]
@@ -633,7 +651,8 @@ def bench_inference(model, mt, mt_tok, mt_info: dict[str, Any], texts: list[str]
 def mt_parts(mt) -> dict[str, Any]:
     enc_lin, _ = linear_sizes(mt.model.encoder)
     dec = mt.model.decoder
-    tok_lin, _ = linear_sizes(dec, skip=lambda n: n.endswith("encoder_attn.k_proj") or n.endswith("encoder_attn.v_proj"))
+    tok_lin, _ = linear_sizes(dec,
+                              skip=lambda n: n.endswith("encoder_attn.k_proj") or n.endswith("encoder_attn.v_proj"))
     all_lin, _ = linear_sizes(dec)
     c = mt.config
     return {"enc": Part(enc_lin, 0, c.d_model, c.encoder_layers), "dec_tok": tok_lin, "cross_kv": all_lin - tok_lin,
@@ -714,7 +733,9 @@ def counted_generate(mt, mt_tok, mtp: dict[str, Any], texts: list[str], T: int) 
         mt.generate(**enc, max_new_tokens=T, min_new_tokens=T, num_beams=1, do_sample=False)
     n, Ls = enc["input_ids"].shape
     e = mtp["enc"]
-    matmul = Part(e.lin, 0, 0, e.layers).fwd(n, Ls) + 2.0 * mtp["cross_kv"] * n * Ls + T * n * 2.0 * (mtp["dec_tok"] + mtp["lm_head"])
+    matmul = Part(e.lin, 0, 0, e.layers).fwd(n,
+                                             Ls) + 2.0 * mtp["cross_kv"] * n * Ls + T * n * 2.0 * (
+                                                 mtp["dec_tok"] + mtp["lm_head"])
     attention = e.fwd(n, Ls) - Part(e.lin, 0, 0, e.layers).fwd(n, Ls) + sum(
         n * mtp["dec_layers"] * 4.0 * mtp["d"] * (t + Ls) for t in range(1, T + 1))
     return _counted(counter, matmul, attention, f"{n} texts x {Ls} source tokens, {T} new tokens")
@@ -796,13 +817,15 @@ def one_repeat(r: int, args, ctx: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     flip = r % 2 == 1  # alternate which path runs first, so drift in machine load hits both
     try:
-        for stage, run_fn, data, prefix in (("stage1", stage1_run, texts, "s1"), ("distill", distill_run, examples, "d")):
+        for stage, run_fn, data, prefix in (("stage1", stage1_run, texts, "s1"),
+                                            ("distill", distill_run, examples, "d")):
             if stage not in args.sections:
                 continue
             set_distill_trainables(model)  # LoRA + projection train in both stages here
             runs = {}
             for name in (("opt", "naive") if flip else ("naive", "opt")):
-                runs[name] = run_fn(model, data, opt if name == "opt" else Opts.naive(), args, workdir / f"{prefix}-{name}", ctx)
+                runs[name] = run_fn(model, data, opt if name == "opt" else Opts.naive(), args,
+                                    workdir / f"{prefix}-{name}", ctx)
             for off in ablated(opt, args.ablations) if args.ablations else []:
                 o = copy.copy(opt)
                 setattr(o, off, False)
@@ -863,9 +886,11 @@ def summarize(args, ctx: dict[str, Any], reps: list[dict[str, Any]]) -> dict[str
             continue
         enc_len, llm_len, chars = ctx[f"{stage}_lens"]
         names = list(reps[0][stage])
-        say(f"\n## {stage} ({ctx['n_' + stage]} {'texts' if stage == 'stage1' else 'examples'}, batch {args.batch_size}, "
+        say(f"\n## {stage} ({ctx['n_' + stage]} {'texts' if stage == 'stage1' else 'examples'}, batch "
+            f"{args.batch_size}, "
             f"{args.epochs} epochs, {reps[0][stage]['opt']['steps']} steps per run)")
-        say(f"{'run':<24}{'setup s':>24}{'train s':>24}{'total s':>24}{'epochs>=2 s':>24}  final-epoch loss  (what is on)")
+        say(f"{'run':<24}{'setup s':>24}{'train s':>24}{'total s':>24}{'epochs>=2 s':>24}  final-epoch loss  (what is "
+            "on)")
         sec: dict[str, Any] = {}
         for name in names:
             rs = [r[stage][name] for r in reps]
@@ -882,19 +907,24 @@ def summarize(args, ctx: dict[str, Any], reps: list[dict[str, Any]]) -> dict[str
             sec[name] = d
             setup = fmt(d["setup_s"]) if d["setup_s"]["max"] > 1e-3 else "-"
             say(f"{name:<24}{setup:>24}{fmt(d['train_s']):>24}{fmt(d['total_s']):>24}"
-                f"{fmt(d['steady_s']):>24}  {d['final_epoch_loss']['median']:<16.4g}  ({'nothing' if name == 'naive' else d['opts']})")
+                f"{fmt(d['steady_s']):>24}  {d['final_epoch_loss']['median']:<16.4g}  "
+                f"({'nothing' if name == 'naive' else d['opts']})")
         ratio_total = stats([r[stage]["naive"]["total_s"] / r[stage]["opt"]["total_s"] for r in reps])
-        ratio_steady = stats([sum(r[stage]["naive"]["epoch_s"][1:]) / sum(r[stage]["opt"]["epoch_s"][1:]) for r in reps])
+        ratio_steady = stats([sum(r[stage]["naive"]["epoch_s"][1:]) / sum(r[stage]["opt"]["epoch_s"][1:])
+                              for r in reps])
         sec["speedup_total"] = ratio_total
         sec["speedup_epochs_ge2"] = ratio_steady
         sec["same_examples_per_epoch"] = same_examples_per_epoch(ctx["n_" + stage], args.batch_size, args.epochs,
                                                                  ctx[f"{stage}_char_lengths"])
         for name in names:
             if name.startswith("opt_no_"):
-                sec[name]["slowdown_vs_opt"] = stats([r[stage][name]["total_s"] / r[stage]["opt"]["total_s"] for r in reps])
-        say(f"speedup naive/optimized: total (incl. one-time caches) {fmt(ratio_total, 'x')}, epochs >= 2 {fmt(ratio_steady, 'x')}")
+                sec[name]["slowdown_vs_opt"] = stats(
+                    [r[stage][name]["total_s"] / r[stage]["opt"]["total_s"] for r in reps])
+        say(f"speedup naive/optimized: total (incl. one-time caches) {fmt(ratio_total, 'x')}, epochs >= 2 "
+            f"{fmt(ratio_steady, 'x')}")
         say(f"every epoch visits every example in both paths: {sec['same_examples_per_epoch']}; final-epoch loss naive "
-            f"{sec['naive']['final_epoch_loss']['median']:.4g} vs optimized {sec['opt']['final_epoch_loss']['median']:.4g}")
+            f"{sec['naive']['final_epoch_loss']['median']:.4g} vs optimized "
+            f"{sec['opt']['final_epoch_loss']['median']:.4g}")
         for name in ("naive", "opt"):
             say(f"loss curve (epoch means, median over repeats) {name}: "
                 + " ".join(f"{e['median']:.4g}" for e in sec[name]["epoch_loss"]))
@@ -903,10 +933,12 @@ def summarize(args, ctx: dict[str, Any], reps: list[dict[str, Any]]) -> dict[str
                 say(f"ablation {name}: {fmt(sec[name]['slowdown_vs_opt'], 'x')} the optimized total time")
         for name in ("naive", "opt"):
             d = sec[name]
-            say(f"padding: {name} executes {100 * d['padding_overhead']:.0f}% more matmul FLOPs than its real tokens need")
+            say(f"padding: {name} executes {100 * d['padding_overhead']:.0f}% more matmul FLOPs than its real tokens "
+                "need")
             if peak:
                 bf = name == "opt" and args.bf16
-                say(f"roofline {name}: train {d['train_flops']['executed'] / 1e12:.3g} TFLOP in {d['train_s']['median']:.3g} s -> "
+                say(f"roofline {name}: train {d['train_flops']['executed'] / 1e12:.3g} TFLOP in "
+                    f"{d['train_s']['median']:.3g} s -> "
                     f"{mfu(d['train_flops']['executed'], d['train_s']['median'], bf)}"
                     + (f"; one-time caches {d['setup_flops'] / 1e12:.3g} TFLOP in {d['setup_s']['median']:.3g} s -> "
                        f"{mfu(d['setup_flops'], d['setup_s']['median'], False)}" if d['setup_flops'] else ""))
@@ -918,36 +950,45 @@ def summarize(args, ctx: dict[str, Any], reps: list[dict[str, Any]]) -> dict[str
                "dtype": reps[0]["inference"]["dtype"], "n": reps[0]["inference"]["n"],
                "decode_tokens": reps[0]["inference"]["translate_test"]["decode_tokens"]}
         for sysname, keys in (("mtllm", ("tokenize_s", "encode_s", "llm_classify_s", "total_s", "examples_per_s")),
-                              ("translate_test", ("mt_encode_s", "mt_decode_s", "llm_classify_s", "total_s", "examples_per_s"))):
+                              ("translate_test",
+                               ("mt_encode_s", "mt_decode_s", "llm_classify_s", "total_s", "examples_per_s"))):
             sec[sysname] = {k: stats([r["inference"][sysname][k] for r in reps]) for k in keys}
         say(f"\n## inference: MT-LLM classification vs translate-test ({sec['n']} texts, {sec['dtype']})")
         say(f"MT model: {sec['mt_model']}; greedy decode of exactly {sec['decode_tokens']} tokens per text "
             f"(the mean source length; a random model would not stop by itself)")
         m, t = sec["mtllm"], sec["translate_test"]
-        say(f"MT-LLM        : {fmt(m['examples_per_s'])} ex/s  = tokenize {fmt(m['tokenize_s'])} s + encode {fmt(m['encode_s'])} s "
+        say(f"MT-LLM        : {fmt(m['examples_per_s'])} ex/s  = tokenize {fmt(m['tokenize_s'])} s + encode "
+            f"{fmt(m['encode_s'])} s "
             f"+ LLM/classify {fmt(m['llm_classify_s'])} s")
-        say(f"translate-test: {fmt(t['examples_per_s'])} ex/s  = MT encode {fmt(t['mt_encode_s'])} s + MT decode {fmt(t['mt_decode_s'])} s "
+        say(f"translate-test: {fmt(t['examples_per_s'])} ex/s  = MT encode {fmt(t['mt_encode_s'])} s + MT decode "
+            f"{fmt(t['mt_decode_s'])} s "
             f"+ LLM/classify {fmt(t['llm_classify_s'])} s")
         say(f"MT-LLM vs translate-test: {fmt(sec['ratio'], 'x')} the examples/s")
         if peak:
             fl = inference_flops(parts, ctx["mt_parts"], reps[0]["inference"])
             sec["flops"] = fl
             bf = args.bf16
-            say(f"roofline inference: MT-LLM {fl['mtllm'] / 1e9:.3g} GFLOP -> {mfu(fl['mtllm'], m['total_s']['median'], bf)}; "
-                f"translate-test {fl['translate_test'] / 1e9:.3g} GFLOP -> {mfu(fl['translate_test'], t['total_s']['median'], bf)} "
-                f"(MT decode alone: {mfu(fl['translate'], t['mt_encode_s']['median'] + t['mt_decode_s']['median'], bf)})")
+            say(f"roofline inference: MT-LLM {fl['mtllm'] / 1e9:.3g} GFLOP -> "
+                f"{mfu(fl['mtllm'], m['total_s']['median'], bf)}; "
+                f"translate-test {fl['translate_test'] / 1e9:.3g} GFLOP -> "
+                f"{mfu(fl['translate_test'], t['total_s']['median'], bf)} "
+                "(MT decode alone: "
+                f"{mfu(fl['translate'], t['mt_encode_s']['median'] + t['mt_decode_s']['median'], bf)})")
         S["inference"] = sec
 
     if peak:
-        say(f"\n## roofline: measured {args.peak_size}x{args.peak_size} matmul peak fp32 {fmt(S['peak_fp32_gflops'], ' GFLOP/s')}, "
+        say(f"\n## roofline: measured {args.peak_size}x{args.peak_size} matmul peak fp32 "
+            f"{fmt(S['peak_fp32_gflops'], ' GFLOP/s')}, "
             f"bf16 {fmt(S['peak_bf16_gflops'], ' GFLOP/s')}")
         chk = ctx.get("flop_check")
         if chk:
             S["flop_check"] = chk
             for k, v in chk.items():
                 say(f"FlopCounterMode cross-check, {k} ({v['what']}): counted {v['counted'] / 1e9:.4g} GFLOP "
-                    f"({', '.join(sorted(v['counted_ops']))}) vs analytic linear layers {v['analytic_matmul'] / 1e9:.4g} GFLOP "
-                    f"(ratio {v['counted'] / v['analytic_matmul']:.3f}); attention (analytic only, {v['analytic_attention'] / 1e9:.4g} "
+                    f"({', '.join(sorted(v['counted_ops']))}) vs analytic linear layers "
+                    f"{v['analytic_matmul'] / 1e9:.4g} GFLOP "
+                    f"(ratio {v['counted'] / v['analytic_matmul']:.3f}); attention (analytic only, "
+                    f"{v['analytic_attention'] / 1e9:.4g} "
                     f"GFLOP) runs in SDPA kernels that FlopCounterMode does not count on CPU")
 
     if "precision" in reps[0]:
@@ -1020,7 +1061,8 @@ def scaling_point(args) -> None:
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     enc_len = token_lengths(model, texts, "encoder")
-    print(json.dumps({**point, "mean_tokens": float(enc_len.mean()), "setup_s": res["setup_s"], "train_s": res["train_s"],
+    print(json.dumps({**point, "mean_tokens": float(enc_len.mean()), "setup_s": res["setup_s"],
+                      "train_s": res["train_s"],
                       "epoch_s": res["epoch_s"], "total_s": res["total_s"],
                       "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                       "rss_after_model_mb": base_rss, "anon_after_model_mb": base_anon, "anon_end_mb": rss_anon_mb(),
@@ -1051,7 +1093,8 @@ def run_scaling(args) -> dict[str, Any]:
         results.append(res)
         print(f"scaling {pt['axis']}: n={res['n']:>5} tokens~{res['mean_tokens']:6.1f}  setup {res['setup_s']:.2f} s  "
               f"train {res['train_s']:.2f} s  peak RSS {res['peak_rss_mb']:.0f} MB (after model load "
-              f"{res['rss_after_model_mb']:.0f} MB)  anon {res['anon_end_mb']:.0f} MB  cache {res['encoder_cache_mb']:.2f} MB",
+              f"{res['rss_after_model_mb']:.0f} MB)  anon {res['anon_end_mb']:.0f} MB  cache "
+              f"{res['encoder_cache_mb']:.2f} MB",
               flush=True)
     plot_scaling(results, args.scaling_png, f"{args.encoder} + {args.llm}, batch {args.batch_size}, 2 epochs")
     print(f"wrote {args.scaling_png}")
@@ -1069,7 +1112,8 @@ def plot_scaling(results: list[dict[str, Any]], path: str, title: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(2, 2, figsize=(11, 8))
-    for row, axis, xkey, xlabel in ((0, "n", "n", "training texts"), (1, "len", "mean_tokens", "mean encoder tokens per text")):
+    for row, axis, xkey, xlabel in ((0, "n", "n", "training texts"),
+                                    (1, "len", "mean_tokens", "mean encoder tokens per text")):
         pts = [r for r in results if r["axis"] == axis]
         x = [r[xkey] for r in pts]
         a = ax[row][0]
@@ -1114,7 +1158,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         scaling_point(args)
         return 0
     info = machine_info()
-    print(f"# mtllm benchmark: {args.encoder} + {args.llm} | {info['nproc']} cores ({info['cpu']}), torch {info['torch']}, "
+    print(f"# mtllm benchmark: {args.encoder} + {args.llm} | {info['nproc']} cores ({info['cpu']}), torch "
+          f"{info['torch']}, "
           f"{info['torch_threads']} threads, load average {info['loadavg_start']}", flush=True)
     if busy > 0.5 * (info["nproc"] or 1):
         print(f"# WARNING: load average {busy:.2f} on {info['nproc']} cores before starting: other processes compete "
@@ -1124,7 +1169,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.scaling:
         res = run_scaling(args)
         if args.json:
-            Path(args.json).write_text(json.dumps({"machine": info, "args": vars(args), "scaling": res}, indent=1, default=str))
+            Path(args.json).write_text(json.dumps({"machine": info, "args": vars(args), "scaling": res}, indent=1,
+                                                  default=str))
         return 0
 
     t_start = time.perf_counter()
@@ -1143,12 +1189,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     from mtllm.training.encoder_cache import encoder_input_texts
 
     ex_texts = encoder_input_texts(model, examples)
-    ctx["stage1_lens"] = (token_lengths(model, texts, "encoder"), token_lengths(model, texts, "llm"), [len(t) for t in texts])
+    ctx["stage1_lens"] = (token_lengths(model, texts, "encoder"), token_lengths(model, texts, "llm"),
+                          [len(t) for t in texts])
     ctx["distill_lens"] = (token_lengths(model, ex_texts, "encoder"), token_lengths(model, ex_texts, "llm"),
                            [len(t) for t in ex_texts])
     ctx["stage1_char_lengths"] = [len(t) for t in texts]
     ctx["distill_char_lengths"] = example_lengths(examples)
-    need_bf16 = "precision" in args.sections or (args.bf16 and ("inference" in args.sections or "roofline" in args.sections))
+    need_bf16 = "precision" in args.sections or (args.bf16
+                                                 and ("inference" in args.sections or "roofline" in args.sections))
     if need_bf16:
         ctx["bf16_model"] = copy.deepcopy(model).to(torch.bfloat16).eval()
     if "inference" in args.sections or "roofline" in args.sections:
@@ -1168,7 +1216,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"# repeat {r + 1}/{args.repeats} done in {time.perf_counter() - t0:.1f} s", flush=True)
     if "roofline" in args.sections:
         sample = sorted(texts, key=len)[len(texts) // 2:][:args.batch_size]
-        ctx["flop_check"] = {"stage-1 train step, encoder run": counted_train_step(model, sample, ctx["parts"], ctx["bos"])}
+        ctx["flop_check"] = {
+            "stage-1 train step, encoder run": counted_train_step(model, sample, ctx["parts"], ctx["bos"])}
         mt_sample = ctx["infer_texts"][:4]
         T = reps[0]["inference"]["translate_test"]["decode_tokens"] if "inference" in reps[0] else 8
         ctx["flop_check"]["MT greedy generate, 4 texts"] = counted_generate(ctx["mt"], ctx["mt_tok"], ctx["mt_parts"],

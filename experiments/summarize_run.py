@@ -44,13 +44,15 @@ def main(root: str) -> None:
             return sum(vals) / len(vals)
         first, last = rows[:20], rows[-20:]
         out.append(f"\nstage 1: {len(rows)} steps; mean of the first 20 steps MSE {mean('mse', first):.3f} / FVU "
-                   f"{mean('fvu', first):.3f}; last 20 steps MSE {mean('mse', last):.3f} / FVU {mean('fvu', last):.3f}; "
+                   f"{mean('fvu', first):.3f}; last 20 steps MSE {mean('mse', last):.3f} / FVU "
+                   f"{mean('fvu', last):.3f}; "
                    f"training time {rows[-1]['elapsed_s']:.0f} s")
     for res in sorted(root_p.glob("*/results.json")):
         data = json.loads(res.read_text())
         out.append(f"\n### {res.parent.name} ({data['task']}, {data['metric']})\n")
         order = ["mtllm_before_stage1", "mtllm", "llm", "encoder", "translate_test"]
-        out.append(table(data, [s for s in order if s in data["systems"]] + [s for s in data["systems"] if s not in order]))
+        out.append(table(data,
+                         [s for s in order if s in data["systems"]] + [s for s in data["systems"] if s not in order]))
         for note in data.get("notes", []):
             out.append(f"\n- {note}")
         if "seconds" in data:

@@ -39,7 +39,8 @@ def resolve_device(preference: str | torch.device | None = None) -> torch.device
 
     CUDA and MPS devices come back with their index (``cuda`` -> ``cuda:LOCAL_RANK`` under a
     multi-process launcher, else the current CUDA device) and the CPU without one, so they compare
-    equal to a parameter's ``.device``. Asking for a device this machine does not have is a :class:`~mtllm.errors.ConfigError`."""
+    equal to a parameter's ``.device``. Asking for a device this machine does not have is a
+    :class:`~mtllm.errors.ConfigError`."""
     source = "the device setting"
     choice: Any = preference
     if choice is None or str(choice) in ("", "auto"):

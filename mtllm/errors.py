@@ -6,7 +6,8 @@ what is wrong and how to fix it. Every other exception is a bug or a fault and k
 """
 from __future__ import annotations
 
-__all__ = ["UserError", "ConfigError", "CustomCodeError", "DataError", "UnknownLanguageError", "UnsupportedLanguageError",
+__all__ = ["UserError", "ConfigError", "CustomCodeError", "DataError", "UnknownLanguageError",
+           "UnsupportedLanguageError",
            "CheckpointError", "TrainingDiverged", "TrainingInterrupted"]
 
 

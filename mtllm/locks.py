@@ -9,7 +9,8 @@ The lock is `filelock <https://py-filelock.readthedocs.io>`_'s :class:`~filelock
 (``flock`` on POSIX) on a hidden file, so the kernel lets go of it when its holder dies in any way,
 ``kill -9`` included, and the next writer takes it over with no stale-lock rule to get wrong. The lock
 file of an output, folder or file, is ``.<name>.lock`` beside it (so a refused command leaves the output as it
-was, and a folder's own listing never shows the lock). Who holds it is written (by the holder, after it has the lock) to ``<lock file>.json`` and removed on release; the
+was, and a folder's own listing never shows the lock). Who holds it is written (by the holder, after it has the lock) to
+``<lock file>.json`` and removed on release; the
 lock files themselves stay, as filelock leaves them (removing one while another process may be opening it
 would let two processes hold "the" lock). Under ``torchrun`` / ``accelerate launch`` rank 0 holds the lock for
 the whole run and the other ranks take none. An OS lock is per open file, not per process, so a process that

@@ -23,7 +23,8 @@ from pathlib import Path
 from mtllm._io import remove_path
 from mtllm.errors import ConfigError
 
-__all__ = ["TRAINING_STAGES", "OWN_NAMES", "FINISHED", "KEPT", "foreign_entries", "check_writable", "claim_output_dir", "clear_outputs"]
+__all__ = ["TRAINING_STAGES", "OWN_NAMES", "FINISHED", "KEPT", "foreign_entries", "check_writable", "claim_output_dir",
+           "clear_outputs"]
 
 #: The training stages (:func:`mtllm.training.loop.train`'s ``stage``): each writes ``<stage>_config.json``,
 #: ``<stage>_summary.json`` and, with TensorBoard, a ``<stage>/`` folder of event files.
@@ -57,7 +58,8 @@ def list_checkpoints(output_dir: str | Path) -> list[Path]:
     if not root.exists():
         return []
     return sorted((p for p in root.iterdir()
-                   if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX) and p.name[len(CHECKPOINT_PREFIX):].isdigit()),
+                   if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX)
+                   and p.name[len(CHECKPOINT_PREFIX):].isdigit()),
                   key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
 
 

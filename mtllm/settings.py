@@ -325,7 +325,8 @@ def above(low: int | float) -> Rule:
 
 def between(low: int | float, high: int | float, *, high_open: bool = False) -> Rule:
     """``low <= value <= high`` (``< high`` with ``high_open``)."""
-    return _range(f"in [{low}, {high}{')' if high_open else ']'}", lambda v: low <= v and (v < high if high_open else v <= high))
+    return _range(f"in [{low}, {high}{')' if high_open else ']'}",
+                  lambda v: low <= v and (v < high if high_open else v <= high))
 
 
 #: Ratios and probabilities: warmup, dropout.
@@ -388,7 +389,8 @@ def _model(value: Any, _: Any) -> str | None:
     if name in known:
         return None
     close = difflib.get_close_matches(name, list(known), n=1)
-    return f"{ref.split(':')[0]}: models are {', '.join(sorted(known))}" + (f" (did you mean {close[0]}?)" if close else "")
+    return f"{ref.split(':')[0]}: models are {', '.join(sorted(known))}" + (
+        f" (did you mean {close[0]}?)" if close else "")
 
 
 #: A model: a hub id (``owner/name``), ``pocket:NAME``, ``tiny:NAME`` or a local folder, which must exist.
@@ -565,19 +567,28 @@ MIN_SEQ_LENGTH = 8
 class ModelSettings:
     """Which models to stack and how (shared by every stage)."""
 
-    encoder: str = field(default="pocket:e5-small", metadata={"help": "Encoder: hub id, local dir, pocket:NAME or tiny:NAME.", "check": MODEL})
-    llm: str = field(default="pocket:gemma3-270m", metadata={"help": "Decoder LLM: hub id, local dir, pocket:NAME or tiny:NAME.", "check": MODEL})
-    llm_adapters_to_merge: list[str] = field(default_factory=list, metadata={"help": "PEFT adapters merged into the LLM first (LLM2Vec).", "check": each(MODEL)})
+    encoder: str = field(default="pocket:e5-small", metadata={"help": "Encoder: hub id, local dir, pocket:NAME or "
+                                                                      "tiny:NAME.", "check": MODEL})
+    llm: str = field(default="pocket:gemma3-270m", metadata={"help": "Decoder LLM: hub id, local dir, pocket:NAME or "
+                                                                     "tiny:NAME.", "check": MODEL})
+    llm_adapters_to_merge: list[str] = field(default_factory=list,
+                                             metadata={"help": "PEFT adapters merged into the LLM first (LLM2Vec).",
+                                                       "check": each(MODEL)})
     bidirectional: bool = field(default=False, metadata={"help": "Non-causal LLM attention (LLM2Vec)."})
     pooling: Literal["mean", "eos", "cls"] = field(default="mean", metadata={"help": "mean, eos or cls."})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank.", "check": at_least(1)})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha.", "check": above(0)})
     lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout.", "check": FRACTION})
-    lora_target_modules: str | list[str] = field(default="all-linear", metadata={"help": "LoRA target modules: 'all-linear' or a list of module names.", "check": NON_EMPTY})
+    lora_target_modules: str | list[str] = field(default="all-linear",
+                                                 metadata={"help": "LoRA target modules: 'all-linear' or a list of "
+                                                                   "module names.", "check": NON_EMPTY})
     load_in_4bit: bool = field(default=False, metadata={"help": "NF4 LLM weights (CUDA + bitsandbytes only)."})
     dtype: Dtype = field(default="float32", metadata={"help": "Weights dtype: float32, bfloat16 or float16."})
-    max_seq_length: int = field(default=512, metadata={"help": "Truncation length of both tokenisations.", "check": at_least(MIN_SEQ_LENGTH)})
-    attn_implementation: str | None = field(default=None, metadata={"help": "eager or sdpa (default: transformers' choice)."})
+    max_seq_length: int = field(default=512,
+                                metadata={"help": "Truncation length of both tokenisations.",
+                                          "check": at_least(MIN_SEQ_LENGTH)})
+    attn_implementation: str | None = field(default=None, metadata={"help": "eager or sdpa (default: transformers' "
+                                                                            "choice)."})
 
     def __post_init__(self) -> None:
         check_settings(self)

@@ -95,7 +95,8 @@ def test_belebele_blank_question_kept_blank_option_is_an_error(tmp_path):
     rows = [row, {**row, "flores_passage": " ", "question_number": 2}, {**row, "question": "Q?", "question_number": 3}]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     ex = load_examples("belebele", "eng_Latn", "test", tmp_path)
-    assert ex == [Example("l#1", ("P", ""), 1, ("a", "b", "c", "d")), Example("l#3", ("P", "Q?"), 1, ("a", "b", "c", "d"))]
+    assert ex == [Example("l#1", ("P", ""), 1, ("a", "b", "c", "d")),
+                  Example("l#3", ("P", "Q?"), 1, ("a", "b", "c", "d"))]
     assert ex.report.counts() == _counts(1, 1) and ex.report.dropped_rows == [f"{path}:2"]
     path.write_text(json.dumps({**row, "question": "Q?", "mc_answer3": ""}) + "\n")
     with pytest.raises(TaskDataError, match=r"eng_Latn\.jsonl:1: empty 'mc_answer3' \(got ''\); an answer option needs "
@@ -205,6 +206,8 @@ def test_pipeline_prints_the_training_data_bad_rows(capsys):
     _print_bad_rows("teacher", TaskSettings(task="americasnli", data_dir=str(FIX), eval_split="train"))
     assert capsys.readouterr().out == (
         f"[run] teacher: xnli eng_Latn train data: 1 row kept with a blank segment (as '') "
-        f"({FIX / 'xnli' / 'en' / 'train.jsonl'}:2); 1 row without text dropped ({FIX / 'xnli' / 'en' / 'train.jsonl'}:4)\n")
-    _print_bad_rows("teacher", TaskSettings(task="sib200", data_dir=str(Path(__file__).parent / "fixtures" / "pipeline")))
+        f"({FIX / 'xnli' / 'en' / 'train.jsonl'}:2); 1 row without text dropped "
+        f"({FIX / 'xnli' / 'en' / 'train.jsonl'}:4)\n")
+    _print_bad_rows("teacher",
+                    TaskSettings(task="sib200", data_dir=str(Path(__file__).parent / "fixtures" / "pipeline")))
     assert capsys.readouterr().out == ""  # nothing to say

@@ -83,7 +83,8 @@ def test_quick_benchmark_last_line_and_json(tmp_path):
             assert curve[-1] < curve[0]  # both paths train
     for check in summary["flop_check"].values():  # FlopCounterMode counts exactly the analytic matmuls
         assert abs(check["counted"] / check["analytic_matmul"] - 1) < 0.02
-    assert summary["peak_fp32_gflops"]["median"] == pytest.approx(_median([r["peak"]["fp32_flops"] / 1e9 for r in reps]))
+    assert summary["peak_fp32_gflops"]["median"] == pytest.approx(
+        _median([r["peak"]["fp32_flops"] / 1e9 for r in reps]))
     assert {"infer_fp32_s", "infer_bf16_weights_s", "train_step_bf16_autocast_s"} <= set(summary["precision"])
     assert result["machine"]["nproc"] == os.cpu_count() and result["machine"]["torch"] == torch.__version__
 

@@ -22,7 +22,8 @@ def test_formats_and_folders(tmp_path):
 def test_non_utf8_file_names_file_and_fix(tmp_path):
     bad = tmp_path / "latin1.txt"
     bad.write_bytes("café au lait".encode("latin-1"))
-    with pytest.raises(DataError, match=r"latin1\.txt:1: not UTF-8 \(invalid byte 0xe9 at byte 4 of the line.*re-encode"):
+    with pytest.raises(DataError,
+                       match=r"latin1\.txt:1: not UTF-8 \(invalid byte 0xe9 at byte 4 of the line.*re-encode"):
         list(iter_texts([str(bad)]))
 
 
@@ -83,11 +84,15 @@ def test_json_file_that_is_one_array(tmp_path):
 
 
 @pytest.mark.parametrize("name, content, message", [
-    ("ints.jsonl", '{"text": "fine"}\n{"text": 42}\n', r"ints\.jsonl:2: 'text' holds int 42, not a string; set text_field"),
-    ("nested.json", json.dumps([{"text": {"en": "x"}}]), r"nested\.json: item 0: 'text' holds dict \{'en': 'x'\}, not a string"),
-    ("list.jsonl", '["not", "an object"]\n', r"list\.jsonl:1: a list \['not', 'an object'\], not a JSON object; write one object per line"),
+    ("ints.jsonl", '{"text": "fine"}\n{"text": 42}\n', r"ints\.jsonl:2: 'text' holds int 42, not a string; set "
+                                                       r"text_field"),
+    ("nested.json", json.dumps([{"text": {"en": "x"}}]), r"nested\.json: item 0: 'text' holds dict \{'en': 'x'\}, not "
+                                                         r"a string"),
+    ("list.jsonl", '["not", "an object"]\n', r"list\.jsonl:1: a list \['not', 'an object'\], not a JSON object; write "
+                                             r"one object per line"),
     ("broken.jsonl", '{"text": "a"}\n{"text": \n', r"broken\.jsonl:2: not valid JSON"),
-    ("other.jsonl", '{"body": "a", "1": 2}\n', r"other\.jsonl:1: no field 'text' \(found \['1', 'body'\]\); set text_field"),
+    ("other.jsonl", '{"body": "a", "1": 2}\n', r"other\.jsonl:1: no field 'text' \(found \['1', 'body'\]\); set "
+                                               r"text_field"),
 ])
 def test_bad_json_rows_name_file_row_and_fix(tmp_path, name, content, message):
     f = tmp_path / name

@@ -34,7 +34,8 @@ from mtllm.training.loop import TrainingArgs, make_accelerator
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = str(ROOT / "tests" / "fixtures" / "pipeline")
-MODEL = ModelSettings(encoder="tiny:xlmr", llm="tiny:gemma3", lora_r=2, lora_alpha=4, lora_dropout=0.0, max_seq_length=64)
+MODEL = ModelSettings(encoder="tiny:xlmr", llm="tiny:gemma3", lora_r=2, lora_alpha=4, lora_dropout=0.0,
+                      max_seq_length=64)
 TEXTS = ["Le chat dort sur le tapis chaud.", "Un chien court.", "Paka analala kwenye mkeka.",
          "Die Katze schläft auf der warmen Matte, und der Hund läuft im Park.", "Chat."]
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -323,12 +324,16 @@ def _run_to_the_end(saved: dict[str, str], tmp: Path) -> dict[str, Any]:
 
     out: dict[str, Any] = {}
     run("stage1")
-    out["stage1_loss"] = [json.loads(line)["loss"] for line in (tmp / "stage1" / "metrics.jsonl").read_text().splitlines()]
+    out["stage1_loss"] = [json.loads(line)["loss"]
+                          for line in (tmp / "stage1" / "metrics.jsonl").read_text().splitlines()]
     run("pre_embed")
-    out["distill_loss"] = [json.loads(line)["loss"] for line in (tmp / "distill" / "metrics.jsonl").read_text().splitlines()]
-    out["pre_embed"] = np.asarray(np.load(next((tmp / "distill" / "cache").glob("preembed-*/embeddings.npy"))), np.float32)
+    out["distill_loss"] = [json.loads(line)["loss"]
+                           for line in (tmp / "distill" / "metrics.jsonl").read_text().splitlines()]
+    out["pre_embed"] = np.asarray(np.load(next((tmp / "distill" / "cache").glob("preembed-*/embeddings.npy"))),
+                                  np.float32)
     run("encoder_cache")
-    out["encoder_cache"] = np.asarray(np.load(next((tmp / "distill-ce" / "cache").glob("encoder-*/hidden.npy"))), np.float32)
+    out["encoder_cache"] = np.asarray(np.load(next((tmp / "distill-ce" / "cache").glob("encoder-*/hidden.npy"))),
+                                      np.float32)
     evaluated = _evaluate(tmp, model=saved["mtllm"], teacher=saved["teacher"], translate_model="tiny:m2m100",
                           systems=["mtllm", "llm", "encoder", "translate_test"])
     retrieved = [run(f"retrieval_{system}") for system in ("mtllm", "llm", "encoder")]

@@ -68,7 +68,8 @@ def test_resume_two_process_checkpoint_in_one_process(runs, tmp_path):
 
     shutil.copytree(root / "two", tmp_path / "re")
     shutil.rmtree(tmp_path / "re" / "final")
-    (tmp_path / "re" / "metrics.jsonl").write_text("\n".join((root / "two" / "metrics.jsonl").read_text().splitlines()[:6]) + "\n")
+    first_six = (root / "two" / "metrics.jsonl").read_text().splitlines()[:6]
+    (tmp_path / "re" / "metrics.jsonl").write_text("\n".join(first_six) + "\n")
     res = _single(tmp_path / "re", "--resume", "true")
     assert res.returncode == 0, res.stderr[-3000:]
     assert "resumed from" in res.stdout and "step 6" in res.stdout

@@ -84,7 +84,8 @@ def test_pairs_and_multiple_choice_match_collate_examples(model, tmp_path):
         inputs = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor) and k != "labels"}
         with torch.no_grad():
             ref = m(**inputs).logits
-            got = m(**inputs, encoder_hidden_states=cache.states_for(range(len(examples)), batch["attention_mask"])).logits
+            got = m(**inputs,
+                    encoder_hidden_states=cache.states_for(range(len(examples)), batch["attention_mask"])).logits
         torch.testing.assert_close(got, ref, **FP16)
 
 

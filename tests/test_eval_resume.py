@@ -189,7 +189,8 @@ def test_mtllm_run_continues_an_interrupted_eval_stage(tmp_path, monkeypatch):
 
 def test_models_passed_in_memory_keep_no_partial_results(saved, tmp_path, monkeypatch):
     """In-memory models have no saved files to fingerprint: nothing is kept, nothing is taken from a file."""
-    models = {"mtllm": MTLLMModel.from_pretrained(saved / "mtllm"), "teacher": MTLLMModel.from_pretrained(saved / "teacher")}
+    models = {"mtllm": MTLLMModel.from_pretrained(saved / "mtllm"),
+              "teacher": MTLLMModel.from_pretrained(saved / "teacher")}
     out = tmp_path / "out"
     with monkeypatch.context() as m:
         _counting(m, "predict_shared_encoder", stop_at=2)

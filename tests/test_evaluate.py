@@ -147,7 +147,8 @@ def test_retrieval_probe(models, tmp_path):
     def encoder_alone(texts, lang):
         batch = mtllm.tokenize(texts, lang=lang)
         with torch.no_grad():
-            hidden = mtllm.encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+            hidden = mtllm.encoder(input_ids=batch["input_ids"],
+                                   attention_mask=batch["attention_mask"]).last_hidden_state
         mask = batch["attention_mask"].unsqueeze(-1).float()
         return (hidden * mask).sum(1) / mask.sum(1)
 
@@ -170,7 +171,8 @@ def test_retrieval_probe(models, tmp_path):
             student = embed[system]([target[i] for i in ids], lang)
             by_hand = ((student - teacher) ** 2).sum(-1).mean() / teacher.var(0).sum()
             assert fvu[system][lang] == pytest.approx(float(by_hand), rel=1e-4), (system, lang)
-    english_fvu = ((embed["mtllm"](list(english.values()), "eng_Latn") - embed["llm"](list(english.values()), "eng_Latn")) ** 2)
+    english_fvu = ((embed["mtllm"](list(english.values()), "eng_Latn")
+                    - embed["llm"](list(english.values()), "eng_Latn")) ** 2)
     assert fvu["mtllm"]["eng_Latn"] == pytest.approx(float(english_fvu.sum(-1).mean() / embed["llm"](
         list(english.values()), "eng_Latn").var(0).sum()), rel=1e-4)
     assert "eng_Latn" not in fvu["llm"]  # the teacher against itself

@@ -49,7 +49,8 @@ SEED = 13
 TIMEOUT = 300
 
 QUIET = ["--progress", "false", "--report_to", "none", "--log_steps", "1"]
-MODEL = ["--encoder", "tiny:xlmr", "--llm", "tiny:gemma3", "--lora_r", "4", "--lora_alpha", "8", "--lora_dropout", "0.0",
+MODEL = ["--encoder", "tiny:xlmr", "--llm", "tiny:gemma3", "--lora_r", "4", "--lora_alpha", "8", "--lora_dropout",
+         "0.0",
          "--max_seq_length", "64", "--dtype", "float32", "--bidirectional", "false", "--pooling", "mean"]
 TASK = ["--task", "sib200", "--data_dir", DATA, "--seed", "0", "--eval_batch_size", "8", "--learning_rate", "3e-3",
         "--num_epochs", "2", "--batch_size", "4", "--save_steps", "2"]
@@ -63,7 +64,8 @@ def _stage_argv(stage: str, out: Path, ref: Path) -> list[str]:
         "adapt": ["adapt", "--config", TINY, "--data", "[task:sib200/eng_Latn/train]", "--data_dir", DATA,
                   "--max_steps", "10", "--save_steps", "2", "--save_initial", "true"],
         "finetune": ["finetune", *MODEL, *TASK],
-        "distill": ["distill", *MODEL, *TASK, "--train_projection", "true", "--stage1_model", str(ref / "stage1" / "final"),
+        "distill": ["distill", *MODEL, *TASK, "--train_projection", "true", "--stage1_model",
+                    str(ref / "stage1" / "final"),
                     "--teacher_model", str(ref / "teacher-sib200" / "best")],
         "evaluate": ["evaluate", "--task", "sib200", "--model", str(ref / "distill-sib200" / "final"),
                      "--teacher", str(ref / "teacher-sib200" / "best"), "--systems", "[mtllm,llm,encoder]",
@@ -298,7 +300,8 @@ def _step_point(rng: random.Random, folder: str, step: int, kind: str) -> KillPo
     if kind == "metrics line":  # appended after every step: torn mid-line
         cut = rng.randint(1, 60)
         return KillPoint(f"{folder}: step {step}'s line of metrics.jsonl torn after {cut} bytes",
-                         plan=lambda start: Plan("kill", f"*/{folder}/metrics.jsonl", skip=step - 1 - start, partial=cut))
+                         plan=lambda start: Plan("kill", f"*/{folder}/metrics.jsonl", skip=step - 1 - start,
+                                                 partial=cut))
     if kind == "checkpoint file":
         name, cut = rng.choice(CHECKPOINT_FILES), rng.randint(0, 200)
         return KillPoint(f"{folder}: checkpoint step-{step}, {name} torn after {cut} bytes",
@@ -669,7 +672,8 @@ CACHES = {"teacher targets": (_teacher_targets, "teacher-", "targets"),
 
 
 def _cache_cases() -> list:
-    return [pytest.param(cache, corruption, id=f"{cache}-{corruption}") for cache in CACHES for corruption in CORRUPTIONS]
+    return [pytest.param(cache, corruption, id=f"{cache}-{corruption}") for cache in CACHES
+            for corruption in CORRUPTIONS]
 
 
 @pytest.mark.parametrize(("cache", "corruption"), _cache_cases())

@@ -206,7 +206,8 @@ BAD_FILES = [  # (change to GOOD, error type, the exact message after "<yaml>: "
 ]
 
 
-@pytest.mark.parametrize("change, error, message", BAD_FILES, ids=[c[0][1].strip() or c[0][0].strip() for c in BAD_FILES])
+@pytest.mark.parametrize("change, error, message", BAD_FILES,
+                         ids=[c[0][1].strip() or c[0][0].strip() for c in BAD_FILES])
 def test_bad_task_file_is_one_line_naming_the_key_and_fix(tmp_path, change, error, message):
     root = tmp_path / "t"
     path = _sentiment(root, GOOD.replace(*change))

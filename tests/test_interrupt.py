@@ -97,7 +97,8 @@ def _interrupted_adapt_then_resume(tmp_path: Path, capsys) -> None:
     assert "Traceback" not in err, err[-3000:]
     step = _stopped_at(err)
     assert 3 <= step < 100
-    assert f"checkpoint {cut / 'checkpoints' / f'step-{step:07d}'}" in err and "rerun the same command with --resume" in err
+    assert f"checkpoint {cut / 'checkpoints' / f'step-{step:07d}'}" in err
+    assert "rerun the same command with --resume" in err
     assert [p.name for p in list_checkpoints(cut)] == [f"step-{step:07d}"]
     assert latest_valid_checkpoint(cut).name == f"step-{step:07d}"
     assert [r["step"] for r in metrics_records(cut)] == list(range(1, step + 1))  # the finished step is logged, once
@@ -107,7 +108,8 @@ def _interrupted_adapt_then_resume(tmp_path: Path, capsys) -> None:
     assert main([*common, "--output_dir", str(cut), "--resume"]) == 0
     assert f"at step {step}" in capsys.readouterr().out
     assert [r["step"] for r in metrics_records(cut)] == list(range(1, 101))
-    assert [r["loss"] for r in metrics_records(cut)] == pytest.approx([r["loss"] for r in metrics_records(tmp_path / "full")],
+    assert [r["loss"] for r in metrics_records(cut)] == pytest.approx([r["loss"]
+                                                                       for r in metrics_records(tmp_path / "full")],
                                                              abs=1e-6)
     assert max_weight_diff(tmp_path / "full" / "final", cut / "final") <= 1e-6
 
@@ -149,7 +151,8 @@ def test_ctrl_c_in_the_middle_of_a_step_in_mtllm_run(tmp_path, capsys, monkeypat
     assert "resumed from" in capsys.readouterr().out
     full = tmp_path / "full" / "stage1"
     assert [r["step"] for r in metrics_records(stage)] == list(range(1, 13))
-    assert [r["loss"] for r in metrics_records(stage)] == pytest.approx([r["loss"] for r in metrics_records(full)], abs=1e-6)
+    assert [r["loss"] for r in metrics_records(stage)] == pytest.approx(
+        [r["loss"] for r in metrics_records(full)], abs=1e-6)
     assert max_weight_diff(full / "final", stage / "final") <= 1e-6
     assert json.loads((stage / "stage.json").read_text())["status"] == "done"
 
@@ -257,7 +260,8 @@ def test_finetune_resume_keeps_every_evaluation_and_the_best(tmp_path, monkeypat
     resumed = run_finetune(LLM, TASK, _finetune_args(tmp_path / "cut", save_steps=steps_per_epoch, resume=True))
     assert [e["epoch"] for e in resumed["evals"]] == [1, 2, 3]
     assert resumed["evals"] == full["evals"] and resumed["best"] == full["best"]
-    assert [r["step"] for r in metrics_records(tmp_path / "cut")] == [r["step"] for r in metrics_records(tmp_path / "full")]
+    assert [r["step"] for r in metrics_records(tmp_path / "cut")] == [
+        r["step"] for r in metrics_records(tmp_path / "full")]
     assert json.loads((tmp_path / "cut" / "best_score.json").read_text()) == full["best"]
     assert max_weight_diff(tmp_path / "full" / "best", tmp_path / "cut" / "best") <= 1e-6
 

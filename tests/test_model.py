@@ -95,7 +95,8 @@ def test_save_load_round_trip(tiny_model, tmp_path):
     after = loaded.encode(TEXTS)
     assert (before - after).abs().max().item() < 1e-5
     assert loaded.config.label_names == ["a", "b", "c"]
-    assert torch.equal(loaded.head.weight, tiny_model.head.weight) and torch.equal(loaded.head.bias, tiny_model.head.bias)
+    assert torch.equal(loaded.head.weight, tiny_model.head.weight) and torch.equal(
+        loaded.head.bias, tiny_model.head.bias)
     tiny_model.save_pretrained(tmp_path / "full", full=True)
     assert (tmp_path / "full" / "llm" / "config.json").exists()
     again = MTLLMModel.from_pretrained(tmp_path / "full")
@@ -202,7 +203,8 @@ def test_calibration_matches_embedding_rms(tiny_model):
     with torch.no_grad():
         after = _rms(model.projection(states)[real])
     assert after == pytest.approx(target, rel=1e-4)
-    assert stats["rms_before"] == pytest.approx(before, rel=1e-4) and stats["target_rms"] == pytest.approx(target, rel=1e-4)
+    assert stats["rms_before"] == pytest.approx(before, rel=1e-4) and stats["target_rms"] == pytest.approx(
+        target, rel=1e-4)
 
 
 def test_empty_texts_are_rejected_before_any_work(tiny_model):

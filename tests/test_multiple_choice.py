@@ -117,7 +117,8 @@ def _unigram_metaspace(corpus):
     tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
     tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
     corpus = corpus[:-1]            # not every character: the rest becomes <unk> (the trainer must keep each seen one)
-    trainer = trainers.UnigramTrainer(vocab_size=len(set("".join(corpus))) + 500, special_tokens=["<pad>", "<bos>", "<unk>"], unk_token="<unk>",
+    trainer = trainers.UnigramTrainer(vocab_size=len(set("".join(corpus))) + 500,
+                                      special_tokens=["<pad>", "<bos>", "<unk>"], unk_token="<unk>",
                                       show_progress=False)
     tok.train_from_iterator(corpus, trainer=trainer)
     tok.post_processor = processors.TemplateProcessing(single="<bos> $A",
@@ -137,7 +138,8 @@ def _wordpiece(corpus):
                                         show_progress=False)
     tok.train_from_iterator(corpus, trainer=trainer)
     tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))])
+        single="[CLS] $A [SEP]",
+    special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))])
     return tok
 
 
@@ -178,7 +180,8 @@ def phrases(min_words: int, max_words: int):
 
 options_st = st.lists(
     st.tuples(st.lists(words(letters_only=True), min_size=1, max_size=4).map(" ".join),
-              st.sampled_from(["", " ", "  ", "\t"]), st.sampled_from(["", " ", " \n"])).map(lambda t: t[1] + t[0] + t[2]),
+              st.sampled_from(["", " ", "  ", "\t"]), st.sampled_from(["", " ", " \n"])).map(lambda t: t[1] + t[0]
+                                                                                             + t[2]),
     min_size=2, max_size=5)
 
 

@@ -71,7 +71,8 @@ def test_stage1_loss_on_a_model_equals_the_formula(tiny_model, english_texts):
     target_ND = torch.randn(4, model.config.llm_hidden_size, generator=torch.Generator().manual_seed(0))
     stats = O.target_stats(torch.cat([target_ND, target_ND + 1]))
     with torch.no_grad():
-        loss, metrics = O.stage1_loss(model, {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
+        loss, metrics = O.stage1_loss(model,
+                                      {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
                                               "targets": target_ND}, stats=stats)
         pooled_ND = model(batch["input_ids"], batch["attention_mask"]).pooled.float()
     z = lambda x: (x - stats.mean_D) / stats.std_D  # noqa: E731

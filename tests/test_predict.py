@@ -167,7 +167,8 @@ def _write(path: Path, rows: list[dict], columns=("id", "text")) -> Path:
             w.writerow(columns)
             w.writerows([[r.get(c, "") for c in columns] for r in rows])
     elif suffix == ".jsonl":
-        path.write_text("".join(json.dumps({c: r[c] for c in columns if c in r}) + "\n" for r in rows), encoding="utf-8")
+        path.write_text("".join(json.dumps({c: r[c] for c in columns if c in r}) + "\n" for r in rows),
+                        encoding="utf-8")
     elif suffix == ".parquet":
         import pyarrow as pa
         import pyarrow.parquet as pq

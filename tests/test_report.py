@@ -136,14 +136,14 @@ def test_markdown_table():
     assert rows["swh_Latn"] == ["204", "60.0", "–"]                 # missing cell; a lone value is not bold
     assert rows["Languages evaluated"] == ["", "3", "2"]
     # averages last; over different language sets they are not compared (no bold), over common ones they are
-    table_lines = [l for l in lines if l.startswith("| ")]
-    assert [l.split(" | ")[0] for l in table_lines[-3:]] == [
+    table_lines = [line for line in lines if line.startswith("| ")]
+    assert [line.split(" | ")[0] for line in table_lines[-3:]] == [
         "| **Average (each system's languages)**", "| **Average (2 languages common to all)**",
         "| **Average (non-English, without `eng_Latn`)**"]
     assert rows["**Average (each system's languages)**"] == ["", "76.7", "81.0"]
     assert rows["**Average (2 languages common to all)**"] == ["", "**85.0**", "81.0"]
     assert rows["**Average (non-English, without `eng_Latn`)**"] == ["", "70.0", "70.0"]
-    assert table_lines.index(next(l for l in table_lines if l.startswith("| swh_Latn"))) < len(table_lines) - 4
+    assert table_lines.index(next(line for line in table_lines if line.startswith("| swh_Latn"))) < len(table_lines) - 4
 
 
 def test_markdown_ties_missing_n_and_escaping():
@@ -245,8 +245,9 @@ def test_bad_fields_rejected(kwargs, match):
 def _many(n_langs: int, n_systems: int = 3) -> EvalResults:
     rng = np.random.default_rng(n_langs)
     langs = [f"l{i:03d}_Latn" for i in range(n_langs)]
-    systems = {f"sys{j}": {l: float(rng.random()) for l in langs if rng.random() < 0.9} for j in range(n_systems)}
-    return EvalResults(task="belebele", systems=systems, n_examples={l: 900 for l in langs}, meta={"chance": 0.25})
+    systems = {f"sys{j}": {lang: float(rng.random()) for lang in langs if rng.random() < 0.9} for j in range(n_systems)}
+    return EvalResults(task="belebele", systems=systems, n_examples={lang: 900 for lang in langs},
+                       meta={"chance": 0.25})
 
 
 def test_plot_is_a_png_whose_width_scales_with_the_languages(tmp_path):

@@ -87,8 +87,10 @@ def _check_alignment(text, off_a, off_b, units_a, units_b, n):
 def test_alignment_properties_on_random_tokenisations(key, data):
     text = SAMPLES[key]
     cuts = st.lists(st.integers(1, max(1, len(text) - 1)), max_size=len(text))
-    off_a = _tokenise(text, data.draw(cuts), attach_space=data.draw(st.booleans()), specials=data.draw(st.integers(0, 2)))
-    off_b = _tokenise(text, data.draw(cuts), attach_space=data.draw(st.booleans()), specials=data.draw(st.integers(0, 2)))
+    off_a = _tokenise(text, data.draw(cuts), attach_space=data.draw(st.booleans()),
+                      specials=data.draw(st.integers(0, 2)))
+    off_b = _tokenise(text, data.draw(cuts), attach_space=data.draw(st.booleans()),
+                      specials=data.draw(st.integers(0, 2)))
     units_a, units_b, n = align_units(text, off_a, off_b)
     _check_alignment(text, off_a, off_b, units_a, units_b, n)
     assert n >= 1
@@ -158,12 +160,14 @@ def test_teacher_span_targets_are_the_llms_word_means(tiny_model, tmp_path):
     # by hand for the second text: the LLM (adapters disabled) on its own tokens, mean over each word's tokens
     batch = tiny_model.tokenize(texts[1:2], path="llm")
     with torch.no_grad(), tiny_model.adapters_disabled():
-        hidden = tiny_model(llm_input_ids=batch["input_ids"], llm_attention_mask=batch["attention_mask"]).last_hidden_state[0]
+        hidden = tiny_model(llm_input_ids=batch["input_ids"],
+                            llm_attention_mask=batch["attention_mask"]).last_hidden_state[0]
     units = torch.tensor(alignment.llm_units[1])
     first = alignment.n_units[0]
     for u in range(alignment.n_units[1]):
         expected = hidden[units == u].mean(0)
-        assert torch.allclose(torch.from_numpy(np.asarray(spans[first + u], dtype=np.float32)), expected, atol=2e-2, rtol=1e-2)
+        assert torch.allclose(torch.from_numpy(np.asarray(spans[first + u], dtype=np.float32)), expected, atol=2e-2,
+                              rtol=1e-2)
     # cached: a second call reads the same array from disk without running the model
     again = teacher_span_targets(tiny_model, texts, alignment, cache_dir=tmp_path, show_progress=False)
     assert isinstance(again, np.memmap) and np.array_equal(np.asarray(again), np.asarray(spans))
@@ -248,7 +252,8 @@ def test_data_source_inside_the_data_directory(tmp_path):
 
     (tmp_path / "corpus").mkdir()
     (tmp_path / "corpus" / "texts.txt").write_text("first text here\nsecond text here\n", encoding="utf-8")
-    assert load_stage1_texts(["data:corpus/texts.txt"], data_dir=str(tmp_path)) == ["first text here", "second text here"]
+    assert load_stage1_texts(["data:corpus/texts.txt"], data_dir=str(tmp_path)) == [
+        "first text here", "second text here"]
     assert "no such file" in source_problem("data:corpus/missing.txt", str(tmp_path))
     assert "inside the data directory" in source_problem("data:../escape.txt")
     with pytest.raises(DataError, match="--data-dir"):

@@ -20,7 +20,8 @@ from mtllm.training.finetune import TaskSettings, run_finetune
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = str(ROOT / "tests" / "fixtures" / "pipeline")
-MODEL = ModelSettings(encoder="tiny:xlmr", llm="tiny:gemma3", lora_r=4, lora_alpha=8, lora_dropout=0.0, max_seq_length=64)
+MODEL = ModelSettings(encoder="tiny:xlmr", llm="tiny:gemma3", lora_r=4, lora_alpha=8, lora_dropout=0.0,
+                      max_seq_length=64)
 TASK = TaskSettings(task="sib200", data_dir=DATA, eval_batch_size=8)
 
 
@@ -154,7 +155,8 @@ def _hand_option_scores(model: MTLLMModel, example: Example, path: str) -> tuple
         if path == "encoder":  # the LLM's states after its <bos>, one per encoder token
             hidden_LD = model(enc["input_ids"], enc["attention_mask"]).last_hidden_state[0, 1:]
         else:
-            hidden_LD = model(llm_input_ids=enc["input_ids"], llm_attention_mask=enc["attention_mask"]).last_hidden_state[0]
+            hidden_LD = model(llm_input_ids=enc["input_ids"],
+                              llm_attention_mask=enc["attention_mask"]).last_hidden_state[0]
         pooled = []
         for cs, ce in char_spans:
             tokens = [i for i, (s, e) in enumerate(offsets) if e > s and s < ce and e > cs]
@@ -206,7 +208,8 @@ def test_labels_the_head_never_saw_are_an_error(teacher_dir, tmp_path):
 
     out, _ = teacher_dir
     with pytest.raises(ValueError, match="labels"):
-        run_evaluate(EvaluateSettings(teacher=str(out / "best"), task="nusax", data_dir=str(ROOT / "tests/fixtures/tasks"),
+        run_evaluate(EvaluateSettings(teacher=str(out / "best"), task="nusax",
+                                      data_dir=str(ROOT / "tests/fixtures/tasks"),
                                       systems=["llm"], output_dir=str(tmp_path)), progress=False)
 
 

@@ -430,7 +430,8 @@ def test_empty_file_and_missing_jsonl_field(tmp_path):
         load_examples("sib200", "eng_Latn", "test", tmp_path)
     folder = tmp_path / "xnli" / "en"
     folder.mkdir(parents=True)
-    (folder / "test.jsonl").write_text('{"premise": "p", "hypothesis": "h", "label": 0}\n{"premise": "p", "label": 0}\n')
+    (folder / "test.jsonl").write_text('{"premise": "p", "hypothesis": "h", "label": 0}\n{"premise": "p", "label": '
+                                       '0}\n')
     with pytest.raises(TaskDataError, match=r"test\.jsonl:2: missing 'hypothesis'"):
         load_examples("xnli", "eng_Latn", "test", tmp_path)
 
@@ -567,7 +568,8 @@ def test_register_task_subclass_with_its_own_layout(tmp_path, registry):
 
 def test_register_task_twice_is_an_error_unless_overwrite(registry):
     first = T.register_task(_toy_task())
-    with pytest.raises(ValueError, match=r"'toy-sentiment' \(task 'toy-sentiment'\) already registered.*overwrite=True"):
+    with pytest.raises(ValueError,
+                       match=r"'toy-sentiment' \(task 'toy-sentiment'\) already registered.*overwrite=True"):
         T.register_task(_toy_task(description="another"))
     with pytest.raises(ValueError, match=r"'sib-200' \(task 'sib200'\) already registered"):
         T.register_task(_toy_task(name="my-sib", aliases=("SIB_200",)))  # an alias taken by a built-in task

@@ -239,7 +239,8 @@ def test_generic_tokenizer_gets_language_token_prepended(tiny_mt, tmp_path, spy)
     out = tr.translate(texts, "fra_Latn", progress=False)
     fra = tok.convert_tokens_to_ids("fra_Latn")
     ids = s.calls[0]["input_ids"]
-    assert (ids[:, 0] == fra).all() and s.calls[0]["kwargs"]["forced_bos_token_id"] == tok.convert_tokens_to_ids("eng_Latn")
+    assert (ids[:, 0] == fra).all()
+    assert s.calls[0]["kwargs"]["forced_bos_token_id"] == tok.convert_tokens_to_ids("eng_Latn")
     # exactly the inputs the NLLB tokenizer builds ("fra_Latn text </s>"), so the same translations
     assert out == make(tiny_mt, tmp_path).translate(texts, "fra_Latn", progress=False)
     assert torch.equal(s.calls[1]["input_ids"], ids)

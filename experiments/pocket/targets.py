@@ -32,14 +32,14 @@ def task_checks(res: dict, train_lang: str = "eng_Latn") -> dict:
     """Averages and the per-language comparisons of issue 12's targets, from one results.json."""
     sy = res["systems"]
     langs = sorted(sy["mtllm"])
-    x = [l for l in langs if l != train_lang]
+    x = [lang for lang in langs if lang != train_lang]
     out = {"n_langs": len(langs), "n_x": len(x)}
     for s in ("mtllm", "llm", "encoder"):
-        out[f"avg_{s}"] = mean(sy[s][l] for l in langs)
-        out[f"avg_x_{s}"] = mean(sy[s][l] for l in x)
-    out["above_llm"] = sum(sy["mtllm"][l] > sy["llm"][l] for l in x)
-    out["at_or_above_encoder"] = sum(sy["mtllm"][l] >= sy["encoder"][l] for l in x)
-    out["at_or_above_both"] = sum(sy["mtllm"][l] >= max(sy["llm"][l], sy["encoder"][l]) for l in x)
+        out[f"avg_{s}"] = mean(sy[s][lang] for lang in langs)
+        out[f"avg_x_{s}"] = mean(sy[s][lang] for lang in x)
+    out["above_llm"] = sum(sy["mtllm"][lang] > sy["llm"][lang] for lang in x)
+    out["at_or_above_encoder"] = sum(sy["mtllm"][lang] >= sy["encoder"][lang] for lang in x)
+    out["at_or_above_both"] = sum(sy["mtllm"][lang] >= max(sy["llm"][lang], sy["encoder"][lang]) for lang in x)
     if train_lang in sy["mtllm"]:
         out["eng_mtllm"], out["eng_teacher"] = sy["mtllm"][train_lang], sy["llm"][train_lang]
     return out
@@ -56,10 +56,10 @@ def retrieval_check(res: dict) -> dict:
 def task_table(new: dict, old: dict | None) -> list[str]:
     """Per language: this run's three systems, whether mtllm is at or above both, and mtllm before."""
     lines = ["| lang | mtllm | llm | encoder | mtllm ≥ both | mtllm before issue 12 |", "|---|---|---|---|---|---|"]
-    for l in sorted(new["systems"]["mtllm"]):
-        s = {k: new["systems"][k][l] for k in ("mtllm", "llm", "encoder")}
-        prev = old["systems"]["mtllm"].get(l) if old else None
-        lines.append(f"| {l} | {_pct(s['mtllm'])} | {_pct(s['llm'])} | {_pct(s['encoder'])} | "
+    for lang in sorted(new["systems"]["mtllm"]):
+        s = {k: new["systems"][k][lang] for k in ("mtllm", "llm", "encoder")}
+        prev = old["systems"]["mtllm"].get(lang) if old else None
+        lines.append(f"| {lang} | {_pct(s['mtllm'])} | {_pct(s['llm'])} | {_pct(s['encoder'])} | "
                      f"{'yes' if s['mtllm'] >= max(s['llm'], s['encoder']) else ''} | {_pct(prev)} |")
     c, p = task_checks(new), task_checks(old) if old else {}
     lines += [f"| **average ({c['n_langs']})** | **{_pct(c['avg_mtllm'])}** | **{_pct(c['avg_llm'])}** | "
@@ -75,11 +75,12 @@ def retrieval_table(new: dict, old: dict | None) -> list[str]:
     head = systems + [f"FVU {s}" for s in ("mtllm", "mtllm_before_stage1") if s in fvu]
     lines = ["| lang | " + " | ".join(head) + " | mtllm before issue 12 (first 50) |", "|---" * (len(head) + 2) + "|"]
     langs = sorted(new["systems"]["mtllm"])
-    for l in ["eng_Latn"] * bool(fvu.get("mtllm", {}).get("eng_Latn") is not None) + langs:
-        cells = [_pct(new["systems"][s].get(l)) if l != "eng_Latn" else "" for s in systems]
-        cells += [f"{fvu[s][l]:.3f}" if l in fvu.get(s, {}) else "–" for s in ("mtllm", "mtllm_before_stage1") if s in fvu]
-        prev = old["systems"]["mtllm"].get(l) if old and l != "eng_Latn" else None
-        lines.append(f"| {l} | " + " | ".join(cells) + f" | {_pct(prev)} |")
+    for lang in ["eng_Latn"] * bool(fvu.get("mtllm", {}).get("eng_Latn") is not None) + langs:
+        cells = [_pct(new["systems"][s].get(lang)) if lang != "eng_Latn" else "" for s in systems]
+        cells += [f"{fvu[s][lang]:.3f}" if lang in fvu.get(s, {}) else "–" for s in ("mtllm", "mtllm_before_stage1")
+                  if s in fvu]
+        prev = old["systems"]["mtllm"].get(lang) if old and lang != "eng_Latn" else None
+        lines.append(f"| {lang} | " + " | ".join(cells) + f" | {_pct(prev)} |")
     avg = [_pct(mean(new["systems"][s].values())) for s in systems]
     avg += [f"{mean(v for k, v in fvu[s].items() if k != 'eng_Latn'):.3f}" for s in ("mtllm", "mtllm_before_stage1")
             if s in fvu]
@@ -113,13 +114,16 @@ def targets_table(runs: dict[str, Path]) -> list[str]:
         cells.setdefault("SIB-200 mtllm average ≥ encoder average", []).append(
             f"{_pct(c.get('avg_mtllm'))} vs {_pct(c.get('avg_encoder'))}" if c else "not run")
         cells.setdefault("mtllm ≥ max(llm, encoder) on ≥ 75 % of the X languages", []).append(
-            f"{c['at_or_above_both']} of {c['n_x']} ({100 * c['at_or_above_both'] / c['n_x']:.0f} %)" if c else "not run")
+            f"{c['at_or_above_both']} of {c['n_x']} ({100 * c['at_or_above_both'] / c['n_x']:.0f} %)"
+            if c else "not run")
         cells.setdefault("(mtllm above the LLM alone, X languages)", []).append(
             f"{c['above_llm']} of {c['n_x']}" if c else "not run")
         cells.setdefault("English within 3 points of the teacher", []).append(
-            f"{_pct(c.get('eng_mtllm'))} vs {_pct(c.get('eng_teacher'))}" if c.get("eng_mtllm") is not None else "not run")
+            f"{_pct(c.get('eng_mtllm'))} vs {_pct(c.get('eng_teacher'))}"
+            if c.get("eng_mtllm") is not None else "not run")
         cells.setdefault("retrieval after stage 1 ≥ 50 % top-1", []).append(
-            f"{_pct(r.get('mtllm'))} ({r.get('protocol')} {r.get('n')}; encoder {_pct(r.get('encoder'))})" if r else "not run")
+            f"{_pct(r.get('mtllm'))} ({r.get('protocol')} {r.get('n')}; encoder {_pct(r.get('encoder'))})"
+            if r else "not run")
         cells.setdefault("NusaX X average ≥ 67.9 and above both baselines", []).append(
             f"{_pct(n.get('avg_x_mtllm'))} (llm {_pct(n.get('avg_x_llm'))}, encoder {_pct(n.get('avg_x_encoder'))})"
             if n else "not run")

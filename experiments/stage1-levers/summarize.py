@@ -6,8 +6,10 @@ Reads, per cell folder under --runs: ``stage1/metrics.jsonl`` and ``stage1/stage
 curve), ``retrieval/results.json`` (English<->X top-1 and the FVU against the teacher's English, written
 by ``mtllm run``'s retrieval stage) and, where the cell was distilled and evaluated,
 ``eval-sib200/results.json``. The ``today`` downstream row comes from the committed pocket main job
-(``experiments/pocket/before-issue-12/eval-sib200``), restricted to the same languages; the ``no stage 1`` row's downstream
-numbers from the ``none`` folder (distilled from the initial stack, ``none.yaml``), where there is one. Writes ``results.md``,
+(``experiments/pocket/before-issue-12/eval-sib200``), restricted to the same languages; the ``no stage 1`` row's
+downstream
+numbers from the ``none`` folder (distilled from the initial stack, ``none.yaml``), where there is one. Writes
+``results.md``,
 ``results.json`` and ``results.png`` into --out. Nothing here trains or evaluates: it only reads.
 """
 from __future__ import annotations
@@ -41,7 +43,7 @@ def cell_row(folder: Path) -> dict:
            "fvu_last20": _curve_tail(folder / "stage1" / "metrics.jsonl", "fvu"),
            "span_fvu_last20": _curve_tail(folder / "stage1" / "metrics.jsonl", "span_fvu")}
     if retrieval:
-        langs = [l for l in retrieval["systems"]["mtllm"]]
+        langs = [lang for lang in retrieval["systems"]["mtllm"]]
         row["langs"] = langs
         for system in ("mtllm", "mtllm_before_stage1", "llm", "encoder"):
             if system in retrieval["systems"]:
@@ -49,7 +51,7 @@ def cell_row(folder: Path) -> dict:
         fvu = (retrieval.get("measures") or retrieval.get("meta", {}).get("measures") or {}).get(FVU_KEY)
         if fvu:
             for system, per_lang in fvu["systems"].items():
-                xs = [v for l, v in per_lang.items() if l != "eng_Latn"]
+                xs = [v for lang, v in per_lang.items() if lang != "eng_Latn"]
                 row[f"fvu_x_{system}"] = mean(xs) if xs else None
                 if "eng_Latn" in per_lang:
                     row[f"fvu_eng_{system}"] = per_lang["eng_Latn"]
@@ -60,7 +62,7 @@ def cell_row(folder: Path) -> dict:
     if evaluation:
         mt = evaluation["systems"]["mtllm"]
         row["sib_langs"] = sorted(mt)
-        row["sib_mtllm_x"] = 100 * mean(v for l, v in mt.items() if l != "eng_Latn")
+        row["sib_mtllm_x"] = 100 * mean(v for lang, v in mt.items() if lang != "eng_Latn")
         if "eng_Latn" in mt:
             row["sib_mtllm_eng"] = 100 * mt["eng_Latn"]
     return row
@@ -70,13 +72,14 @@ def committed_today(langs: list[str]) -> dict:
     """The committed pocket main job (today's stage 1) on the same languages."""
     ev = _read(ROOT / "experiments" / "pocket" / "before-issue-12" / "eval-sib200" / "results.json")
     out = {}
-    ret = _read(ROOT / "experiments" / "pocket" / "before-issue-12" / "retrieval" / "results.json")  # the first 50 sentences
+    # the first 50 sentences
+    ret = _read(ROOT / "experiments" / "pocket" / "before-issue-12" / "retrieval" / "results.json")
     if ret:
         for system in ("mtllm", "mtllm_before_stage1", "llm", "encoder"):
-            out[f"retrieval_first50_{system}"] = 100 * mean(ret["systems"][system][l] for l in langs)
+            out[f"retrieval_first50_{system}"] = 100 * mean(ret["systems"][system][lang] for lang in langs)
     if ev:
         for system in ("mtllm", "llm", "encoder"):
-            out[f"sib_{system}_x"] = 100 * mean(ev["systems"][system][l] for l in langs if l != "eng_Latn")
+            out[f"sib_{system}_x"] = 100 * mean(ev["systems"][system][lang] for lang in langs if lang != "eng_Latn")
             out[f"sib_{system}_eng"] = 100 * ev["systems"][system]["eng_Latn"]
     return out
 
@@ -113,13 +116,15 @@ def main() -> None:
     cols = [("cell", "cell", None), ("n_texts", "English texts", None), ("steps", "steps", None),
             ("fvu_last20", "stage-1 FVU (pooled, last 20 steps)", 3), ("span_fvu_last20", "span FVU (last 20)", 3),
             ("retrieval_first50_mtllm", "retrieval top-1 % (first 50)", 1),
-            ("retrieval_mtllm", "retrieval top-1 % (stratified 50)", 1), ("retrieval_mtllm_before_stage1", "…before stage 1", 1),
+            ("retrieval_mtllm", "retrieval top-1 % (stratified 50)", 1),
+            ("retrieval_mtllm_before_stage1", "…before stage 1", 1),
             ("fvu_x_mtllm", "FVU X vs teacher English", 3), ("fvu_eng_mtllm", "FVU English vs teacher", 3),
             ("sib_mtllm_x", "SIB-200 mtllm % (15 X)", 1), ("sib_mtllm_eng", "SIB-200 mtllm % eng", 1),
             ("stage1_seconds", "stage-1 s", 0)]
     lines = ["| " + " | ".join(c[1] for c in cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
-        lines.append("| " + " | ".join(_fmt(r.get(k), d) if d is not None else _fmt(r.get(k)) for k, _, d in cols) + " |")
+        lines.append("| " + " | ".join(_fmt(r.get(k), d) if d is not None else _fmt(r.get(k)) for k, _, d in cols)
+                     + " |")
     base = next((r for r in rows if r.get("retrieval_llm") is not None), {})
     text = ["# Stage-1 levers (issue 12): pocket preset, fixed 15-language SIB-200 subset", "",
             f"Languages: {', '.join(langs)}", "", *lines, "",
@@ -129,13 +134,15 @@ def main() -> None:
     if today.get("retrieval_first50_mtllm") is not None:
         text.append(f"Committed pocket main job (today's stage 1), retrieval over the first 50 sentences of the same "
                     f"languages: mtllm {today['retrieval_first50_mtllm']:.1f} %, before stage 1 "
-                    f"{today['retrieval_first50_mtllm_before_stage1']:.1f} %, llm {today['retrieval_first50_llm']:.1f} %, "
+                    f"{today['retrieval_first50_mtllm_before_stage1']:.1f} %, llm {today['retrieval_first50_llm']:.1f} "
+                    "%, "
                     f"encoder {today['retrieval_first50_encoder']:.1f} %.")
         text.append("")
     if today.get("sib_mtllm_x") is not None:
         text.append(f"Committed pocket main job (today's stage 1, bf16 inference) on the 15 non-English languages: "
                     f"SIB-200 mtllm {today['sib_mtllm_x']:.1f} %, llm {today['sib_llm_x']:.1f} %, encoder "
-                    f"{today['sib_encoder_x']:.1f} %; English {today['sib_mtllm_eng']:.1f} / {today['sib_llm_eng']:.1f} / "
+                    f"{today['sib_encoder_x']:.1f} %; English {today['sib_mtllm_eng']:.1f} / "
+                    f"{today['sib_llm_eng']:.1f} / "
                     f"{today['sib_encoder_eng']:.1f}.")
     out = Path(a.out)
     (out / "results.md").write_text("\n".join(text) + "\n")
@@ -169,7 +176,8 @@ def _plot(rows: list[dict], today: dict, path: Path) -> None:
         ax2.axhline(today["sib_mtllm_x"], ls=":", c="gray", label="today (committed)")
         ax2.axhline(today["sib_encoder_x"], ls="--", c="k", label="encoder alone")
     ax1.set(xscale="log", xlabel="English texts in stage 1", ylabel="English<->X retrieval top-1 %", title="alignment")
-    ax2.set(xscale="log", xlabel="English texts in stage 1", ylabel="SIB-200 accuracy %, 15 languages", title="downstream")
+    ax2.set(xscale="log", xlabel="English texts in stage 1", ylabel="SIB-200 accuracy %, 15 languages",
+            title="downstream")
     for ax in (ax1, ax2):
         ax.legend(fontsize=7)
     fig.tight_layout()

@@ -109,7 +109,8 @@ class EncoderClassifier:
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
         save_file({"weight": self.head.weight.detach().contiguous(), "bias": self.head.bias.detach().contiguous(),
-                   "mean": self.stats.mean_D.contiguous(), "std": self.stats.std_D.contiguous()}, str(out / "encoder_head.safetensors"))
+                   "mean": self.stats.mean_D.contiguous(), "std": self.stats.std_D.contiguous()},
+                  str(out / "encoder_head.safetensors"))
         (out / "encoder_head.json").write_text(json.dumps({"label_names": self.label_names}))
 
     def load(self, directory: str | Path) -> "EncoderClassifier":

@@ -54,10 +54,15 @@ class TranslateSettings:
     target_lang: str | None = field(default="eng_Latn", metadata={
         "help": "Target language code as the model names it ('eng_Latn' for NLLB, 'en' for M2M100); "
                 "None for fixed-direction models without language tokens (e.g. Marian opus-mt-*-en)."})
-    batch_size: int = field(default=16, metadata={"help": "Texts per generate() call (length-sorted batches).", "check": at_least(1)})
+    batch_size: int = field(default=16,
+                            metadata={"help": "Texts per generate() call (length-sorted batches).",
+                                      "check": at_least(1)})
     num_beams: int = field(default=1, metadata={"help": "Beam size; 1 = greedy decoding.", "check": at_least(1)})
-    max_new_tokens: int = field(default=256, metadata={"help": "Maximum length of a translation in tokens.", "check": at_least(1)})
-    max_source_length: int = field(default=512, metadata={"help": "Source texts are truncated to this many tokens.", "check": at_least(1)})
+    max_new_tokens: int = field(default=256,
+                                metadata={"help": "Maximum length of a translation in tokens.", "check": at_least(1)})
+    max_source_length: int = field(default=512,
+                                   metadata={"help": "Source texts are truncated to this many tokens.",
+                                             "check": at_least(1)})
     cache_dir: str | None = field(default=None, metadata={
         "help": "Directory of the translation cache (default: mtllm.sources.pocket.cache_dir()/translations).",
         "check": OUTPUT_DIR})
@@ -230,7 +235,8 @@ class Translator:
                         record = json.loads(raw.decode("utf-8"))
                     except ValueError:  # a torn line from an interrupted write, or bytes that are not UTF-8
                         continue
-                    if isinstance(record, dict) and isinstance(record.get("k"), str) and isinstance(record.get("t"), str):
+                    if (isinstance(record, dict) and isinstance(record.get("k"), str)
+                            and isinstance(record.get("t"), str)):
                         cached[record["k"]] = record["t"]
         except FileNotFoundError:
             pass

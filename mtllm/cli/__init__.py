@@ -61,14 +61,21 @@ class ConvertSettings:
 class TranslateTestSettings:
     """Translate a task's texts to English with a seq2seq MT model (cached) and classify them."""
 
-    teacher: str | None = field(default=None, metadata={"help": "Fine-tuned English teacher (finetune's DIR/best).", "check": MODEL})
+    teacher: str | None = field(default=None,
+                                metadata={"help": "Fine-tuned English teacher (finetune's DIR/best).", "check": MODEL})
     task: str = field(default="sib200", metadata={"help": "Task name.", "check": TASK})
-    langs: list[str] = field(default_factory=lambda: ["all"], metadata={"help": "'all' or FLORES-200 codes.", "check": NON_EMPTY})
+    langs: list[str] = field(default_factory=lambda: ["all"],
+                             metadata={"help": "'all' or FLORES-200 codes.", "check": NON_EMPTY})
     split: str = field(default="test", metadata={"help": "Split to evaluate.", "check": NON_EMPTY})
-    data_dir: str | None = field(default=None, metadata={"help": "Local data root (else $MTLLM_DATA_DIR, else the hub).", "check": EXISTING_DIR})
+    data_dir: str | None = field(default=None,
+                                 metadata={"help": "Local data root (else $MTLLM_DATA_DIR, else the hub).",
+                                           "check": EXISTING_DIR})
     output_dir: str = field(default="runs/translate-test", metadata={"help": "Where results go.", "check": OUTPUT_DIR})
-    overwrite: bool = field(default=False, metadata={"help": "Write into an output_dir that holds results or files mtllm did not write."})
-    max_examples: int | None = field(default=None, metadata={"help": "At most this many examples per language: the same fixed-seed sample, stratified by label, as evaluate's max_examples.", "check": at_least(1)})
+    overwrite: bool = field(default=False, metadata={"help": "Write into an output_dir that holds results or files "
+                                                             "mtllm did not write."})
+    max_examples: int | None = field(default=None, metadata={"help": "At most this many examples per language: the "
+                                                                     "same fixed-seed sample, stratified by label, as "
+                                                                     "evaluate's max_examples.", "check": at_least(1)})
 
     def __post_init__(self) -> None:
         check_settings(self)
@@ -295,7 +302,8 @@ def command_values(name: str, argv: Sequence[str]) -> dict[str, Any]:
     config, _ = config_arg(argv)
     wrong = [k for k in overrides if owners.get(k)]
     if wrong:
-        raise ConfigError(f"{name} does not use {_list(wrong, owners, '--')}; give {'them' if len(wrong) > 1 else 'it'} "
+        raise ConfigError(f"{name} does not use {_list(wrong, owners, '--')}; give "
+                          f"{'them' if len(wrong) > 1 else 'it'} "
                           f"to the command that uses {'them' if len(wrong) > 1 else 'it'} (`mtllm {name} --help` lists "
                           f"{name}'s keys)")
     sections = [k for k in preset if k in _OWN_SECTIONS.get(name, ())]
@@ -309,7 +317,8 @@ def command_values(name: str, argv: Sequence[str]) -> dict[str, Any]:
         raise ConfigError(f"{config}: {name} does not use {_list(wrong, owners, '')}; a config shared by several "
                           f"commands keeps the keys of later stages in their sections (e.g. distill: {{objective: "
                           f"ce}}, read by `mtllm run`): move {'them' if len(wrong) > 1 else 'it'} there, or give "
-                          f"{'them' if len(wrong) > 1 else 'it'} to the command that uses {'them' if len(wrong) > 1 else 'it'}")
+                          f"{'them' if len(wrong) > 1 else 'it'} to the command that uses "
+                          f"{'them' if len(wrong) > 1 else 'it'}")
     return {**{k: v for k, v in preset.items() if k in own or k not in shared}, **overrides}
 
 

@@ -71,9 +71,13 @@ SECTION_SETTINGS: dict[str, tuple[type, ...]] = {
 class PipelineSettings:
     """Top-level keys of ``mtllm run`` (besides the model/stage-1 keys and the per-stage sections)."""
 
-    task: str = field(default="sib200", metadata={"help": "Task to train the teacher on and evaluate: a name, or the path of a task YAML (mtllm.tasks.files).", "check": TASK})
-    output_dir: str = field(default="runs/pocket-sib200", metadata={"help": "Root folder of the run.", "check": OUTPUT_DIR})
-    data_dir: str | None = field(default=None, metadata={"help": "Local data root (else $MTLLM_DATA_DIR, else the hub).", "check": EXISTING_DIR})
+    task: str = field(default="sib200", metadata={"help": "Task to train the teacher on and evaluate: a name, or the "
+                                                          "path of a task YAML (mtllm.tasks.files).", "check": TASK})
+    output_dir: str = field(default="runs/pocket-sib200",
+                            metadata={"help": "Root folder of the run.", "check": OUTPUT_DIR})
+    data_dir: str | None = field(default=None,
+                                 metadata={"help": "Local data root (else $MTLLM_DATA_DIR, else the hub).",
+                                           "check": EXISTING_DIR})
     stages: list[StageName] = field(default_factory=lambda: ["stage1", "retrieval", "teacher", "distill", "eval"],
                                     metadata={"help": "Stages to run, in order.", "check": NON_EMPTY})
     notes: list[str] = field(default_factory=list, metadata={"help": "Notes for the results tables."})
@@ -110,7 +114,8 @@ def _hash(*parts: Any) -> str:
 
 #: Keys that change how a stage runs or logs, not what it computes: left out of stage hashes, so that
 #: e.g. ``--save_steps`` or ``--micro_batch_size`` (gradient accumulation) never redo finished work.
-BOOKKEEPING_KEYS = frozenset({"output_dir", "resume", "overwrite", "log_steps", "save_steps", "keep_checkpoints", "progress",
+BOOKKEEPING_KEYS = frozenset({"output_dir", "resume", "overwrite", "log_steps", "save_steps", "keep_checkpoints",
+                              "progress",
                               "report_to", "micro_batch_size", "eval_batch_size", "batch_size_eval"})
 
 
@@ -257,7 +262,8 @@ def _run_stage1(plan: RunPlan, resume: bool) -> StageResult:
     out = plan.dirs["stage1"]
     summary = run_stage1(plan.model, replace(plan.stage1, save_initial=True, data_dir=plan.data_dir),
                          replace(plan.stage1_args, output_dir=str(out), resume=resume, overwrite=True))
-    return {"final": str(out / "final"), "initial": str(out / "initial"), "metrics": str(out / "metrics.jsonl")}, summary
+    return {"final": str(out / "final"), "initial": str(out / "initial"),
+            "metrics": str(out / "metrics.jsonl")}, summary
 
 
 def _run_retrieval(plan: RunPlan, resume: bool) -> StageResult:
@@ -397,7 +403,8 @@ class _Stage:
             print(f"[run] {self.name}: removed {', '.join(removed)} from {self.dir}, left by a run without a "
                   f"stage.json", flush=True)
         if kept:
-            print(f"[run] {self.name}: --overwrite: keeping the files mtllm did not write: {', '.join(kept)}", flush=True)
+            print(f"[run] {self.name}: --overwrite: keeping the files mtllm did not write: {', '.join(kept)}",
+                  flush=True)
         self.dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(self.marker, {"hash": self.hash, "status": "running"})
         return False
@@ -463,7 +470,8 @@ def run_pipeline(values: dict[str, Any]) -> dict[str, Any]:
     hashes: dict[str, str] = {}
     for name in plan.stages:  # in the order given: a stage's hash covers the hashes of those before it
         upstream = tuple(stages[u] for u in UPSTREAM.get(name, ()) if u in stages)
-        stages[name] = _Stage(plan.dirs[name], name, _hash(_stage_inputs(plan, name, hashes)), plan.stage1_args.overwrite,
+        stages[name] = _Stage(plan.dirs[name], name, _hash(_stage_inputs(plan, name, hashes)),
+                              plan.stage1_args.overwrite,
                               upstream)
         hashes[name] = stages[name].hash
     with contextlib.ExitStack() as held:

@@ -46,25 +46,52 @@ Predictor = Callable[[Sequence[Any], str], np.ndarray]
 class EvaluateSettings:
     """What to evaluate, on which languages, with which systems."""
 
-    model: str | None = field(default=None, metadata={"help": "MT-LLM dir (distill's DIR/final; for retrieval: any MT-LLM dir).", "check": MODEL})
-    teacher: str | None = field(default=None, metadata={"help": "Fine-tuned teacher dir (finetune's DIR/best), for the llm and translate_test systems.", "check": MODEL})
-    task: str = field(default="sib200", metadata={"help": "Task name, or 'retrieval' (parallel-sentence retrieval on SIB-200).", "check": TASK_OR_RETRIEVAL})
-    langs: list[str] = field(default_factory=lambda: ["all"], metadata={"help": "'all' or FLORES-200 codes.", "check": NON_EMPTY})
-    systems: list[Literal["mtllm", "llm", "encoder", "translate_test"]] = field(default_factory=lambda: ["mtllm", "llm", "encoder"], metadata={"help": "Among mtllm, llm, encoder, translate_test.", "check": NON_EMPTY})
+    model: str | None = field(default=None, metadata={"help": "MT-LLM dir (distill's DIR/final; for retrieval: any "
+                                                              "MT-LLM dir).", "check": MODEL})
+    teacher: str | None = field(default=None, metadata={"help": "Fine-tuned teacher dir (finetune's DIR/best), for the "
+                                                                "llm and translate_test systems.", "check": MODEL})
+    task: str = field(default="sib200", metadata={"help": "Task name, or 'retrieval' (parallel-sentence retrieval on "
+                                                          "SIB-200).", "check": TASK_OR_RETRIEVAL})
+    langs: list[str] = field(default_factory=lambda: ["all"],
+                             metadata={"help": "'all' or FLORES-200 codes.", "check": NON_EMPTY})
+    systems: list[Literal["mtllm", "llm", "encoder", "translate_test"]] = field(
+        default_factory=lambda: ["mtllm", "llm", "encoder"],
+        metadata={"help": "Among mtllm, llm, encoder, translate_test.", "check": NON_EMPTY})
     split: str = field(default="test", metadata={"help": "Split to evaluate.", "check": NON_EMPTY})
-    data_dir: str | None = field(default=None, metadata={"help": "Local data root (else $MTLLM_DATA_DIR, else the hub).", "check": EXISTING_DIR})
-    output_dir: str = field(default="runs/eval", metadata={"help": "Where results.json, results.md and the plot go.", "check": OUTPUT_DIR})
-    overwrite: bool = field(default=False, metadata={"help": "Write into an output_dir that holds results or files mtllm did not write (`mtllm evaluate` refuses otherwise)."})
+    data_dir: str | None = field(default=None,
+                                 metadata={"help": "Local data root (else $MTLLM_DATA_DIR, else the hub).",
+                                           "check": EXISTING_DIR})
+    output_dir: str = field(default="runs/eval",
+                            metadata={"help": "Where results.json, results.md and the plot go.", "check": OUTPUT_DIR})
+    overwrite: bool = field(default=False, metadata={"help": "Write into an output_dir that holds results or files "
+                                                             "mtllm did not write (`mtllm evaluate` refuses "
+                                                             "otherwise)."})
     batch_size: int = field(default=32, metadata={"help": "Examples per forward pass.", "check": at_least(1)})
-    max_examples: int | None = field(default=None, metadata={"help": "At most this many examples per language: a fixed-seed random sample, stratified by label (the same ids for every system), not the first rows.", "check": at_least(1)})
+    max_examples: int | None = field(default=None, metadata={"help": "At most this many examples per language: a "
+                                                                     "fixed-seed random sample, stratified by label "
+                                                                     "(the same ids for every system), not the first "
+                                                                     "rows.", "check": at_least(1)})
     sample_seed: int = field(default=0, metadata={"help": "Seed of the max_examples sample (same seed, same sample)."})
-    sample_method: Literal["stratified", "first"] = field(default="stratified", metadata={"help": "How max_examples picks: 'stratified' (a random sample stratified by label, seed sample_seed) or 'first' (the first rows of the file; the protocol of RESULTS.md's earlier retrieval numbers)."})
-    train_lang: str = field(default="eng_Latn", metadata={"help": "Language the systems were trained on (the encoder head is fitted on its train split)."})
-    translate_model: str = field(default="facebook/nllb-200-distilled-600M", metadata={"help": "Seq2seq MT model for translate_test.", "check": MODEL})
-    compare: list[str] = field(default_factory=list, metadata={"help": "Extra MT-LLMs as NAME=DIR (e.g. mtllm_before_stage1=runs/x/stage1/initial).", "check": NAMED_MODELS})
-    fallbacks: dict = field(default_factory=dict, metadata={"help": "Explicit encoder-language fallbacks {code: code}."})
-    dtype: InferenceDtype = field(default="float32", metadata={"help": "Weights dtype: float32, bfloat16, float16, or auto (bfloat16 where the device computes it faster than float32: a GPU with bf16, a CPU with avx512_bf16/AMX; else float32)."})
-    device: str | None = field(default=None, metadata={"help": "Where the models run: cpu, cuda, cuda:N or mps (default: $MTLLM_DEVICE, else cuda if available, else mps, else cpu)."})
+    sample_method: Literal["stratified", "first"] = field(
+        default="stratified", metadata={"help": "How max_examples picks: 'stratified' (a random sample stratified by "
+                                                "label, seed sample_seed) or 'first' (the first rows of the file; the "
+                                                "protocol of RESULTS.md's earlier retrieval numbers)."})
+    train_lang: str = field(default="eng_Latn", metadata={"help": "Language the systems were trained on (the encoder "
+                                                                  "head is fitted on its train split)."})
+    translate_model: str = field(default="facebook/nllb-200-distilled-600M",
+                                 metadata={"help": "Seq2seq MT model for translate_test.", "check": MODEL})
+    compare: list[str] = field(default_factory=list, metadata={"help": "Extra MT-LLMs as NAME=DIR (e.g. "
+                                                                       "mtllm_before_stage1=runs/x/stage1/initial).",
+                                                               "check": NAMED_MODELS})
+    fallbacks: dict = field(default_factory=dict,
+                            metadata={"help": "Explicit encoder-language fallbacks {code: code}."})
+    dtype: InferenceDtype = field(default="float32", metadata={"help": "Weights dtype: float32, bfloat16, float16, or "
+                                                                       "auto (bfloat16 where the device computes it "
+                                                                       "faster than float32: a GPU with bf16, a CPU "
+                                                                       "with avx512_bf16/AMX; else float32)."})
+    device: str | None = field(default=None, metadata={"help": "Where the models run: cpu, cuda, cuda:N or mps "
+                                                               "(default: $MTLLM_DEVICE, else cuda if available, else "
+                                                               "mps, else cpu)."})
     notes: list[str] = field(default_factory=list, metadata={"help": "Free-text notes written into results.md."})
 
     def __post_init__(self) -> None:
@@ -98,7 +125,7 @@ def sample_examples(examples: Sequence[Any], n: int | None, *, seed: int = 0, me
         by_label.setdefault(e.label, []).append(i)
     share = {label: n * len(idx) / len(examples) for label, idx in by_label.items()}
     take = {label: int(q) for label, q in share.items()}
-    for label in sorted(by_label, key=lambda l: (take[l] - share[l], l))[:n - sum(take.values())]:
+    for label in sorted(by_label, key=lambda lab: (take[lab] - share[lab], lab))[:n - sum(take.values())]:
         take[label] += 1
     chosen = []
     for label, idx in by_label.items():
@@ -248,7 +275,8 @@ def _run_task(s: EvaluateSettings, models: dict[str, Any], progress: bool, parti
     # the mtllm and encoder systems share one encoder pass per batch (same encoder, same tokenisation)
     shared = "mtllm" in s.systems and "encoder" in s.systems
     if "mtllm" in s.systems and not shared:
-        predictors["mtllm"] = lambda ex, lang: predict(mtllm, ex, path="encoder", lang=mtllm.encoder_lang(lang, s.fallbacks),
+        predictors["mtllm"] = lambda ex, lang: predict(mtllm, ex, path="encoder",
+                                                       lang=mtllm.encoder_lang(lang, s.fallbacks),
                                                        batch_size=s.batch_size)
     if "llm" in s.systems:
         predictors["llm"] = lambda ex, lang: predict(teacher, ex, path="llm", batch_size=s.batch_size)
@@ -385,7 +413,8 @@ def _run_retrieval(s: EvaluateSettings, models: dict[str, Any], progress: bool, 
         if any_model is None:
             raise ConfigError("the llm system needs model (its LLM is used without adapters)")
         llm = models.get("llm") or MTLLMModel.llm_only(any_model.config.llm_name_or_path if not str(
-            any_model.config.llm_name_or_path).startswith("./") else str(Path(s.model) / any_model.config.llm_name_or_path[2:]),
+            any_model.config.llm_name_or_path).startswith("./")
+                                                       else str(Path(s.model) / any_model.config.llm_name_or_path[2:]),
             lora=None, pooling=any_model.config.pooling, bidirectional=any_model.config.bidirectional,
             llm_adapters_to_merge=any_model.config.llm_adapters_to_merge, dtype=dtype, device=s.device)
         embedders["llm"] = lambda texts, lang: llm.encode(texts, path="llm", batch_size=s.batch_size)
@@ -399,7 +428,8 @@ def _run_retrieval(s: EvaluateSettings, models: dict[str, Any], progress: bool, 
 
             def step(batch_texts):
                 batch = to_device(m.tokenize(batch_texts, lang=code), device)
-                hidden = m.encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+                hidden = m.encoder(input_ids=batch["input_ids"],
+                                   attention_mask=batch["attention_mask"]).last_hidden_state
                 return mean_pool(hidden, batch["attention_mask"]).float().cpu()
 
             # batches in input order (no length sort), as this probe has always been run
@@ -408,7 +438,8 @@ def _run_retrieval(s: EvaluateSettings, models: dict[str, Any], progress: bool, 
         embedders["encoder"] = enc
     # the English sentences (a stratified sample when max_examples cuts them), then the same ids in every language
     all_english = load_examples("sib200", s.train_lang, s.split, data_dir=s.data_dir)
-    english = {e.id: e.texts[0] for e in sample_examples(all_english, s.max_examples, seed=s.sample_seed, method=s.sample_method)}
+    english = {e.id: e.texts[0]
+               for e in sample_examples(all_english, s.max_examples, seed=s.sample_seed, method=s.sample_method)}
     eng_cache: dict[str, torch.Tensor] = {}
     accs: dict[str, dict[str, float]] = {k: {} for k in embedders}
     n_examples: dict[str, int] = {}

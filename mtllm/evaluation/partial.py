@@ -7,13 +7,15 @@ session at language 50 used to throw away all 50. After each language the evalua
 that hashes every setting that changes the numbers and the saved models' own files
 (:func:`mtllm.modeling.model.model_fingerprint`), each language with the digest of the examples it was
 scored on. A rerun with the same key skips the languages it finds there whose data is unchanged (a language
-whose file changed since is evaluated again); the file is removed once ``results.json`` is written. Settings that only change *how* it is
+whose file changed since is evaluated again); the file is removed once ``results.json`` is written. Settings that only
+change *how* it is
 computed (``batch_size``, ``device``, ``output_dir``) are not in the key, so a run that ran out of memory
 can continue with a smaller batch.
 
 A partial file with another key (other settings, or a model retrained since) is refused before any
 work, naming what differs; ``overwrite`` starts over. Models passed in memory (``run_evaluate(models=...)``)
-have no saved files to fingerprint, so such an evaluation keeps no partial results. ``mtllm run`` gets there only when a stage's inputs
+have no saved files to fingerprint, so such an evaluation keeps no partial results. ``mtllm run`` gets there only when a
+stage's inputs
 are unchanged (its stage folders are keyed by them), so it always continues.
 """
 from __future__ import annotations
@@ -111,7 +113,8 @@ class PartialResults:
         whose data file changed since (cut, edited, replaced) is evaluated again, never reported from old data."""
         record = self.langs.get(lang)
         if record is not None and record.get("data") != data:
-            logger.info(f"[evaluate] {lang}: its data changed since the interrupted run ({PARTIAL_FILE}); evaluating it "
+            logger.info(f"[evaluate] {lang}: its data changed since the interrupted run ({PARTIAL_FILE}); evaluating "
+                        "it "
                   f"again")
             self.resumed = tuple(code for code in self.resumed if code != lang)
             return None

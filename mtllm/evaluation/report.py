@@ -157,11 +157,12 @@ class EvalResults:
     def averages_common(self) -> dict[str, float | None]:
         """Mean score of each system over :meth:`common_languages`."""
         common = self.common_languages()
-        return {s: _mean([scores[l] for l in common]) for s, scores in self.systems.items()}
+        return {s: _mean([scores[lang] for lang in common]) for s, scores in self.systems.items()}
 
     def averages_non_english(self) -> dict[str, float | None]:
         """Mean score of each system over its languages except ``train_lang``."""
-        return {s: _mean([v for l, v in scores.items() if l != self.train_lang]) for s, scores in self.systems.items()}
+        return {s: _mean([v for lang, v in scores.items() if lang != self.train_lang])
+                for s, scores in self.systems.items()}
 
     def single_class(self) -> dict[str, str]:
         """``{lang: class}`` for the languages whose examples all have one class (``meta["single_class"]``):
@@ -277,7 +278,8 @@ def render_markdown(results: EvalResults) -> str:
     flagged = results.single_class()
     notes = list(results.notes)
     if flagged:
-        notes.append(f"{SINGLE_CLASS_MARK} every example of {', '.join(f'{l} ({c})' for l, c in sorted(flagged.items()))} "
+        notes.append(f"{SINGLE_CLASS_MARK} every example of "
+                     f"{', '.join(f'{lang} ({c})' for lang, c in sorted(flagged.items()))} "
                      f"has the same class: such a score only says whether a system predicts that class (a system that "
                      f"always does scores 100), so it is not bold and not comparable; evaluate more examples")
     notes += _bad_rows_notes(results)
@@ -316,7 +318,8 @@ def _measure_table(name: str, measure: Mapping[str, Any], languages: Sequence[st
     per_system: Mapping[str, Mapping[str, float]] = measure.get("systems", {})
     systems = list(per_system)
     # languages only this measure has (the retrieval probe's English row) first, then the table's own
-    langs = list(dict.fromkeys([*(l for v in per_system.values() for l in v if l not in languages), *languages]))
+    langs = list(dict.fromkeys([*(lang for v in per_system.values() for lang in v if lang not in languages),
+                                *languages]))
     lines = [f"## {name}", "", str(measure.get("description", "")), "",
              _row(["Language"] + [_md_escape(s) for s in systems]), _row(["---"] + ["---:"] * len(systems))]
     for lang in langs:
@@ -364,7 +367,8 @@ def format_summary_lines(results: EvalResults) -> list[str]:
         lines.append(line)
     flagged = results.single_class()
     if flagged:
-        lines.append(f"{SINGLE_CLASS_MARK} one class only in the examples of {', '.join(sorted(flagged))}: their scores "
+        lines.append(f"{SINGLE_CLASS_MARK} one class only in the examples of {', '.join(sorted(flagged))}: their "
+                     "scores "
                      f"are flagged in {RESULTS_MD}")
     return lines
 
@@ -398,8 +402,8 @@ def sort_languages(results: EvalResults, sort_by: str | Callable[[str], Any] | N
         raise ValueError(f"sort_by={system!r} is not a system ({list(results.systems)}), 'lang' or a key function")
     scores = results.systems[system]
     # best first; languages that system lacks go last, by the mean of the other systems
-    others = {l: _mean([sc[l] for sc in results.systems.values() if l in sc]) or 0.0 for l in langs}
-    return sorted(langs, key=lambda l: (l not in scores, -scores.get(l, others[l]), l))
+    others = {lang: _mean([sc[lang] for sc in results.systems.values() if lang in sc]) or 0.0 for lang in langs}
+    return sorted(langs, key=lambda lang: (lang not in scores, -scores.get(lang, others[lang]), lang))
 
 
 def plot_results(results: EvalResults, path: str | Path, *, sort_by: str | Callable[[str], Any] | None = None,
@@ -421,10 +425,11 @@ def plot_results(results: EvalResults, path: str | Path, *, sort_by: str | Calla
     x_of = {lang: i for i, lang in enumerate(langs)}
     markers = "osD^vP*Xhp<>"
     averages = results.averages()
-    line_system = sort_by if isinstance(sort_by, str) and sort_by in results.systems else next(iter(results.systems), None)
+    line_system = sort_by if isinstance(sort_by, str) and sort_by in results.systems else next(
+        iter(results.systems), None)
     for j, (system, scores) in enumerate(results.systems.items()):
-        xs = [x_of[l] for l in langs if l in scores]
-        ys = [100 * scores[l] for l in langs if l in scores]
+        xs = [x_of[lang] for lang in langs if lang in scores]
+        ys = [100 * scores[lang] for lang in langs if lang in scores]
         label = system if averages[system] is None else f"{system} (avg {100 * averages[system]:.1f}%, {len(xs)} langs)"
         ax.plot(xs, ys, marker=markers[j % len(markers)], markersize=4 if len(langs) > 60 else 5, alpha=0.85,
                 linewidth=0.8, linestyle="-" if system == line_system else "none", label=label)
@@ -447,7 +452,7 @@ def plot_results(results: EvalResults, path: str | Path, *, sort_by: str | Calla
     if not handles:
         handles, labels = [Line2D([], [], linestyle="none")], ["no system evaluated"]
     ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
-    label_inches = 0.35 + 0.011 * fontsize * max((len(l) for l in langs), default=4)
+    label_inches = 0.35 + 0.011 * fontsize * max((len(lang) for lang in langs), default=4)
     fig.subplots_adjust(left=_LEFT / width, right=1 - (LEGEND_WIDTH - 0.1) / width, top=1 - 0.45 / height,
                         bottom=min(0.5, label_inches / height))
     with atomic_path(path) as tmp:

@@ -110,7 +110,8 @@ def iter_rows(path: str | Path, *, text_column: str = "text", pair_column: str |
     path = Path(path)
     is_txt = _suffix(path) == ".txt"
     text_key = "text" if is_txt else text_column
-    columns = [c for c in (text_column, pair_column, lang_column, id_column, *option_columns) if c] if not is_txt else []
+    columns = [c for c in (text_column, pair_column, lang_column, id_column,
+                           *option_columns) if c] if not is_txt else []
     table = Table(path, select=columns, batch_rows=batch_rows, formats=INPUT_SUFFIXES)
     table.require(columns, "set the *_column settings to the file's column names")
     for trow in table:
@@ -211,18 +212,40 @@ LANG_OR_AUTO = Rule("a FLORES-200 code (e.g. swh_Latn) or 'auto'", _lang_code)
 class _FileSettings:
     """A model and a file of texts."""
 
-    model: str | None = field(default=None, metadata={"help": "The MT-LLM folder (distill's DIR/final, finetune's DIR/best; for encode any MT-LLM).", "check": (_required("--model runs/pocket/distill-sib200/final"), MODEL)})
-    input: str | None = field(default=None, metadata={"help": "Input file: .txt (one text per line), .csv, .tsv, .jsonl or .parquet; streamed.", "check": (_required("--input texts.csv"), INPUT_FILE)})
-    text_column: str = field(default="text", metadata={"help": "Column (JSON field) holding the text (not used for .txt)."})
-    lang: str | None = field(default=None, metadata={"help": "Language of every text (FLORES-200 code), or 'auto' to detect each text's (mtllm.langid); or give lang_column.", "check": LANG_OR_AUTO})
-    lang_column: str | None = field(default=None, metadata={"help": "Column holding each row's FLORES-200 code (instead of lang)."})
-    id_column: str | None = field(default=None, metadata={"help": "Column holding each row's id, copied to the output (default: the row number, from 1)."})
+    model: str | None = field(default=None, metadata={"help": "The MT-LLM folder (distill's DIR/final, finetune's "
+                                                              "DIR/best; for encode any MT-LLM).",
+                                                      "check": (_required("--model runs/pocket/distill-sib200/final"),
+                                                                MODEL)})
+    input: str | None = field(default=None, metadata={"help": "Input file: .txt (one text per line), .csv, .tsv, "
+                                                              ".jsonl or .parquet; streamed.",
+                                                      "check": (_required("--input texts.csv"), INPUT_FILE)})
+    text_column: str = field(default="text", metadata={"help": "Column (JSON field) holding the text (not used for "
+                                                               ".txt)."})
+    lang: str | None = field(default=None, metadata={"help": "Language of every text (FLORES-200 code), or 'auto' to "
+                                                             "detect each text's (mtllm.langid); or give lang_column.",
+                                                     "check": LANG_OR_AUTO})
+    lang_column: str | None = field(default=None, metadata={"help": "Column holding each row's FLORES-200 code "
+                                                                    "(instead of lang)."})
+    id_column: str | None = field(default=None, metadata={"help": "Column holding each row's id, copied to the output "
+                                                                  "(default: the row number, from 1)."})
     batch_size: int = field(default=32, metadata={"help": "Texts per forward pass.", "check": at_least(1)})
-    chunk_size: int = field(default=CHUNK_ROWS, metadata={"help": "Rows read, computed and written (then recorded for resuming) at a time.", "check": at_least(1)})
-    on_bad_row: Literal["skip", "fail"] = field(default="skip", metadata={"help": "A row with no text or no/unknown language: skip (written with an empty label and the reason in `skipped`, counted) or fail (an error naming the row)."})
-    overwrite: bool = field(default=False, metadata={"help": "Start again, replacing an output (and its progress record) written before, also a finished one or one with other settings."})
-    dtype: InferenceDtype = field(default="float32", metadata={"help": "Weights dtype: float32, bfloat16, float16, or auto (bfloat16 where the device computes it faster than float32: a GPU with bf16, a CPU with avx512_bf16/AMX; else float32)."})
-    device: str | None = field(default=None, metadata={"help": "Where the model runs: cpu, cuda, cuda:N or mps (default: $MTLLM_DEVICE, else cuda if available, else mps, else cpu)."})
+    chunk_size: int = field(default=CHUNK_ROWS, metadata={"help": "Rows read, computed and written (then recorded for "
+                                                                  "resuming) at a time.", "check": at_least(1)})
+    on_bad_row: Literal["skip", "fail"] = field(default="skip",
+                                                metadata={"help": "A row with no text or no/unknown language: skip "
+                                                                  "(written with an empty label and the reason in "
+                                                                  "`skipped`, counted) or fail (an error naming the "
+                                                                  "row)."})
+    overwrite: bool = field(default=False, metadata={"help": "Start again, replacing an output (and its progress "
+                                                             "record) written before, also a finished one or one with "
+                                                             "other settings."})
+    dtype: InferenceDtype = field(default="float32", metadata={"help": "Weights dtype: float32, bfloat16, float16, or "
+                                                                       "auto (bfloat16 where the device computes it "
+                                                                       "faster than float32: a GPU with bf16, a CPU "
+                                                                       "with avx512_bf16/AMX; else float32)."})
+    device: str | None = field(default=None, metadata={"help": "Where the model runs: cpu, cuda, cuda:N or mps "
+                                                               "(default: $MTLLM_DEVICE, else cuda if available, else "
+                                                               "mps, else cpu)."})
     progress: bool = field(default=True, metadata={"help": "Show a progress bar with ETA (on stderr)."})
 
     def __post_init__(self) -> None:
@@ -245,10 +268,18 @@ class _FileSettings:
 class PredictFileSettings(_FileSettings):
     """Predict a label for every row of a file (resumable)."""
 
-    output: str | None = field(default=None, metadata={"help": "Predictions file: .jsonl, .csv, .tsv or .parquet (rows in input order).", "check": (_required("--output preds.jsonl"), Rule(f"a {'/'.join(PREDICT_SUFFIXES)} file path", _output_file(PREDICT_SUFFIXES)))})
-    pair_column: str | None = field(default=None, metadata={"help": "Column holding the second text of a pair (an NLI hypothesis; a multiple-choice question)."})
-    option_columns: list[str] = field(default_factory=list, metadata={"help": "Multiple-choice models: the columns holding the answer options (the label is the chosen option's index, from 0)."})
-    return_probs: bool = field(default=False, metadata={"help": "Also write each class's (option's) probability, as prob_<label> columns."})
+    output: str | None = field(default=None, metadata={"help": "Predictions file: .jsonl, .csv, .tsv or .parquet (rows "
+                                                               "in input order).",
+                                                       "check": (_required("--output preds.jsonl"),
+                                                                 Rule(f"a {'/'.join(PREDICT_SUFFIXES)} file path",
+                                                                      _output_file(PREDICT_SUFFIXES)))})
+    pair_column: str | None = field(default=None, metadata={"help": "Column holding the second text of a pair (an NLI "
+                                                                    "hypothesis; a multiple-choice question)."})
+    option_columns: list[str] = field(default_factory=list, metadata={"help": "Multiple-choice models: the columns "
+                                                                              "holding the answer options (the label "
+                                                                              "is the chosen option's index, from 0)."})
+    return_probs: bool = field(default=False, metadata={"help": "Also write each class's (option's) probability, as "
+                                                                "prob_<label> columns."})
 
     def _extra_columns(self) -> tuple[str, ...]:
         return ("pair_column", "option_columns")
@@ -258,7 +289,11 @@ class PredictFileSettings(_FileSettings):
 class EncodeFileSettings(_FileSettings):
     """Embed every row of a file (resumable)."""
 
-    output: str | None = field(default=None, metadata={"help": "Embeddings file: .npy (float32 (N, D), ids in <stem>.ids.txt) or .parquet (id + embedding columns).", "check": (_required("--output emb.npy"), Rule(f"a {'/'.join(ENCODE_SUFFIXES)} file path", _output_file(ENCODE_SUFFIXES)))})
+    output: str | None = field(default=None, metadata={"help": "Embeddings file: .npy (float32 (N, D), ids in "
+                                                               "<stem>.ids.txt) or .parquet (id + embedding columns).",
+                                                       "check": (_required("--output emb.npy"),
+                                                                 Rule(f"a {'/'.join(ENCODE_SUFFIXES)} file path",
+                                                                      _output_file(ENCODE_SUFFIXES)))})
     normalize: bool = field(default=False, metadata={"help": "Unit-length embeddings."})
 
 
@@ -518,7 +553,8 @@ class _Counts:
 
 def _bad(path: Path, row: Row, column: str, reason: str, detail: str = "") -> DataError:
     return DataError(f"{path}: row {row.number} (id {row.id!r})" + (f", column {column!r}" if column else "")
-                     + f": {reason}" + (f" ({detail})" if detail else "") + "; fix the row, or rerun with --on_bad_row skip (it writes "
+                     + f": {reason}" + (f" ({detail})" if detail else "")
+                     + "; fix the row, or rerun with --on_bad_row skip (it writes "
                      f"the row with an empty label and skipped: {reason!r}, and counts it)")
 
 
@@ -649,7 +685,8 @@ class _Job:
         from both versions. The progress record keeps the start's input hash, so a rerun asks for --overwrite."""
         now = {"size": self.input.stat().st_size, "sha256": file_sha256(self.input)}
         if now != self.identity["input"]:
-            raise DataError(f"{self.input} changed while {self.kind} ran (sha256 {self.identity['input']['sha256'][:12]} "
+            raise DataError(f"{self.input} changed while {self.kind} ran (sha256 "
+                            f"{self.identity['input']['sha256'][:12]} "
                             f"at the start, {now['sha256'][:12]} now): {self.output} may mix rows of both versions and "
                             f"is not marked complete; rerun with --overwrite once the input stays put")
 
@@ -725,7 +762,8 @@ class _Job:
         from mtllm.modeling.model import MTLLMModel
         from mtllm.settings import parse_dtype
 
-        model = MTLLMModel.from_pretrained(self.s.model, dtype=parse_dtype(self.s.dtype, self.s.device), merge_adapters=True,
+        model = MTLLMModel.from_pretrained(self.s.model, dtype=parse_dtype(self.s.dtype, self.s.device),
+                                           merge_adapters=True,
                                            device=self.s.device)
         if self.kind == "predict":
             from mtllm.modeling.predict import check_head

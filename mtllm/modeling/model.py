@@ -48,7 +48,8 @@ class MTLLMOutput(ModelOutput):
 
 
 #: A saved MT-LLM's own files (the base models are referenced by name in the config, so covered by it).
-OWN_FILES = ("config.json", WEIGHTS_NAME, f"{ADAPTER_DIR}/adapter_model.safetensors", f"{ADAPTER_DIR}/adapter_config.json")
+OWN_FILES = ("config.json", WEIGHTS_NAME, f"{ADAPTER_DIR}/adapter_model.safetensors",
+             f"{ADAPTER_DIR}/adapter_config.json")
 
 
 def model_fingerprint(model_dir: str | os.PathLike) -> str:
@@ -414,7 +415,8 @@ class MTLLMModel(PreTrainedModel):
             if getattr(model.config, "model_type", "") in ("xlm-roberta", "roberta", "camembert"):
                 n_pos -= (model.config.pad_token_id or 0) + 1  # positions start after the padding index
             limits.append(n_pos)
-        if tok is not None and isinstance(getattr(tok, "model_max_length", None), int) and tok.model_max_length < 10 ** 6:
+        if (tok is not None and isinstance(getattr(tok, "model_max_length", None), int)
+                and tok.model_max_length < 10 ** 6):
             limits.append(tok.model_max_length)
         return min(limits)
 
@@ -711,7 +713,8 @@ class MTLLMModel(PreTrainedModel):
 
         _check_base_refs(root, [("encoder", config.encoder_name_or_path, ref(config.encoder_name_or_path))
                                 if config.has_encoder and encoder is None else None,
-                                ("LLM", config.llm_name_or_path, ref(config.llm_name_or_path)) if llm is None else None])
+                                ("LLM", config.llm_name_or_path,
+                                 ref(config.llm_name_or_path)) if llm is None else None])
         _check_saved_folder(root, config, encoder_ref=ref(config.encoder_name_or_path)
                             if config.has_encoder and encoder is None else None,
                             llm_ref=ref(config.llm_name_or_path) if llm is None else None)
@@ -720,7 +723,8 @@ class MTLLMModel(PreTrainedModel):
             enc = load_encoder(encoder if encoder is not None else ref(config.encoder_name_or_path), dtype=dtype)
             if encoder_tokenizer is None:  # optional: a folder without tokenizer files loads (text input then asks)
                 encoder_tokenizer = load_tokenizer(ref(config.encoder_name_or_path), optional=True, what="encoder")
-            _check_size("encoder hidden size", config.encoder_hidden_size, _hidden_size(enc), config.encoder_name_or_path)
+            _check_size("encoder hidden size", config.encoder_hidden_size, _hidden_size(enc),
+                        config.encoder_name_or_path)
             _check_type("encoder", config.to_dict().get("encoder_model_type"), getattr(enc.config, "model_type", None),
                         config.encoder_name_or_path)
             if config.to_dict().get("encoder_vocab_size") is not None and encoder_tokenizer is not None:
@@ -777,7 +781,8 @@ class MTLLMModel(PreTrainedModel):
             batch = to_device(self.tokenize(list(texts)[start:start + batch_size], lang=lang, path="encoder"),
                               module_device(self.encoder))
             with torch.no_grad():
-                enc = self.encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+                enc = self.encoder(input_ids=batch["input_ids"],
+                                   attention_mask=batch["attention_mask"]).last_hidden_state
             out = self.projection(enc.to(self.projection.weight.dtype))[batch["attention_mask"].bool()]
             sq += out.float().pow(2).sum().item()
             count += out.numel()
@@ -920,7 +925,8 @@ def _check_saved_folder(root: Path, config: MTLLMConfig, *, encoder_ref: str | N
     wrong += [f"{k} is not a tensor of an MT-LLM with this config" for k in shapes if k not in expected]
     wrong += [f"{k} is missing" for k in expected if k not in shapes]
     if wrong:
-        raise ConfigError(f"{weights} does not belong to {root / 'config.json'}: {'; '.join(wrong[:4])} (the weights or "
+        raise ConfigError(f"{weights} does not belong to {root / 'config.json'}: {'; '.join(wrong[:4])} (the weights "
+                          "or "
                           f"the head of another model?): {_MTLLM_FIX}")
     adapter = root / ADAPTER_DIR
     if not adapter.is_dir():

@@ -136,7 +136,8 @@ def _model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in batch.items() if k not in ("labels", "targets", "n_truncated")}
 
 
-def distill_loss(model: nn.Module, batch: dict[str, Any], *, stats: TargetStats) -> tuple[torch.Tensor, dict[str, float]]:
+def distill_loss(model: nn.Module, batch: dict[str, Any], *,
+                 stats: TargetStats) -> tuple[torch.Tensor, dict[str, float]]:
     """Stage 2 distillation: the MT-LLM's pooled state (``(N, D)``, or ``(N, K, D)`` per option) of a
     collated task batch against the teacher's pre-computed embeddings ``targets``."""
     res = model(**_model_inputs(batch))

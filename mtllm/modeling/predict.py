@@ -261,7 +261,8 @@ def predict_shared_encoder(model: Any, probe: Any, examples: Sequence[Any], *, l
         batch = collate_examples(model, batch_examples, path="encoder", lang=lang)
         inputs = forward_inputs(batch, device)
         t1 = time.perf_counter()
-        hidden_NLE = model.encoder(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).last_hidden_state
+        hidden_NLE = model.encoder(input_ids=inputs["input_ids"],
+                                   attention_mask=inputs["attention_mask"]).last_hidden_state
         t2 = time.perf_counter()
         logits = model(attention_mask=inputs["attention_mask"], encoder_hidden_states=hidden_NLE,
                        option_spans=inputs.get("option_spans")).logits

@@ -52,7 +52,8 @@ def looks_local(ref: str | os.PathLike) -> bool:
     """Whether ``ref`` can only be a local path, not a hub id (``owner/name``): absolute, relative
     with ``./``/``../``/``~``, or with more than one ``/``. Such a path is never sent to the hub."""
     text = os.fspath(ref)
-    return (os.path.isabs(text) or text.startswith((".", "~")) or text.count("/") > 1 or os.sep != "/" and os.sep in text)
+    return (os.path.isabs(text) or text.startswith((".", "~")) or text.count("/") > 1 or os.sep != "/"
+            and os.sep in text)
 
 
 def resolve_source(source: str | Path, *, kind: str = "model", what: str | None = None) -> str:
@@ -101,9 +102,11 @@ def refuse_custom_code(path: Path, name: str, kind: str) -> None:
     ``model_type`` transformers does not know (it could only be custom code): mtllm never runs code from a
     model folder (every load passes ``trust_remote_code=False``), and says so before anything loads."""
     for file in ("config.json", "tokenizer_config.json"):
-        data = read_json_file(path / file, fix="copy or save the model folder again") if (path / file).is_file() else None
+        data = read_json_file(path / file,
+                              fix="copy or save the model folder again") if (path / file).is_file() else None
         if isinstance(data, dict) and data.get("auto_map"):
-            raise CustomCodeError(f"{name} needs custom code ({file} has auto_map: {_short(data['auto_map'])}); mtllm never "
+            raise CustomCodeError(f"{name} needs custom code ({file} has auto_map: {_short(data['auto_map'])}); mtllm "
+                                  "never "
                               f"runs code from a model folder: use a model that standard transformers classes load")
     if kind != "model":
         return
@@ -173,7 +176,8 @@ def read_json_file(path: Path, *, fix: str) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as err:
-        raise DataError(f"{path} is not valid JSON ({err}); it is corrupt or was not completely written: {fix}") from None
+        raise DataError(f"{path} is not valid JSON ({err}); it is corrupt or was not completely written: "
+                        f"{fix}") from None
 
 
 # ---------------------------------------------------------------------------------------------- hub

@@ -194,7 +194,8 @@ class TaskSpec:
     hub_id: str | None                          # Hugging Face dataset, or None (local files only)
     languages: tuple[str, ...]                  # FLORES-200-style codes
     train_lang: str = "eng_Latn"
-    splits: Mapping[str, str] = field(default_factory=lambda: {s: s for s in SPLITS}, compare=False)  # ours -> the dataset's
+    splits: Mapping[str, str] = field(default_factory=lambda: {s: s for s in SPLITS},
+                                      compare=False)  # ours -> the dataset's
     description: str = ""
     metric: str = "accuracy"
     hub_configs: Mapping[str, str] = field(default_factory=dict, compare=False)  # code -> hub config
@@ -700,7 +701,8 @@ def load_examples(task: str | TaskSpec, lang: str, split: str, data_dir: str | o
     :class:`Examples` list whose ``report`` counts the bad rows kept or dropped (module docstring).
 
     A task defined by files (:class:`mtllm.tasks.files.FileTask`, or the path of its YAML) reads the files
-    it names; ``data_dir`` is not used. Others: from ``data_dir`` / ``$MTLLM_DATA_DIR`` when set (local files only: a missing file is an error, there is
+    it names; ``data_dir`` is not used. Others: from ``data_dir`` / ``$MTLLM_DATA_DIR`` when set (local files only: a
+    missing file is an error, there is
     no silent switch to the hub), else from the Hugging Face hub. ``limit``: at most this many, the first
     in file order (a file sorted by label gives one class); an evaluation sample is drawn with
     :func:`mtllm.evaluation.evaluate.sample_examples` instead (fixed seed, stratified by label).

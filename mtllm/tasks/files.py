@@ -52,7 +52,8 @@ from mtllm._yaml import Refused, load_document
 from mtllm.data.languages import UnknownLanguageError, validate_lang
 from mtllm.errors import ConfigError, DataError
 from mtllm.fingerprints import json_digest
-from mtllm.tasks.base import (set_task_file_loader, SPLITS, TASKS, DataNotFoundError, Example, LoadReport, TaskDataError, TaskSpec,
+from mtllm.tasks.base import (set_task_file_loader, SPLITS, TASKS, DataNotFoundError, Example, LoadReport,
+                              TaskDataError, TaskSpec,
                               _ALIASES, _blank_label, _normalise_split, _read_rows, _recording, _require_columns,
                               _segments, _task_key, _text, register_task)
 
@@ -193,7 +194,8 @@ class FileTask(TaskSpec):
         parts = {"kind": self.kind, "columns": [self.text_column, self.pair_column, list(self.option_columns),
                                                 self.label_column, self.id_column],
                  "labels": list(self.label_names), "train_lang": self.train_lang,
-                 "files": {s: {lang: file_sha256(p) for lang, p in by_lang.items()} for s, by_lang in self.files.items()}}
+                 "files": {s: {lang: file_sha256(p) for lang, p in by_lang.items()}
+                           for s, by_lang in self.files.items()}}
         return json_digest(parts, length=16)
 
     def validate(self) -> "FileTask":

@@ -78,7 +78,8 @@ def source_problem(source: str, data_dir: str | None = None) -> str | None:
     if source.startswith(DATA_PREFIX):
         rel = source[len(DATA_PREFIX):]
         if not rel or Path(rel).is_absolute() or ".." in Path(rel).parts:
-            return "data sources look like data:PATH with PATH inside the data directory, e.g. data:english-wordnet/texts.txt"
+            return ("data sources look like data:PATH with PATH inside the data directory, "
+                    "e.g. data:english-wordnet/texts.txt")
         root = _data_root(data_dir)
         if root is None:
             return None

@@ -43,14 +43,29 @@ __all__ = ["DistillSettings", "pre_embed", "run_distill"]
 class DistillSettings:
     """Task distillation into the MT-LLM (and the paper's variants)."""
 
-    stage1_model: str | None = field(default=None, metadata={"help": "Stage-1 model dir (DIR/final); null = no stage 1 (fresh stack from the model keys).", "check": MODEL})
-    teacher_model: str | None = field(default=None, metadata={"help": "Fine-tuned teacher dir (finetune's DIR/best); needed for objective=distill.", "check": (required_if("objective", "distill", "the folder written by `mtllm finetune` (its DIR/best), or use objective: ce"), MODEL)})
-    objective: Literal["distill", "ce"] = field(default="distill", metadata={"help": "'distill' (MSE to the teacher's embeddings, the paper) or 'ce' (cross-entropy on labels directly)."})
+    stage1_model: str | None = field(default=None, metadata={"help": "Stage-1 model dir (DIR/final); null = no stage 1 "
+                                                                     "(fresh stack from the model keys).",
+                                                             "check": MODEL})
+    teacher_model: str | None = field(default=None, metadata={"help": "Fine-tuned teacher dir (finetune's DIR/best); "
+                                                                      "needed for objective=distill.",
+                                                              "check": (required_if("objective", "distill",
+                                                                                    "the folder written by `mtllm "
+                                                                                    "finetune` (its DIR/best), or use "
+                                                                                    "objective: ce"), MODEL)})
+    objective: Literal["distill", "ce"] = field(default="distill",
+                                                metadata={"help": "'distill' (MSE to the teacher's embeddings, the "
+                                                                  "paper) or 'ce' (cross-entropy on labels directly)."})
     train_lora: bool = field(default=True, metadata={"help": "Train the LLM's LoRA adapter."})
-    train_projection: bool = field(default=False, metadata={"help": "Train the up-projection (the paper freezes it in stage 2)."})
-    train_head: bool = field(default=False, metadata={"help": "Train the head (copied from the teacher; frozen in the paper)."})
-    target_norm: Literal["standardize", "none"] = field(default="standardize", metadata={"help": "'standardize' targets per dimension, or 'none' (raw MSE)."})
-    cache_encoder_outputs: bool = field(default=False, metadata={"help": "Compute the frozen encoder's outputs once per training example and reuse them every epoch (fp16, memory-mapped under output_dir/cache)."})
+    train_projection: bool = field(default=False, metadata={"help": "Train the up-projection (the paper freezes it in "
+                                                                    "stage 2)."})
+    train_head: bool = field(default=False, metadata={"help": "Train the head (copied from the teacher; frozen in the "
+                                                              "paper)."})
+    target_norm: Literal["standardize", "none"] = field(
+        default="standardize", metadata={"help": "'standardize' targets per dimension, or 'none' (raw MSE)."})
+    cache_encoder_outputs: bool = field(default=False, metadata={"help": "Compute the frozen encoder's outputs once "
+                                                                         "per training example and reuse them every "
+                                                                         "epoch (fp16, memory-mapped under "
+                                                                         "output_dir/cache)."})
 
     def __post_init__(self) -> None:
         check_settings(self)
@@ -60,14 +75,16 @@ def pre_embed(teacher: MTLLMModel, examples: Sequence[Any], *, cache_dir: str | 
               batch_size: int = 32, show_progress: bool = True) -> np.ndarray:
     """The teacher's pooled embeddings of ``examples`` on its own tokens: ``(N, D)``, or ``(N, K, D)``
     per option for multiple choice. Stored fp16 as ``.npy`` (memory-mapped on reuse) under
-    ``cache_dir/preembed-<key>``, where the key hashes ``teacher_id`` (e.g. :func:`mtllm.modeling.model.model_fingerprint`),
+    ``cache_dir/preembed-<key>``, where the key hashes ``teacher_id`` (e.g.
+    :func:`mtllm.modeling.model.model_fingerprint`),
     every example's id and text, and the tokenisation settings. A stale or broken entry is rebuilt."""
     cfg = teacher.config
     ids = [e.id for e in examples]
     key = cache_key([teacher_id, cfg.pooling, cfg.bidirectional, cfg.max_seq_length, cfg.pair_separator],
                     (json.dumps([e.id, list(e.texts), list(e.options)], ensure_ascii=False) for e in examples))
     cache = ArrayCache(cache_dir, "preembed", key)
-    if (hit := cache.load(["embeddings"], rows=len(examples), check=lambda meta, _: meta.get("ids") == ids)) is not None:
+    if (hit := cache.load(["embeddings"], rows=len(examples),
+                          check=lambda meta, _: meta.get("ids") == ids)) is not None:
         return hit[0]["embeddings"]
     device = module_device(teacher)
     was_training = teacher.training
@@ -121,12 +138,15 @@ def run_distill(model_settings: ModelSettings, task: TaskSettings, distill: Dist
             raise ConfigError(f"{distill.teacher_model} has no task head: is it the output of `mtllm finetune`?")
         check_content(teacher, train_ex, path="llm")
         student.set_head(teacher.config.head_kind, teacher.config.label_names, init_from=teacher.head)
-        targets = pre_embed(teacher, train_ex, cache_dir=out / "cache", teacher_id=model_fingerprint(distill.teacher_model),
+        targets = pre_embed(teacher, train_ex, cache_dir=out / "cache",
+                            teacher_id=model_fingerprint(distill.teacher_model),
                             batch_size=task.eval_batch_size)
         del teacher
     else:
         student.set_head(_head_kind(spec), spec.label_names)
-    _check_labels(train_ex, len(student.config.label_names) if spec.kind != "multiple_choice" else len(train_ex[0].options), "train")
+    _check_labels(train_ex,
+                  len(student.config.label_names) if spec.kind != "multiple_choice" else len(train_ex[0].options),
+                  "train")
 
     # what trains
     wanted = {"encoder": False, "projection": distill.train_projection,
@@ -180,7 +200,8 @@ def run_distill(model_settings: ModelSettings, task: TaskSettings, distill: Dist
                    config_to_save={"model": asdict(model_settings), "task": asdict(task), "distill": asdict(distill),
                                    "training": asdict(args)})
     summary = {"final_dir": str(result.final_dir), "evals": epoch_evals(result.history), "steps": result.steps,
-               "seconds": round(result.seconds, 2), "n_train": len(train_ex), "trainable": sorted({_part(n) for n in trainable}), "objective": distill.objective,
+               "seconds": round(result.seconds, 2), "n_train": len(train_ex),
+               "trainable": sorted({_part(n) for n in trainable}), "objective": distill.objective,
                "first": result.history[0] if result.history else None,
                "last": result.history[-1] if result.history else None}
     atomic_write_json(out / "distill_summary.json", summary, indent=1)

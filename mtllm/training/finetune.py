@@ -30,12 +30,17 @@ class TaskSettings:
     """Which task and data a stage-2 command uses."""
 
     task: str = field(default="sib200", metadata={"help": "Task name (mtllm.tasks.list_tasks()).", "check": TASK})
-    data_dir: str | None = field(default=None, metadata={"help": "Local data root (else $MTLLM_DATA_DIR, else the hub).", "check": EXISTING_DIR})
+    data_dir: str | None = field(default=None,
+                                 metadata={"help": "Local data root (else $MTLLM_DATA_DIR, else the hub).",
+                                           "check": EXISTING_DIR})
     train_lang: str = field(default="eng_Latn", metadata={"help": "Language of the training data (FLORES-200)."})
     train_split: str = field(default="train", metadata={"help": "Split to train on.", "check": NON_EMPTY})
     eval_split: str = field(default="validation", metadata={"help": "Split for model selection.", "check": NON_EMPTY})
-    max_train_examples: int | None = field(default=None, metadata={"help": "Use at most this many training examples.", "check": at_least(1)})
-    eval_batch_size: int = field(default=32, metadata={"help": "Batch size for evaluation and pre-embedding.", "check": at_least(1)})
+    max_train_examples: int | None = field(default=None, metadata={"help": "Use at most this many training "
+                                                                           "examples.", "check": at_least(1)})
+    eval_batch_size: int = field(default=32,
+                                 metadata={"help": "Batch size for evaluation and pre-embedding.",
+                                           "check": at_least(1)})
 
     def __post_init__(self) -> None:
         check_settings(self)
@@ -79,7 +84,8 @@ def run_finetune(model_settings: ModelSettings, task: TaskSettings, args: Traini
             max_seq_length=model_settings.max_seq_length, attn_implementation=model_settings.attn_implementation)
     model.set_head(_head_kind(spec), spec.label_names)
     check_content(model, train_ex + val_ex, path="llm")  # before any work: every text has a content token
-    _check_labels(train_ex, len(spec.label_names) if spec.kind != "multiple_choice" else len(train_ex[0].options), "train")
+    _check_labels(train_ex, len(spec.label_names) if spec.kind != "multiple_choice" else len(train_ex[0].options),
+                  "train")
     out = Path(args.output_dir)
     best_path = out / "best"
     best_file = out / "best_score.json"

@@ -43,26 +43,47 @@ logger = logging.getLogger(__name__)
 class TrainingArgs:
     """Optimisation and bookkeeping shared by all stages."""
 
-    output_dir: str = field(default="runs/mtllm", metadata={"help": "Where checkpoints, logs and the final model go.", "check": OUTPUT_DIR})
+    output_dir: str = field(default="runs/mtllm",
+                            metadata={"help": "Where checkpoints, logs and the final model go.", "check": OUTPUT_DIR})
     learning_rate: float = field(default=2e-4, metadata={"help": "Peak learning rate (LoRA).", "check": above(0)})
-    projection_lr: float | None = field(default=None, metadata={"help": "Learning rate of the up-projection (default: learning_rate).", "check": above(0)})
-    head_lr: float | None = field(default=None, metadata={"help": "Learning rate of the task head (default: learning_rate).", "check": above(0)})
+    projection_lr: float | None = field(default=None, metadata={"help": "Learning rate of the up-projection (default: "
+                                                                        "learning_rate).", "check": above(0)})
+    head_lr: float | None = field(default=None, metadata={"help": "Learning rate of the task head (default: "
+                                                                  "learning_rate).", "check": above(0)})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay.", "check": at_least(0)})
-    warmup_ratio: float = field(default=0.01, metadata={"help": "Fraction of steps of linear warmup.", "check": FRACTION})
-    max_steps: int | None = field(default=None, metadata={"help": "Optimizer steps; default: num_epochs over the data.", "check": at_least(1)})
-    num_epochs: float = field(default=1.0, metadata={"help": "Passes over the data when max_steps is not set.", "check": above(0)})
-    batch_size: int = field(default=16, metadata={"help": "Global batch: examples per optimizer step, all processes together.", "check": at_least(1)})
-    micro_batch_size: int | None = field(default=None, metadata={"help": "Examples per forward pass per process (default: batch_size / processes).", "check": (at_least(1), divides("batch_size"))})
-    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm (0 = off).", "check": at_least(0)})
+    warmup_ratio: float = field(default=0.01,
+                                metadata={"help": "Fraction of steps of linear warmup.", "check": FRACTION})
+    max_steps: int | None = field(default=None,
+                                  metadata={"help": "Optimizer steps; default: num_epochs over the data.",
+                                            "check": at_least(1)})
+    num_epochs: float = field(default=1.0,
+                              metadata={"help": "Passes over the data when max_steps is not set.", "check": above(0)})
+    batch_size: int = field(default=16, metadata={"help": "Global batch: examples per optimizer step, all processes "
+                                                          "together.", "check": at_least(1)})
+    micro_batch_size: int | None = field(default=None, metadata={"help": "Examples per forward pass per process "
+                                                                         "(default: batch_size / processes).",
+                                                                 "check": (at_least(1), divides("batch_size"))})
+    max_grad_norm: float = field(default=1.0,
+                                 metadata={"help": "Gradient clipping norm (0 = off).", "check": at_least(0)})
     seed: int = field(default=0, metadata={"help": "Seed for initialisation, data order and dropout.", "check": SEED})
-    mixed_precision: Literal["no", "bf16", "fp16", "auto"] = field(default="no", metadata={"help": "'no', 'bf16' or 'fp16' (Accelerate autocast), or 'auto': bf16 where the device computes it faster than fp32 (a GPU with bf16, a CPU with avx512_bf16/AMX), else 'no' (the choice is printed)."})
-    group_by_length: bool = field(default=True, metadata={"help": "Batch texts of similar length together (less padding)."})
+    mixed_precision: Literal["no", "bf16", "fp16", "auto"] = field(
+        default="no", metadata={"help": "'no', 'bf16' or 'fp16' (Accelerate autocast), or 'auto': bf16 where the "
+                                        "device computes it faster than fp32 (a GPU with bf16, a CPU with "
+                                        "avx512_bf16/AMX), else 'no' (the choice is printed)."})
+    group_by_length: bool = field(default=True, metadata={"help": "Batch texts of similar length together (less "
+                                                                  "padding)."})
     log_steps: int = field(default=10, metadata={"help": "Log every N optimizer steps.", "check": at_least(1)})
-    save_steps: int = field(default=0, metadata={"help": "Checkpoint every N steps (0 = only at the end).", "check": at_least(0)})
-    keep_checkpoints: int = field(default=2, metadata={"help": "How many recent checkpoints to keep.", "check": at_least(1)})
+    save_steps: int = field(default=0,
+                            metadata={"help": "Checkpoint every N steps (0 = only at the end).", "check": at_least(0)})
+    keep_checkpoints: int = field(default=2,
+                                  metadata={"help": "How many recent checkpoints to keep.", "check": at_least(1)})
     resume: bool = field(default=False, metadata={"help": "Resume from the newest valid checkpoint in output_dir."})
-    overwrite: bool = field(default=False, metadata={"help": "Write into an output_dir that holds a finished or unfinished run, or files mtllm did not write (the earlier run's outputs are removed; other files are kept)."})
-    report_to: str = field(default="auto", metadata={"help": "'auto' (TensorBoard/W&B if installed), 'none', or a tracker name."})
+    overwrite: bool = field(default=False, metadata={"help": "Write into an output_dir that holds a finished or "
+                                                             "unfinished run, or files mtllm did not write (the "
+                                                             "earlier run's outputs are removed; other files are "
+                                                             "kept)."})
+    report_to: str = field(default="auto", metadata={"help": "'auto' (TensorBoard/W&B if installed), 'none', or a "
+                                                             "tracker name."})
     progress: bool = field(default=True, metadata={"help": "Show a tqdm progress bar."})
 
     def __post_init__(self) -> None:
@@ -317,8 +338,10 @@ def train(
                         loss, metrics = loss_fn(model, batch)
                     if not torch.isfinite(loss):
                         raise TrainingDiverged(
-                            f"{stage}: loss is {loss.item()} at step {step + 1} (epoch {epoch}, batch {pos}, micro-batch "
-                            f"{k}, examples {mine[k * micro:(k + 1) * micro][:8]}...). Nothing was saved from this step; "
+                            f"{stage}: loss is {loss.item()} at step {step + 1} (epoch {epoch}, batch {pos}, "
+                            "micro-batch "
+                            f"{k}, examples {mine[k * micro:(k + 1) * micro][:8]}...). Nothing was saved from this "
+                            "step; "
                             f"the last good checkpoint is {latest_valid_checkpoint(out)}. Lower the learning rate or "
                             f"check these examples, then rerun with --resume.")
                     accelerator.backward(loss / accum)
@@ -354,7 +377,8 @@ def train(
                         text = " ".join(f"{k}={v:.4g}" for k, v in sums.items())
                         logger.info(f"[{stage}] step {step}/{max_steps} {text} lr={record['lr']:.3g}")
                 if args.save_steps and step % args.save_steps == 0 and step < max_steps:
-                    _save_checkpoint(accelerator, model, optimizer, scheduler, out, step, history, args.keep_checkpoints)
+                    _save_checkpoint(accelerator, model, optimizer, scheduler, out, step, history,
+                                     args.keep_checkpoints)
                     saved_at = step
                 if _any_process(accelerator, stop.requested):
                     stopping = True
@@ -376,7 +400,8 @@ def train(
             if trackers:
                 accelerator.end_training()
             raise TrainingInterrupted(f"{stage} stopped by Ctrl-C after step {step}/{max_steps}; checkpoint "
-                                      f"{checkpoint_path(out, step)}", step=step, checkpoint=str(checkpoint_path(out, step)))
+                                      f"{checkpoint_path(out, step)}", step=step,
+                                      checkpoint=str(checkpoint_path(out, step)))
     if trackers:
         accelerator.end_training()
     accelerator.wait_for_everyone()

@@ -1,7 +1,8 @@
 """Stage 1: self-distillation on unlabelled English text (arXiv 2406.12739, section 3).
 
 Teacher: the LLM with its adapters disabled, on its own tokens, no gradient. Student: encoder ->
-up-projection -> LLM + LoRA on the encoder's tokens. Loss (``stage1_objective``; not ``objective``, which is distillation's key): the paper's MSE between the
+up-projection -> LLM + LoRA on the encoder's tokens. Loss (``stage1_objective``; not ``objective``, which is
+distillation's key): the paper's MSE between the
 two mean-pooled last hidden states (``sequence``), and/or the word-span MSE (``span``): both tokenisers
 see the same text, so character offsets align their tokens into words (:mod:`mtllm.data.spans`), and
 each word's mean student state is fitted to the teacher's mean state over its own tokens of that word --
@@ -37,17 +38,42 @@ CALIBRATION_FILE = "stage1_calibration.json"
 class Stage1Settings:
     """Stage-1 data and loss."""
 
-    data: list[str] = field(default_factory=lambda: ["fineweb"], metadata={"help": "Text files/folders, data:PATH (inside data_dir, e.g. data:english-wordnet/texts.txt), 'fineweb' (hub, streamed), or task:NAME/LANG/SPLIT.", "check": (NON_EMPTY, each(TEXT_SOURCE))})
-    data_dir: str | None = field(default=None, metadata={"help": "Local data root for task:NAME/LANG/SPLIT sources (else $MTLLM_DATA_DIR, else the hub).", "check": EXISTING_DIR})
-    text_field: str = field(default="text", metadata={"help": "Column/field with the text in csv/tsv/json/jsonl/parquet.", "check": NON_EMPTY})
-    max_texts: int | None = field(default=None, metadata={"help": "Use at most this many text chunks.", "check": at_least(1)})
-    target_norm: Literal["standardize", "none"] = field(default="standardize", metadata={"help": "'standardize' (per-dimension z-score of teacher targets, so a few outlier dimensions do not dominate the MSE) or 'none' (the paper's raw MSE)."})
-    projection_init: Literal["rms_match", "default"] = field(default="rms_match", metadata={"help": "'rms_match' (scale the up-projection so its outputs have the RMS of the LLM's own input embeddings) or 'default'."})
-    teacher_batch_size: int = field(default=32, metadata={"help": "Batch size for computing teacher targets.", "check": at_least(1)})
-    save_initial: bool = field(default=False, metadata={"help": "Also save the model before training (after projection init) to output_dir/initial, e.g. for a before/after retrieval probe."})
-    cache_encoder_outputs: bool = field(default=False, metadata={"help": "Compute the frozen encoder's outputs once per text and reuse them every epoch (fp16, memory-mapped under output_dir/cache); worth it with more than one epoch."})
-    stage1_objective: Literal["sequence", "span", "sequence+span"] = field(default="sequence", metadata={"help": "'sequence' (the paper: MSE of the mean-pooled states), 'span' (MSE per word: the mean of the student's states over the encoder tokens of a word against the teacher's over its own tokens of the same word; ~10-20 targets per sentence instead of one) or 'sequence+span' (their sum, the span term weighted by span_weight)."})
-    span_weight: float = field(default=1.0, metadata={"help": "Weight of the span term in stage1_objective 'sequence+span'.", "check": at_least(0.0)})
+    data: list[str] = field(default_factory=lambda: ["fineweb"],
+                            metadata={"help": "Text files/folders, data:PATH (inside data_dir, e.g. "
+                                              "data:english-wordnet/texts.txt), 'fineweb' (hub, streamed), or "
+                                              "task:NAME/LANG/SPLIT.", "check": (NON_EMPTY, each(TEXT_SOURCE))})
+    data_dir: str | None = field(default=None, metadata={"help": "Local data root for task:NAME/LANG/SPLIT sources "
+                                                                 "(else $MTLLM_DATA_DIR, else the hub).",
+                                                         "check": EXISTING_DIR})
+    text_field: str = field(default="text", metadata={"help": "Column/field with the text in "
+                                                              "csv/tsv/json/jsonl/parquet.", "check": NON_EMPTY})
+    max_texts: int | None = field(default=None,
+                                  metadata={"help": "Use at most this many text chunks.", "check": at_least(1)})
+    target_norm: Literal["standardize", "none"] = field(
+        default="standardize", metadata={"help": "'standardize' (per-dimension z-score of teacher targets, so a few "
+                                                 "outlier dimensions do not dominate the MSE) or 'none' (the paper's "
+                                                 "raw MSE)."})
+    projection_init: Literal["rms_match", "default"] = field(
+        default="rms_match", metadata={"help": "'rms_match' (scale the up-projection so its outputs have the RMS of "
+                                               "the LLM's own input embeddings) or 'default'."})
+    teacher_batch_size: int = field(default=32,
+                                    metadata={"help": "Batch size for computing teacher targets.",
+                                              "check": at_least(1)})
+    save_initial: bool = field(default=False, metadata={"help": "Also save the model before training (after projection "
+                                                                "init) to output_dir/initial, e.g. for a before/after "
+                                                                "retrieval probe."})
+    cache_encoder_outputs: bool = field(default=False, metadata={"help": "Compute the frozen encoder's outputs once "
+                                                                         "per text and reuse them every epoch (fp16, "
+                                                                         "memory-mapped under output_dir/cache); worth "
+                                                                         "it with more than one epoch."})
+    stage1_objective: Literal["sequence", "span", "sequence+span"] = field(
+        default="sequence", metadata={"help": "'sequence' (the paper: MSE of the mean-pooled states), 'span' (MSE per "
+                                              "word: the mean of the student's states over the encoder tokens of a "
+                                              "word against the teacher's over its own tokens of the same word; ~10-20 "
+                                              "targets per sentence instead of one) or 'sequence+span' (their sum, the "
+                                              "span term weighted by span_weight)."})
+    span_weight: float = field(default=1.0, metadata={"help": "Weight of the span term in stage1_objective "
+                                                              "'sequence+span'.", "check": at_least(0.0)})
 
     def __post_init__(self) -> None:
         check_settings(self)
@@ -230,7 +256,8 @@ def run_stage1(model_settings: ModelSettings, stage1: Stage1Settings, args: Trai
         alignment = align_spans(model, texts, lang=enc_lang)
         with accelerator.main_process_first():
             spans_UD = teacher_span_targets(model, texts, alignment, batch_size=stage1.teacher_batch_size,
-                                            cache_dir=out / "cache", show_progress=accelerator.is_main_process and args.progress)
+                                            cache_dir=out / "cache",
+                                            show_progress=accelerator.is_main_process and args.progress)
         span = {"alignment": alignment, "targets": spans_UD, "first_row": alignment.first_rows(),
                 "stats": span_target_stats(spans_UD, standardize=stage1.target_norm == "standardize")}
         if accelerator.is_main_process:
@@ -285,15 +312,18 @@ def run_stage1(model_settings: ModelSettings, stage1: Stage1Settings, args: Trai
         return with_spans({"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
                            "targets": targets_ND[indices]}, indices)
 
-    loss_fn = functools.partial(stage1_loss, stats=stats, objective=stage1.stage1_objective, span_weight=stage1.span_weight,
+    loss_fn = functools.partial(stage1_loss, stats=stats, objective=stage1.stage1_objective,
+                                span_weight=stage1.span_weight,
                                 span_stats=span["stats"] if span is not None else None)
-    groups = [{"params": [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("projection.")]},
+    groups = [{"params": [p for n, p in model.named_parameters()
+                          if p.requires_grad and not n.startswith("projection.")]},
               {"params": list(model.projection.parameters()), "lr": args.projection_lr or args.learning_rate}]
     groups = [g for g in groups if g["params"]]
     result = train(model=model, param_groups=groups, n_examples=len(texts), collate=collate, loss_fn=loss_fn,
                    args=args, stage="stage1", lengths=lengths, accelerator=accelerator, resume_from=resume_from,
                    save_final=lambda m, d: m.save_pretrained(d),
-                   config_to_save={"model": model_settings.__dict__, "stage1": stage1.__dict__, "training": args.__dict__})
+                   config_to_save={"model": model_settings.__dict__, "stage1": stage1.__dict__,
+                                   "training": args.__dict__})
     if n_truncated["n"] and accelerator.is_main_process:
         logger.info(f"[stage1] {n_truncated['n']} texts were longer than max_seq_length and truncated")
     summary = {"final_dir": str(result.final_dir), "steps": result.steps, "seconds": round(result.seconds, 2),
