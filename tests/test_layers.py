@@ -1,6 +1,6 @@
-"""The package's one-way layering (``[tool.importlinter]`` in pyproject.toml, checked by ``lint-imports`` in
-.ci/run) holds, and the check can fail: a lower layer that imports a higher one, written into a temporary copy
-of the package, breaks it."""
+"""Static checks that CI runs through this suite: ``ruff check``, and the package's one-way layering
+(``[tool.importlinter]`` in pyproject.toml, checked by ``lint-imports``), which can fail: a lower layer that
+imports a higher one, written into a temporary copy of the package, breaks it."""
 from __future__ import annotations
 
 import os
@@ -47,3 +47,11 @@ def test_a_reversed_import_breaks_the_check(tmp_path, module, imports):
     assert "BROKEN" in result.stdout
     importer = "mtllm." + module.removesuffix(".py").replace("/", ".")
     assert f"- {importer} -> " in result.stdout  # the offending import is named
+
+
+def test_ruff_is_clean():
+    """``ruff check`` (pyproject.toml's [tool.ruff]: line length 120, pycodestyle and pyflakes rules) passes over the
+    whole repository, so .ci/run, which runs this suite, runs it too."""
+    result = subprocess.run([sys.executable, "-m", "ruff", "check", "."], cwd=ROOT, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
