@@ -42,6 +42,7 @@ from collections import Counter
 from typing import Any, Iterable, Sequence, overload
 
 from mtllm.data.languages import FLORES200
+from mtllm.errors import ConfigError
 
 __all__ = ["identify", "to_flores", "dominant_script", "supported_languages", "UNDETERMINED", "LANGID_LIMITS",
            "evaluate"]
@@ -116,8 +117,6 @@ def _identifier() -> Any:
     try:
         import heliport
     except ImportError:
-        from mtllm.errors import ConfigError
-
         raise ConfigError(_INSTALL) from None
     return heliport.Identifier()
 

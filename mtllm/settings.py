@@ -41,8 +41,15 @@ import yaml
 
 from mtllm._io import read_text_file
 from mtllm._yaml import MAX_YAML_DEPTH, Refused as _Refused, load_document as _load
-from mtllm.errors import ConfigError
+from mtllm import device as device_policy  # fast_bf16 looked up at each call (tests patch mtllm.device.fast_bf16)
+from mtllm.errors import ConfigError, UserError
 from mtllm.modeling.config import LoraSettings
+from mtllm.modeling.model import MTLLMModel
+from mtllm.sources import POCKET_PREFIX, TINY_PREFIX, looks_local
+from mtllm.sources.pocket import POCKET_MODELS
+from mtllm.sources.tiny import TINY_BUILDERS
+from mtllm.tasks import get_task
+from mtllm.tasks.texts import source_problem
 
 __all__ = ["ConfigError", "load_yaml", "parse_overrides", "config_arg", "read_config", "string_keys",
            "MAX_YAML_DEPTH", "settings_parser", "check_keys",
@@ -367,17 +374,10 @@ EXISTING_DIR = Rule("an existing folder", _existing_dir, inputs=True)
 
 
 def _model(value: Any, _: Any) -> str | None:
-    from mtllm.sources import looks_local
-    from mtllm.sources import POCKET_PREFIX, TINY_PREFIX
-
     ref = str(value)
     if ref.startswith(POCKET_PREFIX):
-        from mtllm.sources.pocket import POCKET_MODELS
-
         name, known = ref[len(POCKET_PREFIX):], POCKET_MODELS
     elif ref.startswith(TINY_PREFIX):
-        from mtllm.sources.tiny import TINY_BUILDERS
-
         name, known = ref[len(TINY_PREFIX):], TINY_BUILDERS
     else:
         path = Path(ref).expanduser()
@@ -398,9 +398,6 @@ MODEL = Rule("a hub id, pocket:NAME, tiny:NAME or an existing model folder", _mo
 
 
 def _task(value: Any, _: Any, also: tuple[str, ...] = ()) -> str | None:
-    from mtllm.errors import UserError
-    from mtllm.tasks import get_task
-
     if value in also:
         return None
     try:
@@ -417,8 +414,6 @@ TASK_OR_RETRIEVAL = Rule("a task name or 'retrieval'", lambda v, s: _task(v, s, 
 
 
 def _text_source(value: Any, settings: Any) -> str | None:
-    from mtllm.tasks.texts import source_problem
-
     return source_problem(str(value), getattr(settings, "data_dir", None))
 
 
@@ -545,9 +540,7 @@ def parse_dtype(name: str, device: str | torch.device | None = None) -> torch.dt
     """``"float32"``, ``"bfloat16"``, ``"float16"`` or ``"auto"`` -> the torch dtype (a clear error otherwise).
     ``auto``: bfloat16 where it is faster than float32 on ``device`` (:func:`mtllm.device.fast_bf16`), else float32."""
     if name == "auto":
-        from mtllm.device import fast_bf16
-
-        return torch.bfloat16 if fast_bf16(device) else torch.float32
+        return torch.bfloat16 if device_policy.fast_bf16(device) else torch.float32
     try:
         return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
     except KeyError:
@@ -601,8 +594,6 @@ class ModelSettings:
         return parse_dtype(self.dtype)
 
     def build(self):
-        from mtllm.modeling.model import MTLLMModel
-
         return MTLLMModel.from_encoder_and_llm(
             self.encoder, self.llm, bidirectional=self.bidirectional, lora=self.lora(), pooling=self.pooling,
             load_in_4bit=self.load_in_4bit, dtype=self.torch_dtype(), llm_adapters_to_merge=self.llm_adapters_to_merge,

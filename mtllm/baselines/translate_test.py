@@ -32,11 +32,14 @@ from typing import Any, Iterable, Sequence
 
 import torch
 
+from mtllm.data.languages import validate_lang
 from mtllm.device import module_device, place, to_device
 from mtllm.errors import UnsupportedLanguageError  # noqa: F401 (raised here, re-exported)
 from mtllm.fingerprints import module_fingerprint
 from mtllm.modeling.batching import run_batched
 from mtllm.settings import MODEL, OUTPUT_DIR, at_least, check_settings
+from mtllm.sources import MODEL_LOAD_KWARGS, load_source
+from mtllm.sources.pocket import cache_dir
 
 logger = logging.getLogger(__name__)
 
@@ -78,8 +81,6 @@ class TranslateSettings:
     def resolved_cache_dir(self) -> Path:
         if self.cache_dir is not None:
             return Path(self.cache_dir).expanduser()
-        from mtllm.sources.pocket import cache_dir
-
         return cache_dir() / "translations"
 
 
@@ -131,11 +132,7 @@ def _lang_token_id(tokenizer: Any, code: str) -> int | None:
 
 def _validate_lang_code(code: str) -> str:
     """``code`` checked (and canonicalised, e.g. ``FRA-latn`` -> ``fra_Latn``) by
-    :func:`mtllm.data.languages.validate_lang`; unchanged where that module is not available."""
-    try:
-        from mtllm.data.languages import validate_lang
-    except ImportError:
-        return code
+    :func:`mtllm.data.languages.validate_lang`."""
     return validate_lang(code)
 
 
@@ -198,8 +195,6 @@ class Translator:
         """Load ``name_or_path`` (hub id, directory, ``pocket:``/``tiny:`` source) with its tokenizer, on
         ``device`` (:func:`mtllm.device.resolve_device`: ``$MTLLM_DEVICE``, else cuda, else mps, else cpu)."""
         from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
-
-        from mtllm.sources import MODEL_LOAD_KWARGS, load_source
 
         settings = settings or TranslateSettings(mt_model=str(name_or_path))
         kwargs = {**MODEL_LOAD_KWARGS, **({"dtype": dtype} if dtype is not None else {})}

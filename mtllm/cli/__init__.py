@@ -92,6 +92,9 @@ def _print_summary(summary: Mapping[str, Any], keys: Sequence[str]) -> None:
 
 
 # ------------------------------------------------------------------------------------------- commands
+# (b) Each command imports its settings and runner inside these functions, so that `mtllm --help` and
+# `mtllm COMMAND --help` load only the modules they need (mtllm/__init__ already loads torch and
+# transformers); the same holds for the other function-level imports in this module.
 def _adapt_settings() -> tuple[type, ...]:
     from mtllm.settings import ModelSettings
     from mtllm.training.loop import TrainingArgs

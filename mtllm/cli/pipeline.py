@@ -40,13 +40,16 @@ from pathlib import Path
 from typing import Any, Callable, Literal
 
 from mtllm._io import atomic_write_json
+from mtllm.device import resolve_device
 from mtllm.errors import ConfigError
 from mtllm.fingerprints import changed_files, json_digest, recording_reads
 from mtllm.locks import exclusive_output
 from mtllm.outputs import claim_output_dir, clear_outputs, foreign_entries
-from mtllm.evaluation.evaluate import EvaluateSettings, run_evaluate
+from mtllm.evaluation.evaluate import EvaluateSettings, evaluation_languages, run_evaluate
 from mtllm.settings import (EXISTING_DIR, NON_EMPTY, OUTPUT_DIR, SEED, TASK, ModelSettings, build_settings,
                             check_keys, check_settings)
+from mtllm.sources import resolve_source
+from mtllm.tasks import get_task, load_examples, load_train_examples, resolve_data_dir
 from mtllm.training.distill import DistillSettings, run_distill
 from mtllm.training.finetune import TaskSettings, run_finetune
 from mtllm.training.loop import TrainingArgs
@@ -167,8 +170,6 @@ class RunPlan:
 def _resolve_data_dir(data_dir: str | None) -> str | None:
     """The run's data folder, absolute (else ``$MTLLM_DATA_DIR``, else None = the hub); a missing folder
     is a :class:`mtllm.errors.DataError` now."""
-    from mtllm.tasks import resolve_data_dir
-
     resolved = resolve_data_dir(str(Path(data_dir).expanduser().resolve()) if data_dir else None)
     return str(resolved) if resolved else None
 
@@ -213,8 +214,6 @@ def plan_run(values: dict[str, Any]) -> RunPlan:
     stages = tuple(s for s in pipe.stages if not (s == "retrieval" and retrieval is None))
     task_files = None
     if spec.reads_own_files:  # a task file: the splits and languages the stages use exist, before any stage
-        from mtllm.evaluation.evaluate import evaluation_languages
-
         for split in (teacher[0].train_split, teacher[0].eval_split, distill[0].train_split, distill[0].eval_split,
                       evaluate.split):
             spec.check_split(split)
@@ -225,8 +224,6 @@ def plan_run(values: dict[str, Any]) -> RunPlan:
 
 
 def _task_spec(task: str):
-    from mtllm.tasks import get_task
-
     return get_task(task)  # already checked by PipelineSettings (a task file is read once, then cached)
 
 
@@ -273,8 +270,6 @@ def _run_retrieval(plan: RunPlan, resume: bool) -> StageResult:
 def _print_bad_rows(stage: str, task: TaskSettings) -> None:
     """Print the bad rows (kept with a blank segment, dropped without text) of ``task``'s training and
     validation data, as the stage will load them; nothing when there are none."""
-    from mtllm.tasks import get_task, load_examples, load_train_examples
-
     spec = get_task(task.task)
     for split in dict.fromkeys([task.train_split, task.eval_split]):
         if split == "train" and task.train_lang == "eng_Latn":
@@ -445,9 +440,6 @@ def _header(i: int, n: int, name: str, what: str) -> None:
 
 
 def _resolve_models(plan: RunPlan) -> None:
-    from mtllm.device import resolve_device
-    from mtllm.sources import resolve_source
-
     _header(0, len(plan.stages), "models", "resolve and convert the models (once, cached)")
     for src in (plan.model.encoder, plan.model.llm):
         print(f"[run] {src} -> {resolve_source(src)}", flush=True)

@@ -11,6 +11,7 @@ from typing import Any, Sequence
 
 import torch
 
+from mtllm.errors import DataError
 from mtllm.data.multiple_choice import format_multiple_choice, option_token_spans
 
 __all__ = ["collate_examples", "check_content", "example_lengths", "model_inputs"]
@@ -85,8 +86,6 @@ def check_content(model: Any, examples: Sequence[Any], *, path: str) -> None:
     where = [(e.id, name) for e in examples for name, _ in _fields(e)]
     bad = model.contentless([text for e in examples for _, text in _fields(e)], path=path)
     if bad:
-        from mtllm.errors import DataError
-
         shown = ", ".join(f"{where[i][0]!r} ({where[i][1]})" for i in bad[:10]) + (" ..." if len(bad) > 10 else "")
         raise DataError(f"{len(bad)} text(s) have nothing for the {path} tokenizer to read (empty, whitespace-only, "
                         f"not strings, or made only of characters it drops: zero-width, control or format "

@@ -27,13 +27,25 @@ from typing import Any, Callable, Literal, Sequence
 import numpy as np
 import torch
 
+from mtllm.baselines.encoder_probe import EncoderClassifier
+from mtllm.baselines.translate_test import TranslateSettings, Translator, translate_examples
+from mtllm.data.collate import check_content
+from mtllm.data.languages import XLMR_LANGUAGES, validate_lang
+from mtllm.device import module_device, to_device
 from mtllm.errors import ConfigError
 from mtllm.evaluation.partial import PartialResults, evaluation_key
+from mtllm.evaluation.report import EvalResults, format_summary_lines, write_results
 from mtllm.fingerprints import examples_digest, json_digest
-from mtllm.settings import (EXISTING_DIR, MODEL, NAMED_MODELS, NON_EMPTY, OUTPUT_DIR, TASK_OR_RETRIEVAL, InferenceDtype,
-                            at_least, check_settings)
-
+# predict is looked up on its module at each call, so that a patch of mtllm.modeling.predict.predict reaches it
+from mtllm.modeling import predict as predict_module
+from mtllm.modeling.batching import run_batched
+from mtllm.modeling.model import MTLLMModel
+from mtllm.modeling.objectives import regression_metrics, target_stats
+from mtllm.modeling.pooling import mean_pool
 from mtllm.modeling.predict import predict_shared_encoder
+from mtllm.settings import (EXISTING_DIR, MODEL, NAMED_MODELS, NON_EMPTY, OUTPUT_DIR, TASK_OR_RETRIEVAL, InferenceDtype,
+                            at_least, check_settings, parse_dtype)
+from mtllm.tasks import available_languages, get_task, load_examples, load_train_examples
 
 __all__ = ["EvaluateSettings", "run_evaluate", "retrieval_accuracy", "sample_examples", "evaluation_languages"]
 
@@ -170,9 +182,6 @@ def retrieval_accuracy(src_ND: torch.Tensor, tgt_ND: torch.Tensor) -> tuple[floa
 def evaluation_languages(task: Any, requested: Sequence[str], data_dir: str | None) -> list[str]:
     """``requested`` (``all``: every language the task has data for here; a task file: its test languages),
     each checked."""
-    from mtllm.data.languages import validate_lang
-    from mtllm.tasks import available_languages, get_task
-
     spec = get_task(task)
     langs = available_languages(spec, data_dir)
     if list(requested) in (["all"], []):
@@ -192,8 +201,6 @@ def run_evaluate(settings: EvaluateSettings, *, models: dict[str, Any] | None = 
     """Evaluate and write ``results.json``, ``results.md`` and ``results.png`` into ``output_dir``.
 
     ``models`` may pass already-loaded models by role (``mtllm``, ``teacher``) to skip loading."""
-    from mtllm.evaluation.report import format_summary_lines, write_results
-
     models = dict(models or {})
     # languages an interrupted run of the same evaluation finished are not redone (mtllm.evaluation.partial);
     # models passed in memory have no saved files to identify them by, so nothing is kept for them
@@ -214,8 +221,6 @@ def run_evaluate(settings: EvaluateSettings, *, models: dict[str, Any] | None = 
 
 
 def _load_mtllm(path: str, dtype: torch.dtype, device: str | None):
-    from mtllm.modeling.model import MTLLMModel
-
     # inference only: LoRA folded into the weights (one matmul per linear layer instead of three)
     return MTLLMModel.from_pretrained(path, dtype=dtype, merge_adapters=True, device=device)
 
@@ -224,15 +229,8 @@ def _load_mtllm(path: str, dtype: torch.dtype, device: str | None):
 
 def _run_task(s: EvaluateSettings, models: dict[str, Any], progress: bool, partial: PartialResults,
               translate_settings: Any = None):
-    from mtllm.baselines.encoder_probe import EncoderClassifier
-    from mtllm.evaluation.report import EvalResults
-    from mtllm.tasks import get_task, load_examples
-    from mtllm.modeling.predict import predict
-
     spec = get_task(s.task)  # a name, or the path of a task file (mtllm.tasks.files)
     langs = evaluation_languages(spec, s.langs, s.data_dir)
-    from mtllm.settings import parse_dtype
-
     dtype = parse_dtype(s.dtype, s.device)
     mtllm = models.get("mtllm")
     if mtllm is None and {"mtllm", "encoder"} & set(s.systems):
@@ -251,8 +249,6 @@ def _run_task(s: EvaluateSettings, models: dict[str, Any], progress: bool, parti
                          f"{list(spec.label_names)}: evaluate it on the task it was trained for")
 
     # every language's examples (sampled) are read and checked before any model runs
-    from mtllm.data.collate import check_content
-
     examples_of: dict[str, list[Any]] = {}
     single_class: dict[str, str] = {}
     bad_rows: dict[str, dict[str, int]] = {}  # lang -> {"blank_segment_kept": n, "no_text_dropped": m}
@@ -275,16 +271,14 @@ def _run_task(s: EvaluateSettings, models: dict[str, Any], progress: bool, parti
     # the mtllm and encoder systems share one encoder pass per batch (same encoder, same tokenisation)
     shared = "mtllm" in s.systems and "encoder" in s.systems
     if "mtllm" in s.systems and not shared:
-        predictors["mtllm"] = lambda ex, lang: predict(mtllm, ex, path="encoder",
-                                                       lang=mtllm.encoder_lang(lang, s.fallbacks),
-                                                       batch_size=s.batch_size)
+        predictors["mtllm"] = lambda ex, lang: predict_module.predict(mtllm, ex, path="encoder",
+                                                                      lang=mtllm.encoder_lang(lang, s.fallbacks),
+                                                                      batch_size=s.batch_size)
     if "llm" in s.systems:
-        predictors["llm"] = lambda ex, lang: predict(teacher, ex, path="llm", batch_size=s.batch_size)
+        predictors["llm"] = lambda ex, lang: predict_module.predict(teacher, ex, path="llm", batch_size=s.batch_size)
     if "encoder" in s.systems:
         t0 = time.perf_counter()
         probe = EncoderClassifier(mtllm)
-        from mtllm.tasks import load_train_examples
-
         train_ex = (load_train_examples(spec, data_dir=s.data_dir) if s.train_lang == "eng_Latn"
                     else load_examples(spec, s.train_lang, "train", data_dir=s.data_dir))
         fit = probe.fit(train_ex, spec.label_names, lang=mtllm.encoder_lang(s.train_lang, s.fallbacks))
@@ -294,16 +288,15 @@ def _run_task(s: EvaluateSettings, models: dict[str, Any], progress: bool, parti
         if not shared:
             predictors["encoder"] = lambda ex, lang: probe.predict(ex, lang=mtllm.encoder_lang(lang, s.fallbacks))
     if "translate_test" in s.systems:
-        from mtllm.baselines.translate_test import TranslateSettings, Translator, translate_examples
-
         translator = Translator.from_pretrained(s.translate_model,
                                                 translate_settings or TranslateSettings(mt_model=s.translate_model),
                                                 device=s.device)
 
         def translate_test(ex, lang):
             if lang == s.train_lang:
-                return predict(teacher, ex, path="llm", batch_size=s.batch_size)
-            return predict(teacher, translate_examples(translator, ex, lang), path="llm", batch_size=s.batch_size)
+                return predict_module.predict(teacher, ex, path="llm", batch_size=s.batch_size)
+            return predict_module.predict(teacher, translate_examples(translator, ex, lang), path="llm",
+                                          batch_size=s.batch_size)
 
         predictors["translate_test"] = translate_test
         notes.append(f"translate_test: {s.translate_model} to {s.train_lang}, then the teacher")
@@ -376,8 +369,6 @@ def _coverage_notes(model: Any, langs: Sequence[str]) -> list[str]:
         return []
     if getattr(model.encoder.config, "model_type", "") != "xlm-roberta":
         return []
-    from mtllm.data.languages import XLMR_LANGUAGES
-
     outside = [c for c in langs if c not in XLMR_LANGUAGES]
     return [f"the encoder ({model.config.encoder_name_or_path}) is an XLM-R-family model, not an MT encoder; "
             f"{len(outside)} of these {len(langs)} languages are outside its ~100 pretraining languages: "
@@ -385,15 +376,6 @@ def _coverage_notes(model: Any, langs: Sequence[str]) -> list[str]:
 
 
 def _run_retrieval(s: EvaluateSettings, models: dict[str, Any], progress: bool, partial: PartialResults):
-    from mtllm.evaluation.report import EvalResults
-    from mtllm.modeling.model import MTLLMModel
-    from mtllm.device import module_device, to_device
-    from mtllm.modeling.batching import run_batched
-    from mtllm.modeling.pooling import mean_pool
-    from mtllm.tasks import load_examples
-
-    from mtllm.settings import parse_dtype
-
     dtype = parse_dtype(s.dtype, s.device)
     langs = [c for c in evaluation_languages("sib200", s.langs, s.data_dir) if c != s.train_lang]
     mtllms: dict[str, Any] = {}
@@ -522,8 +504,6 @@ def alignment_fvu(student_ND: torch.Tensor, teacher_ND: torch.Tensor) -> float:
     """Fraction of the teacher's variance the student leaves unexplained: ``sum ||s_i - t_i||^2`` over the
     pairs divided by ``N`` times the teacher rows' total variance (the sum of the per-dimension variances).
     0 = the student reproduces the teacher; 1 = no better than predicting the teacher's mean."""
-    from mtllm.modeling.objectives import regression_metrics, target_stats
-
     teacher_ND = teacher_ND.float()
     return regression_metrics(student_ND.float(), teacher_ND, target_stats(teacher_ND, standardize=False))["fvu"]
 

@@ -29,6 +29,7 @@ from typing import Any
 from mtllm._io import atomic_write_json, remove_path
 from mtllm.errors import ConfigError
 from mtllm.fingerprints import json_digest
+from mtllm.modeling.model import model_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -43,8 +44,6 @@ def _model_id(ref: str | None) -> str | None:
     """A saved MT-LLM folder's fingerprint, or the reference itself (a hub id, or nothing)."""
     if ref is None:
         return None
-    from mtllm.modeling.model import model_fingerprint
-
     return f"{ref}@{model_fingerprint(ref)}" if Path(ref).is_dir() else ref
 
 

@@ -55,8 +55,11 @@ import numpy as np
 from mtllm._io import atomic_path, atomic_write_json, file_sha256, remove_path, remove_stale_temporaries
 from mtllm.errors import ConfigError, DataError, UnknownLanguageError, UnsupportedLanguageError
 from mtllm.locks import exclusive_output, lock_file
-from mtllm.modeling.model import model_fingerprint
-from mtllm.settings import MODEL, InferenceDtype, Rule, at_least, check_settings
+from mtllm.data.languages import validate_lang
+from mtllm.modeling.embed import embed_texts
+from mtllm.modeling.model import MTLLMModel, model_fingerprint
+from mtllm.modeling.predict import check_head, encoder_code, model_path, score_texts, softmax
+from mtllm.settings import MODEL, InferenceDtype, Rule, at_least, check_settings, parse_dtype
 from mtllm.tables import Table, lone_surrogate
 
 logger = logging.getLogger(__name__)
@@ -195,8 +198,6 @@ def _output_file(suffixes: Sequence[str]):
 def _lang_code(value: Any, _: Any) -> str | None:
     if value == "auto":
         return None
-    from mtllm.data.languages import validate_lang
-
     try:
         validate_lang(str(value))
     except UnknownLanguageError as err:
@@ -606,8 +607,6 @@ class _Job:
         if self.s.lang_column is not None:
             if _blank(row.lang):
                 return "no language", self.s.lang_column, "blank or missing"
-            from mtllm.data.languages import validate_lang
-
             try:
                 validate_lang(row.lang.strip())
             except UnknownLanguageError as err:
@@ -705,9 +704,6 @@ class _Job:
                               f"{n_rows}; rerun with --overwrite to start again")
         model = self._load_model()
         if self.s.lang not in (None, "auto"):
-            from mtllm.data.languages import validate_lang
-            from mtllm.modeling.predict import encoder_code, model_path
-
             self.s.lang = validate_lang(self.s.lang)
             encoder_code(model, self.s.lang, model_path(model), self.enc_langs)  # uncovered: an error before any work
         identify = self._identify() if self.auto else None
@@ -759,15 +755,10 @@ class _Job:
         return summary
 
     def _load_model(self):
-        from mtllm.modeling.model import MTLLMModel
-        from mtllm.settings import parse_dtype
-
         model = MTLLMModel.from_pretrained(self.s.model, dtype=parse_dtype(self.s.dtype, self.s.device),
                                            merge_adapters=True,
                                            device=self.s.device)
         if self.kind == "predict":
-            from mtllm.modeling.predict import check_head
-
             check_head(model)
             mc = model.config.head_kind == "multiple_choice"
             if mc and not self.option_columns:
@@ -780,7 +771,7 @@ class _Job:
 
     def _identify(self):
         try:
-            from mtllm.langid import identify
+            from mtllm.langid import identify  # (a) language identification is optional: a failed load is a ConfigError
         except ImportError as err:
             raise ConfigError(f"--lang auto needs language identification (mtllm.langid), which cannot be loaded "
                               f"({err}); give the language instead: --lang CODE or --lang_column COLUMN") from None
@@ -820,8 +811,6 @@ class _Job:
 
     def _chunk(self, model, chunk: list[Row], sink, counts: _Counts, bar, identify, n_rows: int) -> int:
         """Score one chunk, write it, record it; returns the rows done."""
-        from mtllm.modeling.predict import encoder_code, model_path
-
         path = model_path(model)
         fail = self.s.on_bad_row == "fail"
         problems: dict[int, tuple[str, str, str]] = {}
@@ -849,8 +838,6 @@ class _Job:
             found = identify(sample) if sample else []
             if len(found) != len(sample):
                 raise RuntimeError(f"mtllm.langid.identify returned {len(found)} results for {len(sample)} texts")
-            from mtllm.data.languages import validate_lang
-
             for j, (code, conf) in zip(ok, found):
                 confidence[j] = float(conf)
                 try:
@@ -860,8 +847,6 @@ class _Job:
                                    f"language identification answered {code!r}")
                     langs[j] = code
         elif self.s.lang_column is not None:
-            from mtllm.data.languages import validate_lang
-
             for j, row in enumerate(chunk):  # a row whose code is unusable keeps it as written
                 langs[j] = validate_lang(row.lang.strip()) if j in ok else row.lang
         else:
@@ -920,8 +905,6 @@ class _Job:
         if not ok:
             return {}
         if self.kind == "predict":
-            from mtllm.modeling.predict import score_texts, softmax
-
             options = [[o for o in chunk[j].options] for j in ok] if self.option_columns else None
             logits = score_texts(model, [texts[j] for j in ok], langs=[langs[j] for j in ok],
                                  pairs=[pairs[j] for j in ok] if pairs is not None else None, options=options,
@@ -934,9 +917,6 @@ class _Job:
                 k = int(np.argmax(x))
                 out[j] = (k if mc else names[k], softmax(x) if self.s.return_probs else None)
             return out
-        from mtllm.modeling.embed import embed_texts
-        from mtllm.modeling.predict import encoder_code, model_path
-
         path = model_path(model)
         groups: dict[Any, list[int]] = {}
         for j in ok:

@@ -8,8 +8,10 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
+from mtllm.data.collate import model_inputs
 from mtllm.device import module_device, to_device
 from mtllm.errors import DataError
+from mtllm.modeling.batching import run_batched
 
 __all__ = ["embed_texts"]
 
@@ -25,9 +27,6 @@ def embed_texts(model, texts: Sequence[str], *, lang: str | None = None, path: s
     number is added to ``stats["truncated"]`` for the caller to report.
     A text with nothing to embed (empty, whitespace-only, only characters the tokenizer drops) is a
     :class:`~mtllm.errors.DataError` before any work."""
-    from mtllm.data.collate import model_inputs
-    from mtllm.modeling.batching import run_batched
-
     texts = list(texts)
     path = path or ("encoder" if model.encoder is not None else "llm")
     empty = model.contentless(texts, path=path)

@@ -21,11 +21,13 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
-from mtllm.device import module_device, place, to_device
+from mtllm.data.languages import resolve_encoder_lang, validate_lang
+from mtllm.device import module_device, place, resolve_device, to_device
 from mtllm.modeling.config import LoraSettings, MTLLMConfig
 from mtllm.modeling.pooling import get_pooler, span_mean_pool
-from mtllm.errors import ConfigError
+from mtllm.errors import ConfigError, CustomCodeError, UserError
 from mtllm.fingerprints import folder_fingerprint
+from mtllm.sources import load_source, resolve_source
 from mtllm.sources import (check_model_folder, check_safetensors, from_hub, load_encoder, load_llm, load_tokenizer,
                            looks_local, read_json_file, refuse_custom_code)
 
@@ -216,8 +218,6 @@ class MTLLMModel(PreTrainedModel):
     def encoder_lang(self, lang: str, fallbacks: Mapping[str, str] | None = None) -> str:
         """The language code to give this model's encoder for text in ``lang``: unchanged when the encoder covers
         it, else an explicit, warned fallback (:func:`mtllm.data.languages.resolve_encoder_lang`)."""
-        from mtllm.data.languages import resolve_encoder_lang
-
         supported = self.config.encoder_languages
         if supported is None and self.config.encoder_lang_style == "nllb":
             tok = self.encoder_tokenizer
@@ -297,8 +297,6 @@ class MTLLMModel(PreTrainedModel):
         style = self.config.encoder_lang_style
         tok = self.encoder_tokenizer
         if lang is not None:
-            from mtllm.data.languages import validate_lang
-
             lang = validate_lang(lang)
             allowed = self.config.encoder_languages
             if allowed and lang not in allowed:
@@ -532,7 +530,7 @@ class MTLLMModel(PreTrainedModel):
         ``precision="float32"`` and ``output_value="sentence_embedding"`` (the only ones there are here);
         ``prompt_name``, ``prompt``, ``task_name``, ``prompt_type`` (and MTEB's ``task_metadata``, ``hf_split``,
         ``hf_subset``) are accepted and ignored. Any other keyword is a ``TypeError``."""
-        from mtllm.modeling.embed import embed_texts
+        from mtllm.modeling.embed import embed_texts  # (c) cycle: mtllm.modeling.embed imports this module
 
         unknown = sorted(set(kwargs) - set(self._ENCODE_IGNORED))
         if unknown:
@@ -541,8 +539,6 @@ class MTLLMModel(PreTrainedModel):
             raise ValueError(f"precision={precision!r}: this model's embeddings are float32 only")
         if output_value != "sentence_embedding":
             raise ValueError(f"output_value={output_value!r}: only 'sentence_embedding' (pooled vectors) is available")
-        from mtllm.device import resolve_device
-
         if device is not None and resolve_device(device) != module_device(self):
             raise ValueError(f"encode(device={device!r}) but the model is on {module_device(self)}: move the model "
                              f"(model.to(...)) or set MTLLM_DEVICE before loading it")
@@ -570,7 +566,7 @@ class MTLLMModel(PreTrainedModel):
         Batches are length-sorted within each language (:func:`mtllm.modeling.predict.predict_texts`) and run
         on the model's device. No head, a ``pairs``/``options``/``lang`` list of the wrong length, an unknown
         language code and a text with nothing to read are clear errors before any model work."""
-        from mtllm.modeling.predict import predict_texts
+        from mtllm.modeling.predict import predict_texts  # (c) cycle: mtllm.modeling.predict imports MTLLMModel
 
         return predict_texts(self, texts, lang=lang, pairs=pairs, options=options, batch_size=batch_size,
                              return_probs=return_probs, show_progress=show_progress)
@@ -899,8 +895,6 @@ def _check_saved_folder(root: Path, config: MTLLMConfig, *, encoder_ref: str | N
     LoRA adapter's base model, rank and input sizes."""
     from transformers import AutoConfig
 
-    from mtllm.sources import load_source, resolve_source
-
     for role, ref, size, kind in (("encoder", encoder_ref, config.encoder_hidden_size,
                                    config.to_dict().get("encoder_model_type")),
                                   ("LLM", llm_ref, config.llm_hidden_size, config.to_dict().get("llm_model_type"))):
@@ -1017,9 +1011,6 @@ def _mtllm_folder(ref: str | os.PathLike) -> Path:
 def _check_base_refs(root: Path, refs: Sequence[tuple[str, str | None, str | None] | None]) -> None:
     """Check each ``(role, name in config.json, resolved)`` base-model reference of the MT-LLM in ``root``
     before any of them loads: a local one must be a complete model folder (it is never sent to the hub)."""
-    from mtllm.errors import CustomCodeError, UserError
-    from mtllm.sources import resolve_source
-
     for item in refs:
         if item is None:
             continue

@@ -23,6 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from mtllm.modeling.pooling import unit_mean_pool
+
 __all__ = ["TargetStats", "target_stats", "standardize", "sequence_mse", "regression_metrics",
            "classification_ce", "stage1_loss", "distill_loss", "classification_loss", "STAGE1_OBJECTIVES"]
 
@@ -112,8 +114,6 @@ def stage1_loss(model: nn.Module, batch: dict[str, Any], *, stats: TargetStats, 
     metrics = regression_metrics(pooled_ND, target_ND, stats)
     if objective == "sequence":
         return seq, {"loss": seq.item(), **metrics}
-    from mtllm.modeling.pooling import unit_mean_pool
-
     if span_stats is None:
         raise ValueError(f"objective {objective!r} needs span_stats (the span targets' statistics)")
     hidden_NLD = res.last_hidden_state

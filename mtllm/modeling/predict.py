@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from mtllm.data.collate import collate_examples, example_lengths
+from mtllm.data.languages import validate_lang
 from mtllm.data.multiple_choice import OptionTruncatedError
 from mtllm.device import module_device
 from mtllm.errors import ConfigError, DataError
@@ -194,8 +195,6 @@ def predict_texts(model: MTLLMModel, texts: Sequence[str] | str, *, lang: str | 
         if len(langs) != n:
             raise DataError(f"lang has {len(langs)} codes for {n} texts: give one FLORES-200 code for all texts or "
                             f"one per text")
-    from mtllm.data.languages import validate_lang
-
     checked = {code: validate_lang(code) for code in set(langs) if code is not None}
     langs = [checked[c] if c is not None else None for c in langs]
     path = model_path(model)

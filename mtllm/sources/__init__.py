@@ -28,7 +28,11 @@ from typing import Any, Callable, TypeVar
 import torch
 from torch import nn
 
+from mtllm._io import atomic_path
 from mtllm.errors import ConfigError, CustomCodeError, DataError, UserError
+# pocket and tiny import nothing from this module at the top (pocket's one use of it is a lazy (c) import)
+from mtllm.sources.pocket import cache_dir, pocket_path
+from mtllm.sources.tiny import TINY_BUILDERS
 
 logger = logging.getLogger(__name__)
 
@@ -62,8 +66,6 @@ def resolve_source(source: str | Path, *, kind: str = "model", what: str | None 
     ``tokenizer``; ``what`` names it in errors) and returned; a hub id passes through."""
     source = str(source)
     if source.startswith(POCKET_PREFIX):
-        from mtllm.sources.pocket import pocket_path
-
         return str(pocket_path(source[len(POCKET_PREFIX):]))
     if source.startswith(TINY_PREFIX):
         return str(tiny_path(source[len(TINY_PREFIX):]))
@@ -272,17 +274,10 @@ def load_source(source: str | Path, what: str, load: Callable[[str], _T], *, kin
 
 def tiny_path(name: str) -> Path:
     """Build (once) and return the directory of the toy model ``name`` (``xlmr``, ``gemma3``, ``llama``, ``m2m100``)."""
-    from mtllm.sources.pocket import cache_dir
-    from mtllm.sources.tiny import TINY_BUILDERS
-
     if name not in TINY_BUILDERS:
-        from mtllm.errors import ConfigError
-
         raise ConfigError(f"unknown tiny model {name!r}: choose one of {sorted(TINY_BUILDERS)}")
     out = cache_dir() / "tiny" / name
     if not _tiny_intact(out):
-        from mtllm._io import atomic_path
-
         # another process may build it at the same time (then the first to finish wins); a broken
         # copy (an interrupted or damaged cache) is replaced
         with atomic_path(out, keep_existing=not (out / "config.json").exists()) as tmp:

@@ -49,6 +49,7 @@ from typing import Any
 import numpy as np
 
 from mtllm._io import atomic_path, file_sha256
+from mtllm.errors import ConfigError
 
 __all__ = [
     "POCKET_MODELS",
@@ -437,7 +438,7 @@ def convert_gemma_gguf(source: str | os.PathLike[str], out_dir: str | os.PathLik
     from tokenizers.processors import TemplateProcessing
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
-    from mtllm.sources import MODEL_LOAD_KWARGS
+    from mtllm.sources import MODEL_LOAD_KWARGS  # (c) cycle: mtllm.sources imports this module at the top
 
     source = Path(source)
     model = AutoModelForCausalLM.from_pretrained(
@@ -676,8 +677,6 @@ def pocket_path(name: str, *, force: bool = False, verify: bool = False) -> Path
     try:
         spec = POCKET_MODELS[name]
     except KeyError:
-        from mtllm.errors import ConfigError
-
         raise ConfigError(f"unknown pocket model {name!r}; known: {', '.join(sorted(POCKET_MODELS))}") from None
     package_version = _installed_version(spec)
     root = cache_dir() / "pocket"

@@ -31,6 +31,7 @@ from mtllm.errors import ConfigError
 from mtllm.settings import MODEL, ModelSettings, check_settings, required_if
 from mtllm.training.finetune import TaskSettings, _check_labels, _head_kind, _load
 from mtllm.training.caches import ArrayCache, cache_key
+from mtllm.training.encoder_cache import EncoderCache, encoder_input_texts
 from mtllm.training.loop import TrainingArgs, epoch_evals, set_seed, start_run, train
 from mtllm.modeling.objectives import classification_loss, distill_loss, target_stats
 
@@ -169,8 +170,6 @@ def run_distill(model_settings: ModelSettings, task: TaskSettings, distill: Dist
     lang = task.train_lang
     enc_cache = None
     if distill.cache_encoder_outputs:
-        from mtllm.training.encoder_cache import EncoderCache, encoder_input_texts
-
         enc_cache = EncoderCache(student, encoder_input_texts(student, train_ex), lang=lang, cache_dir=out / "cache",
                                  batch_size=task.eval_batch_size, show_progress=args.progress)
 

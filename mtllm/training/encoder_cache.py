@@ -29,6 +29,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from mtllm.data.multiple_choice import format_multiple_choice
 from mtllm.device import module_device, to_device
 from mtllm.fingerprints import module_fingerprint
 from mtllm.training.caches import ArrayCache, cache_key
@@ -43,8 +44,6 @@ def encoder_input_texts(model: Any, examples: Sequence[Any]) -> list[str]:
     """The one string per task example that :func:`mtllm.data.collate.collate_examples` feeds the encoder
     path (text pairs joined with ``config.pair_separator``; multiple choice in its one-sequence
     layout), so an :class:`EncoderCache` over them matches that collate token for token."""
-    from mtllm.data.multiple_choice import format_multiple_choice
-
     out = []
     for e in examples:
         if e.options:

@@ -17,6 +17,7 @@ from mtllm.modeling.predict import accuracy
 from mtllm.modeling.model import MTLLMModel
 from mtllm.errors import DataError
 from mtllm.settings import EXISTING_DIR, NON_EMPTY, TASK, ModelSettings, at_least, check_settings
+from mtllm.tasks import get_task, load_examples, load_train_examples
 from mtllm.training.loop import TrainingArgs, epoch_evals, set_seed, start_run, train
 from mtllm.modeling.objectives import classification_loss
 
@@ -47,8 +48,6 @@ class TaskSettings:
 
 
 def _load(task: TaskSettings, split: str, lang: str | None = None, limit: int | None = None):
-    from mtllm.tasks import get_task, load_examples, load_train_examples
-
     spec = get_task(task.task)
     if split == "train" and lang is None and task.train_lang == "eng_Latn":
         examples = load_train_examples(spec, data_dir=task.data_dir, limit=limit)  # e.g. English XNLI for AmericasNLI

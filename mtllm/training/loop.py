@@ -30,8 +30,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from mtllm import device as device_policy  # fast_bf16 looked up at each call (tests patch mtllm.device.fast_bf16)
 from mtllm._io import atomic_path, atomic_write_json, atomic_write_text
+from mtllm.device import resolve_device
 from mtllm.errors import ConfigError, TrainingDiverged, TrainingInterrupted
+from mtllm.outputs import check_writable, claim_output_dir, clear_outputs
 from mtllm.settings import FRACTION, OUTPUT_DIR, SEED, above, at_least, check_settings, divides
 from mtllm.training.checkpoint import (CHECKPOINT_DIR, checkpoint_path, latest_valid_checkpoint, load_checkpoint,
                                        prune_checkpoints, save_checkpoint)
@@ -113,8 +116,6 @@ def start_run(args: TrainingArgs, stage: str) -> Path | None:
     (no finished run, no unfinished one, no foreign files, unless ``overwrite``) and what an earlier run wrote
     there is removed, so that no stale checkpoint, ``initial/`` or ``best/`` is taken for this run's. Call it
     before any work, on every process."""
-    from mtllm.outputs import check_writable, claim_output_dir, clear_outputs
-
     out = Path(args.output_dir)
     ckpt = latest_valid_checkpoint(out) if args.resume and out.is_dir() else None
     if ckpt is not None:
@@ -217,17 +218,12 @@ def make_accelerator(args: TrainingArgs):
     CPU, several processes use DDP over gloo."""
     from accelerate import Accelerator
 
-    from mtllm.device import resolve_device
-    from mtllm.errors import ConfigError
-
     device = resolve_device()
     if device.type == "cuda":
         torch.cuda.set_device(device)  # a single process's "cuda" in Accelerate is the current device
     mixed_precision = args.mixed_precision
     if mixed_precision == "auto":
-        from mtllm.device import fast_bf16
-
-        mixed_precision = "bf16" if fast_bf16(device) else "no"
+        mixed_precision = "bf16" if device_policy.fast_bf16(device) else "no"
         logger.info(f"[train] mixed_precision auto -> {mixed_precision!r} on {device}")
     accelerator = Accelerator(mixed_precision=mixed_precision, log_with=_trackers(args.report_to) or None,
                               project_dir=str(args.output_dir), cpu=device.type == "cpu")

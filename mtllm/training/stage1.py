@@ -21,11 +21,18 @@ from typing import Any, Literal, Sequence
 import numpy as np
 import torch
 
+from mtllm._io import atomic_path, atomic_write_json
+from mtllm.data.spans import align_units
+from mtllm.device import module_device, to_device
+from mtllm.errors import DataError
+from mtllm.modeling.batching import run_batched
+from mtllm.modeling.pooling import unit_mean_pool
 from mtllm.tasks.texts import load_stage1_texts
 from mtllm.modeling.model import MTLLMModel
 from mtllm.settings import EXISTING_DIR, NON_EMPTY, TEXT_SOURCE, ModelSettings, at_least, check_settings, each
 from mtllm.training.caches import ArrayCache, cache_key
-from mtllm.training.loop import TrainingArgs, train
+from mtllm.training.encoder_cache import EncoderCache
+from mtllm.training.loop import TrainingArgs, make_accelerator, set_seed, start_run, train
 from mtllm.modeling.objectives import TargetStats, stage1_loss, target_stats
 
 logger = logging.getLogger(__name__)
@@ -144,8 +151,6 @@ class SpanAlignment:
 def align_spans(model: MTLLMModel, texts: Sequence[str], *, lang: str | None = None,
                 batch_size: int = 256) -> SpanAlignment:
     """Character-offset alignment of the LLM's and the encoder's tokens of each text (fast tokenizers)."""
-    from mtllm.data.spans import align_units
-
     shift = len(model.encoder_prefix)
     llm_units, enc_units, n_units = [], [], []
     for start in range(0, len(texts), batch_size):
@@ -169,10 +174,6 @@ def teacher_span_targets(model: MTLLMModel, texts: Sequence[str], alignment: Spa
     Computed once and cached (``teacher_spans-<key>``, memory-mapped float16 under ``cache_dir``): about
     ``2 * D`` bytes per word (1.3 kB for Gemma 3 270M). The same forward pass also gives the pooled targets of
     :func:`teacher_targets`; they are written to its cache when it has none, so stage 1 runs the teacher once."""
-    from mtllm.device import module_device, to_device
-    from mtllm.modeling.batching import run_batched
-    from mtllm.modeling.pooling import unit_mean_pool
-
     total = int(sum(alignment.n_units))
     cache = ArrayCache(cache_dir, "teacher_spans", _targets_key(model, texts)) if cache_dir is not None else None
     if cache is not None and (hit := cache.load(["spans"], mmap=True, rows=total)) is not None:
@@ -221,9 +222,6 @@ def run_stage1(model_settings: ModelSettings, stage1: Stage1Settings, args: Trai
 
     Saves the final model to ``args.output_dir/final`` and returns a summary with the loss curve.
     """
-    from mtllm._io import atomic_path, atomic_write_json
-    from mtllm.training.loop import make_accelerator, set_seed, start_run
-
     resume_from = start_run(args, "stage1")  # before any work: the output folder may be refused
     accelerator = make_accelerator(args)
     set_seed(args.seed)
@@ -240,8 +238,6 @@ def run_stage1(model_settings: ModelSettings, stage1: Stage1Settings, args: Trai
     if dropped:
         texts = [t for i, t in enumerate(texts) if i not in dropped]
         if not texts:
-            from mtllm.errors import DataError
-
             raise DataError(f"no text in {stage1.data} has a content token (all are empty or made only of characters "
                             f"the tokenizers drop, such as zero-width or control characters)")
         if accelerator.is_main_process:
@@ -288,8 +284,6 @@ def run_stage1(model_settings: ModelSettings, stage1: Stage1Settings, args: Trai
     n_truncated = {"n": 0}
     enc_cache = None
     if stage1.cache_encoder_outputs:
-        from mtllm.training.encoder_cache import EncoderCache
-
         with accelerator.main_process_first():
             enc_cache = EncoderCache(model, texts, lang=enc_lang, cache_dir=out / "cache",
                                      batch_size=stage1.teacher_batch_size,
