@@ -38,9 +38,9 @@ _held: dict[str, list] = {}  # lock file -> [FileLock, depth], for the locks thi
 _guard = threading.Lock()
 
 
-def lock_file(output: str | Path, *, folder: bool = False) -> Path:
+def lock_file(output: str | Path) -> Path:
     """The lock file of ``output`` (a folder or a file alike): ``.<name>.lock`` beside it, so that the output
-    itself is untouched by a command that is refused (``folder`` is accepted for symmetry; the rule is one)."""
+    itself is untouched by a command that is refused."""
     output = Path(output).absolute()
     return output.with_name(f".{output.name}.lock")
 
@@ -62,8 +62,8 @@ def holder_of(lock: Path) -> str:
 
 
 @contextlib.contextmanager
-def exclusive_output(output: str | Path, *, folder: bool, what: str = "output") -> Iterator[Path]:
-    """Hold the lock of ``output`` (``folder``: a folder output, else a file) while the block runs.
+def exclusive_output(output: str | Path, *, what: str = "output") -> Iterator[Path]:
+    """Hold the lock of ``output`` (a folder or a file) while the block runs.
 
     Raises :class:`~mtllm.errors.ConfigError` at once (no waiting) when another process holds it, naming the
     holder; ``what`` names the output in that message. Creates the folder the lock file lives in (the output's
@@ -71,9 +71,9 @@ def exclusive_output(output: str | Path, *, folder: bool, what: str = "output") 
     from filelock import FileLock, Timeout
 
     if int(os.environ.get("RANK", "0")) != 0:  # torchrun / accelerate launch: rank 0 holds it for the whole run
-        yield lock_file(output, folder=folder)
+        yield lock_file(output)
         return
-    path = lock_file(output, folder=folder)
+    path = lock_file(output)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:

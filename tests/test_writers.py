@@ -61,15 +61,15 @@ def _one_line_error(capsys, code: int, *, after_work: bool = False) -> str:
 HOLDER = """
 import sys, time
 from mtllm.locks import exclusive_output
-with exclusive_output(sys.argv[1], folder=sys.argv[2] == "folder"):
+with exclusive_output(sys.argv[1]):
     print("held", flush=True)
     time.sleep(120)
 """
 
 
-def _hold(path: Path, kind: str) -> subprocess.Popen:
+def _hold(path: Path) -> subprocess.Popen:
     """A second real process holding the lock of ``path`` until killed."""
-    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(path), kind, "mtllm-test-holder"], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(path), "mtllm-test-holder"], cwd=ROOT,
                             stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "held"
     return proc
@@ -77,7 +77,7 @@ def _hold(path: Path, kind: str) -> subprocess.Popen:
 
 def test_a_second_predict_on_one_output_is_refused_naming_the_holder(model_dir, texts, tmp_path, capsys):
     out = tmp_path / "preds.jsonl"
-    holder = _hold(out, "file")
+    holder = _hold(out)
     try:
         err = _one_line_error(capsys, main(_predict(model_dir, texts, out)))
         assert f"is being written by process {holder.pid}" in err and "mtllm-test-holder" in err
@@ -94,7 +94,7 @@ def test_two_real_predict_processes_on_one_output_never_both_write(model_dir, te
     out = tmp_path / "preds.jsonl"
     argv = [sys.executable, "-m", "mtllm", *_predict(model_dir, texts, out)]
     first = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    lock = lock_file(out, folder=False)
+    lock = lock_file(out)
     deadline = time.time() + 120
     while not Path(f"{lock}.json").exists() and first.poll() is None and time.time() < deadline:
         time.sleep(0.05)
@@ -111,7 +111,7 @@ def test_two_real_predict_processes_on_one_output_never_both_write(model_dir, te
 
 def test_a_folder_output_is_locked_for_evaluate_and_training(model_dir, tmp_path, capsys):
     out = tmp_path / "eval"
-    holder = _hold(out, "folder")
+    holder = _hold(out)
     try:
         err = _one_line_error(capsys, main(["evaluate", "--model", str(model_dir), "--data-dir", DATA, "--systems",
                                             "[mtllm]", "--output-dir", str(out)]))
@@ -128,20 +128,20 @@ def test_a_folder_output_is_locked_for_evaluate_and_training(model_dir, tmp_path
 
 def test_the_lock_is_reentrant_in_one_process_and_released_after(tmp_path):
     out = tmp_path / "x.jsonl"
-    with exclusive_output(out, folder=False):
-        with exclusive_output(out, folder=False):  # a pipeline stage that calls a locking function
+    with exclusive_output(out):
+        with exclusive_output(out):  # a pipeline stage that calls a locking function
             pass
-        proc = subprocess.run([sys.executable, "-c", HOLDER, str(out), "file"], cwd=ROOT, capture_output=True,
+        proc = subprocess.run([sys.executable, "-c", HOLDER, str(out)], cwd=ROOT, capture_output=True,
                               text=True, timeout=60)
         assert proc.returncode != 0 and "is being written by process" in proc.stderr  # still held after the inner
-    assert not Path(f"{lock_file(out, folder=False)}.json").exists()  # the holder record goes with the lock
-    with exclusive_output(out, folder=False):
+    assert not Path(f"{lock_file(out)}.json").exists()  # the holder record goes with the lock
+    with exclusive_output(out):
         pass
 
 
 def test_a_pipeline_stage_folder_is_locked(tmp_path, capsys):
     run_dir = tmp_path / "run"
-    holder = _hold(run_dir / "stage1", "folder")
+    holder = _hold(run_dir / "stage1")
     try:
         err = _one_line_error(capsys, main(["run", "--config", str(ROOT / "configs" / "tiny.yaml"), "--data-dir", DATA,
                                             "--output-dir", str(run_dir), "--max_steps", "1"]))

@@ -107,7 +107,7 @@ def _writing(output_dir: str):
     """Hold ``output_dir``'s lock while a command writes it: a second process is refused (:mod:`mtllm.locks`)."""
     from mtllm.locks import exclusive_output
 
-    return exclusive_output(output_dir, folder=True, what="output_dir")
+    return exclusive_output(output_dir, what="output_dir")
 
 
 def _adapt(values: dict[str, Any]) -> None:

@@ -474,7 +474,7 @@ def run_pipeline(values: dict[str, Any]) -> dict[str, Any]:
         for name, stage in stages.items():
             if stage.done() is None or any(u.name in to_run for u in stage.upstream):
                 to_run.add(name)
-                held.enter_context(exclusive_output(stage.dir, folder=True, what=f"the {stage.name} stage folder"))
+                held.enter_context(exclusive_output(stage.dir, what=f"the {stage.name} stage folder"))
         for stage in stages.values():  # every folder is checked before the first stage starts
             stage.check()
         plan.root.mkdir(parents=True, exist_ok=True)

@@ -316,7 +316,7 @@ def output_paths(output: str | Path) -> list[Path]:
 def written_names(output: Path) -> list[Path]:
     """Every path a run for ``output`` writes, removes or locks: :func:`output_paths`, the lock file and its
     holder record (each may also get crash-safe temporaries ``.<name>.tmp-<pid>``, :func:`_touches`)."""
-    lock = lock_file(output, folder=False)
+    lock = lock_file(output)
     return [*output_paths(output), lock, Path(f"{lock}.json")]
 
 
@@ -676,7 +676,7 @@ class _Job:
     # ------------------------------------------------------------------ run
     def run(self) -> dict:
         """The whole job, holding the output's lock (one writer per output: :mod:`mtllm.locks`)."""
-        with exclusive_output(self.output, folder=False, what="output"):
+        with exclusive_output(self.output, what="output"):
             return self._run()
 
     def _check_input_unchanged(self) -> None:
