@@ -55,7 +55,8 @@ __all__ = ["ConfigError", "load_yaml", "parse_overrides", "config_arg", "read_co
            "MAX_YAML_DEPTH", "settings_parser", "check_keys",
            "build_settings", "Rule", "at_least", "above", "between", "FRACTION", "SEED", "NON_EMPTY", "OUTPUT_DIR",
            "EXISTING_DIR", "MODEL", "TASK", "TASK_OR_RETRIEVAL", "TEXT_SOURCE", "NAMED_MODELS", "each", "divides",
-           "required_if", "check_settings", "check_inputs", "parse_dtype", "Dtype", "InferenceDtype", "MIN_SEQ_LENGTH",
+           "required_if", "check_settings", "check_inputs", "parse_dtype", "dtype_name", "Dtype", "InferenceDtype",
+           "inference_dtype_field", "inference_device_field", "MIN_SEQ_LENGTH",
            "ModelSettings"]
 
 
@@ -550,6 +551,29 @@ def parse_dtype(name: str, device: str | torch.device | None = None) -> torch.dt
 Dtype = Literal["float32", "bfloat16", "float16"]
 #: Inference weights: also ``auto`` (bfloat16 where the device does it faster than float32, else float32).
 InferenceDtype = Literal["auto", "float32", "bfloat16", "float16"]
+
+
+def dtype_name(name: str, device: str | torch.device | None = None) -> str:
+    """The dtype ``name`` gives on ``device``, as a name: ``auto`` resolved (:func:`parse_dtype`), e.g. for
+    records that must tell bfloat16 from float32 results, whatever setting chose them."""
+    return str(parse_dtype(name, device)).removeprefix("torch.")
+
+
+def inference_dtype_field() -> Any:
+    """The ``dtype`` setting of every inference command (``mtllm predict``, ``encode``, ``evaluate`` and the
+    pipeline's evaluate/retrieval stages): one default, ``auto``, and one help, so they cannot drift apart."""
+    return field(default="auto", metadata={
+        "help": "Weights dtype. auto (the default): bfloat16 weights where the device computes bf16 natively, "
+                "i.e. a CPU with avx512_bf16 or AMX, or a CUDA GPU with bf16 (faster there), else float32 (CPUs "
+                "without them, MPS). --dtype float32 forces float32 weights on every device; bfloat16 or float16 "
+                "force those."})
+
+
+def inference_device_field(runs: str = "the model runs") -> Any:
+    """The ``device`` setting of every inference command; ``runs`` says what runs there (e.g. "the models run")."""
+    return field(default=None, metadata={"help": f"Where {runs}: cpu, cuda, cuda:N or mps (default: $MTLLM_DEVICE, "
+                                                 f"else cuda if available, else mps, else cpu)."})
+
 
 #: The shortest ``max_seq_length``: room for the special tokens (``<bos>``, ``</s>``, a language token or
 #: e5's ``query:`` prefix) and a few tokens of text.

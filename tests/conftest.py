@@ -276,3 +276,13 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture
+def fp32_auto(monkeypatch):
+    """``dtype: auto`` (the inference commands' default) resolves to float32 for the test, as on a device without
+    native bf16, wherever the suite runs: for tests that compare ``mtllm predict`` / ``encode`` files with the
+    float32 model of the API to a few 1e-5 (a forked child inherits the patch; tests/test_bf16_policy.py tests auto)."""
+    from mtllm import device as device_mod
+
+    monkeypatch.setattr(device_mod, "fast_bf16", lambda device=None: False)

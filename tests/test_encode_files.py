@@ -17,8 +17,9 @@ from mtllm.inference.files import PROGRESS_SUFFIX
 from test_predict import _fork_killed, _interrupt_after, _rows, _write
 
 
-#: the kill tests fork children that run with one thread: this process must too (see conftest.one_thread)
-pytestmark = pytest.mark.usefixtures("one_thread")
+#: the kill tests fork children that run with one thread: this process must too (see conftest.one_thread); the
+#: files are compared with the float32 API, so dtype auto (the default) resolves to float32 (conftest.fp32_auto)
+pytestmark = pytest.mark.usefixtures("one_thread", "fp32_auto")
 
 
 @pytest.fixture(scope="module")

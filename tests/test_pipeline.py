@@ -73,6 +73,7 @@ def _retrieval_accuracy(model: MTLLMModel, lang: str) -> float:
     return ((sim.argmax(1) == gold).float().mean().item() + (sim.argmax(0) == gold).float().mean().item()) / 2
 
 
+@pytest.mark.usefixtures("fp32_auto")  # eval's dtype auto -> float32: its accuracies are recomputed in float32 here
 def test_run_end_to_end_then_skip_then_partial_redo(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("MTLLM_DATA_DIR", raising=False)
     assert _run(tmp_path) == 0

@@ -33,8 +33,9 @@ LABELS = ["neg", "neu", "pos"]
 WORDS = ("the cat sleeps on warm mat a dog runs in park every morning le chat dort sur tapis paka analala kwenye "
          "mkeka die katze schläft").split()
 
-#: the kill tests fork children that run with one thread: this process must too (see conftest.one_thread)
-pytestmark = pytest.mark.usefixtures("one_thread")
+#: the kill tests fork children that run with one thread: this process must too (see conftest.one_thread); the
+#: files are compared with the float32 API, so dtype auto (the default) resolves to float32 (conftest.fp32_auto)
+pytestmark = pytest.mark.usefixtures("one_thread", "fp32_auto")
 
 
 
@@ -476,7 +477,8 @@ def test_kill_9_of_a_real_mtllm_predict_process(model_dir, tmp_path):
     about 20 s here)."""
     src = _write(tmp_path / "in.csv", _rows(3000))
     args = ["predict", "--model", str(model_dir), "--input", str(src), "--lang", "eng_Latn", "--id_column", "id",
-            "--chunk_size", "50", "--progress", "false"]
+            "--chunk_size", "50", "--progress", "false",
+            "--dtype", "float32"]  # the child does not see fp32_auto: the same dtype as the reruns here, explicitly
     ref, out = tmp_path / "ref.jsonl", tmp_path / "p.jsonl"
     progress = tmp_path / (out.name + PROGRESS_SUFFIX)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}

@@ -30,6 +30,7 @@ from mtllm._io import atomic_write_json, remove_path
 from mtllm.errors import ConfigError
 from mtllm.fingerprints import json_digest
 from mtllm.modeling.model import model_fingerprint
+from mtllm.settings import dtype_name
 
 logger = logging.getLogger(__name__)
 
@@ -49,8 +50,11 @@ def _model_id(ref: str | None) -> str | None:
 
 def evaluation_key(settings: Any) -> dict[str, Any]:
     """What the numbers of an evaluation depend on: its settings (:class:`EvaluateSettings`) less
-    :data:`_NOT_IN_KEY`, each model folder replaced by ``path@fingerprint``."""
+    :data:`_NOT_IN_KEY`, each model folder replaced by ``path@fingerprint`` and ``dtype`` by the weights' dtype
+    (``auto`` resolved: bfloat16 or float32 on this device)."""
     values = {k: v for k, v in asdict(settings).items() if k not in _NOT_IN_KEY}
+    if "dtype" in values:  # the weights' dtype, auto resolved on this device (bf16 and fp32 numbers never mix)
+        values["dtype"] = dtype_name(values["dtype"], getattr(settings, "device", None))
     for name in ("model", "teacher"):
         values[name] = _model_id(values.get(name))
     values["compare"] = [f"{n}={_model_id(p)}" for n, _, p in (c.partition("=") for c in values.get("compare", []))]
@@ -86,6 +90,8 @@ class PartialResults:
         except (OSError, ValueError, KeyError, TypeError, AssertionError):
             logger.info(f"[evaluate] {path} is unreadable; starting over")
             return found
+        if old_key.get("dtype") == "auto" and "dtype" in key:  # written before the key resolved auto
+            old_key = {**old_key, "dtype": key["dtype"]}
         if _digest(old_key) != _digest(key):
             if overwrite:
                 logger.info(f"[evaluate] overwrite: discarding {len(langs)} languages of partial results in {path} "

@@ -26,10 +26,11 @@ header, a quote that never closes) is an error in either mode.
 **Resumable.** Output is written chunk by chunk, flushed and fsynced, and after each chunk a small sidecar
 ``<output>.progress.json`` (:data:`PROGRESS_SUFFIX`) is replaced atomically: rows done, the output's byte
 offset (or part count), the input's size and sha256, the model's fingerprint and the settings that change the
-output. Rerunning the same command after Ctrl-C or ``kill -9`` truncates the output to the recorded offset and
-continues with the next row: no row lost or written twice (the output equals an uninterrupted run's, byte for
-byte). A rerun with other settings, another model or a changed input is refused unless ``--overwrite``; a
-finished run (sidecar ``"complete": true``, kept with the counts) says it is done. Formats:
+output (``dtype`` as the weights' dtype: ``auto`` resolved to bfloat16 or float32 on this device). Rerunning
+the same command after Ctrl-C or ``kill -9`` truncates the output to the recorded offset and continues with the
+next row: no row lost or written twice (the output equals an uninterrupted run's, byte for byte). A rerun with
+other settings, another model or a changed input is refused unless ``--overwrite``; a finished run (sidecar
+``"complete": true``, kept with the counts) says it is done. Formats:
 
 * predictions ``.jsonl`` / ``.csv`` / ``.tsv``: appended in place;
 * ``.parquet`` (predictions or embeddings): one part file per chunk in ``<output>.parts/``, combined into the
@@ -59,7 +60,8 @@ from mtllm.data.languages import validate_lang
 from mtllm.modeling.embed import embed_texts
 from mtllm.modeling.model import MTLLMModel, model_fingerprint
 from mtllm.modeling.predict import check_head, encoder_code, model_path, score_texts, softmax
-from mtllm.settings import MODEL, InferenceDtype, Rule, at_least, check_settings, parse_dtype
+from mtllm.settings import (MODEL, InferenceDtype, Rule, at_least, check_settings, dtype_name, inference_device_field,
+                            inference_dtype_field, parse_dtype)
 from mtllm.tables import Table, lone_surrogate
 
 logger = logging.getLogger(__name__)
@@ -240,13 +242,8 @@ class _FileSettings:
     overwrite: bool = field(default=False, metadata={"help": "Start again, replacing an output (and its progress "
                                                              "record) written before, also a finished one or one with "
                                                              "other settings."})
-    dtype: InferenceDtype = field(default="float32", metadata={"help": "Weights dtype: float32, bfloat16, float16, or "
-                                                                       "auto (bfloat16 where the device computes it "
-                                                                       "faster than float32: a GPU with bf16, a CPU "
-                                                                       "with avx512_bf16/AMX; else float32)."})
-    device: str | None = field(default=None, metadata={"help": "Where the model runs: cpu, cuda, cuda:N or mps "
-                                                               "(default: $MTLLM_DEVICE, else cuda if available, else "
-                                                               "mps, else cpu)."})
+    dtype: InferenceDtype = inference_dtype_field()
+    device: str | None = inference_device_field("the model runs")
     progress: bool = field(default=True, metadata={"help": "Show a progress bar with ETA (on stderr)."})
 
     def __post_init__(self) -> None:
@@ -580,6 +577,9 @@ class _Job:
         keep = {"text_column", "pair_column", "option_columns", "lang", "lang_column", "id_column", "return_probs",
                 "on_bad_row", "dtype", "normalize"}
         record = {k: v for k, v in dataclasses.asdict(self.s).items() if k in keep}
+        # the weights' dtype itself, auto resolved: a rerun continues only with weights of the same dtype (auto may
+        # pick bf16 on one device and float32 on another), and a run with float32 chosen either way continues
+        record["dtype"] = dtype_name(self.s.dtype, self.s.device)
         record["command"] = self.kind
         record["output_format"] = _suffix(self.output)
         return record
@@ -655,7 +655,10 @@ class _Job:
             except (OSError, ValueError) as err:
                 raise ConfigError(f"{self.progress_path} cannot be read ({err}); rerun with --overwrite to start "
                                   f"again") from None
-            diffs = _differences({k: record.get(k) for k in identity}, identity)
+            old = {k: record.get(k) for k in identity}
+            if isinstance(old["settings"], dict) and old["settings"].get("dtype") == "auto":  # recorded unresolved
+                old["settings"] = {**old["settings"], "dtype": identity["settings"]["dtype"]}  # (older records)
+            diffs = _differences(old, identity)
             if diffs:
                 what = "the input file changed" if any(d.startswith("input.") for d in diffs) else \
                     "the model changed" if any(d.startswith("model.") for d in diffs) else "other settings"
