@@ -180,7 +180,7 @@ def test_retrieval_probe(models, tmp_path):
 
 
 def test_alignment_fvu_is_zero_for_the_teacher_and_about_one_for_its_mean():
-    from mtllm.evaluation.evaluate import alignment_fvu
+    from mtllm.modeling.objectives import alignment_fvu
 
     torch.manual_seed(0)
     teacher = torch.randn(50, 8) * torch.arange(1, 9)

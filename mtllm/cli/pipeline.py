@@ -125,6 +125,8 @@ BOOKKEEPING_KEYS = frozenset({"output_dir", "resume", "overwrite", "log_steps", 
 def _args_key(values: Any) -> dict[str, Any]:
     """``values`` (a settings dataclass or a section dict) without :data:`BOOKKEEPING_KEYS`."""
     d = asdict(values) if not isinstance(values, dict) else dict(values)
+    if d.get("max_minutes") is None:  # added later: counts only when set, so earlier runs keep their hash
+        d.pop("max_minutes", None)
     return {k: v for k, v in d.items() if k not in BOOKKEEPING_KEYS}
 
 
@@ -137,6 +139,11 @@ def _stage1_key(stage1_s: Any) -> dict[str, Any]:
     if key.get("stage1_objective") == "sequence":  # the paper's: runs from before the span objective keep their hash
         key.pop("stage1_objective", None)
         key.pop("span_weight", None)
+    # settings added later count only when set, so earlier runs keep their hash
+    for name, default in (("student_layers", None), ("eval_data", []), ("eval_steps", 0), ("max_eval_texts", 256),
+                          ("eval_patience", None)):
+        if key.get(name) == default:
+            key.pop(name, None)
     return key
 
 

@@ -40,11 +40,11 @@ from mtllm.fingerprints import examples_digest, json_digest
 from mtllm.modeling import predict as predict_module
 from mtllm.modeling.batching import run_batched
 from mtllm.modeling.model import MTLLMModel
-from mtllm.modeling.objectives import regression_metrics, target_stats
+from mtllm.modeling.objectives import alignment_fvu
 from mtllm.modeling.pooling import mean_pool
 from mtllm.modeling.predict import predict_shared_encoder
 from mtllm.settings import (EXISTING_DIR, MODEL, NAMED_MODELS, NON_EMPTY, OUTPUT_DIR, TASK_OR_RETRIEVAL, InferenceDtype,
-                            at_least, check_settings, parse_dtype)
+                            at_least, check_settings, inference_device_field, inference_dtype_field, parse_dtype)
 from mtllm.tasks import available_languages, get_task, load_examples, load_train_examples
 
 __all__ = ["EvaluateSettings", "run_evaluate", "retrieval_accuracy", "sample_examples", "evaluation_languages"]
@@ -97,13 +97,8 @@ class EvaluateSettings:
                                                                "check": NAMED_MODELS})
     fallbacks: dict = field(default_factory=dict,
                             metadata={"help": "Explicit encoder-language fallbacks {code: code}."})
-    dtype: InferenceDtype = field(default="float32", metadata={"help": "Weights dtype: float32, bfloat16, float16, or "
-                                                                       "auto (bfloat16 where the device computes it "
-                                                                       "faster than float32: a GPU with bf16, a CPU "
-                                                                       "with avx512_bf16/AMX; else float32)."})
-    device: str | None = field(default=None, metadata={"help": "Where the models run: cpu, cuda, cuda:N or mps "
-                                                               "(default: $MTLLM_DEVICE, else cuda if available, else "
-                                                               "mps, else cpu)."})
+    dtype: InferenceDtype = inference_dtype_field()
+    device: str | None = inference_device_field("the models run")
     notes: list[str] = field(default_factory=list, metadata={"help": "Free-text notes written into results.md."})
 
     def __post_init__(self) -> None:
@@ -498,12 +493,3 @@ def _run_retrieval(s: EvaluateSettings, models: dict[str, Any], progress: bool, 
                              **({"sample": {"max_examples": s.max_examples, "seed": s.sample_seed,
                                             "method": "first rows" if s.sample_method == "first" else
                                             "stratified by topic"}} if s.max_examples is not None else {})})
-
-
-def alignment_fvu(student_ND: torch.Tensor, teacher_ND: torch.Tensor) -> float:
-    """Fraction of the teacher's variance the student leaves unexplained: ``sum ||s_i - t_i||^2`` over the
-    pairs divided by ``N`` times the teacher rows' total variance (the sum of the per-dimension variances).
-    0 = the student reproduces the teacher; 1 = no better than predicting the teacher's mean."""
-    teacher_ND = teacher_ND.float()
-    return regression_metrics(student_ND.float(), teacher_ND, target_stats(teacher_ND, standardize=False))["fvu"]
-

@@ -124,6 +124,7 @@ class MTLLMModel(PreTrainedModel):
             self._make_head(config.head_kind, config.label_names)
         self._pooler = get_pooler(config.pooling)
         self._llm_adds_bos: bool | None = None
+        self._llm_depth: int | None = None
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -282,6 +283,30 @@ class MTLLMModel(PreTrainedModel):
                 yield
         else:
             yield
+
+    @property
+    def llm_num_layers(self) -> int:
+        """How many decoder layers the LLM has (``L``)."""
+        return len(decoder_layers(self.base_llm))
+
+    @contextlib.contextmanager
+    def llm_depth(self, layers: int | None) -> Iterator[None]:
+        """While open, every LLM forward pass (both paths) runs only the first ``layers`` decoder layers and
+        returns their output **before** the final norm (the residual stream at layer ``layers``), as
+        ``last_hidden_state``; ``None`` or ``L`` is the whole LLM, final norm included, as always.
+
+        Stage 1's layer-k target (:class:`~mtllm.training.stage1.Stage1Settings` ``student_layers``): teacher and
+        student both stop at layer k, so a step costs about k/L of the LLM's. The module tree is cut only for the
+        duration of each forward call, so parameters, checkpoints and ``save_pretrained`` always see the whole
+        LLM."""
+        total = self.llm_num_layers
+        if layers is not None and not 1 <= layers <= total:
+            raise ConfigError(f"student_layers must be between 1 and the LLM's {total} layers, not {layers}")
+        previous, self._llm_depth = self._llm_depth, (None if layers == total else layers)
+        try:
+            yield
+        finally:
+            self._llm_depth = previous
 
     def train(self, mode: bool = True) -> "MTLLMModel":
         super().train(mode)
@@ -456,7 +481,9 @@ class MTLLMModel(PreTrainedModel):
             llm_mask = bidirectional_attention_mask(attention_mask, dtype)
         else:
             llm_mask = attention_mask
-        out = self.llm(input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=llm_mask, use_cache=False)
+        with _first_layers(self.base_llm, self._llm_depth):
+            out = self.llm(input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=llm_mask,
+                           use_cache=False)
         return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
 
     def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None, *,
@@ -839,6 +866,39 @@ def no_content_texts(tokenizer: Any, texts: Sequence[Any]) -> list[int]:
         if not any(content(k, t) for k, t in enumerate(ids)):
             bad.append(i)
     return sorted(bad)
+
+
+def _decoder_stack(llm: nn.Module) -> nn.Module:
+    """The module of ``llm`` that holds its decoder layers (``layers``, an ``nn.ModuleList``) and the final
+    ``norm``, the layout of the transformers decoder models (Llama, Gemma, Mistral, Qwen, ...)."""
+    for module in llm.modules():
+        if isinstance(getattr(module, "layers", None), nn.ModuleList) and isinstance(getattr(module, "norm", None),
+                                                                                    nn.Module):
+            return module
+    raise ConfigError(f"{type(llm).__name__} has no decoder stack with `layers` and a final `norm`, so it cannot run "
+                      f"its first k layers only: leave student_layers unset for this LLM")
+
+
+def decoder_layers(llm: nn.Module) -> nn.ModuleList:
+    """The decoder layers of ``llm``, in order."""
+    return _decoder_stack(llm).layers
+
+
+@contextlib.contextmanager
+def _first_layers(llm: nn.Module, k: int | None) -> Iterator[None]:
+    """Cut ``llm``'s decoder stack to its first ``k`` layers and skip its final norm while open (``None``: no
+    change). Public attributes only: the models' forward loops run over ``self.layers`` and end with
+    ``self.norm``."""
+    if k is None:
+        yield
+        return
+    stack = _decoder_stack(llm)
+    layers, norm = stack.layers, stack.norm
+    stack.layers, stack.norm = nn.ModuleList(list(layers)[:k]), nn.Identity()
+    try:
+        yield
+    finally:
+        stack.layers, stack.norm = layers, norm
 
 
 def _add_lora(llm: nn.Module, lora: dict) -> nn.Module:

@@ -80,6 +80,14 @@ def regression_metrics(student_ND: torch.Tensor, target_ND: torch.Tensor, stats:
     return {"mse": (sq / student_ND.shape[-1]).item(), "fvu": (sq / stats.total_var.to(sq.device)).item()}
 
 
+def alignment_fvu(student_ND: torch.Tensor, teacher_ND: torch.Tensor) -> float:
+    """Fraction of the teacher's variance the student leaves unexplained: ``sum ||s_i - t_i||^2`` over the
+    pairs divided by ``N`` times the teacher rows' total variance (the sum of the per-dimension variances).
+    0 = the student reproduces the teacher; 1 = no better than predicting the teacher's mean."""
+    teacher_ND = teacher_ND.float()
+    return regression_metrics(student_ND.float(), teacher_ND, target_stats(teacher_ND, standardize=False))["fvu"]
+
+
 def classification_ce(logits_NC: torch.Tensor, labels_N: torch.Tensor) -> torch.Tensor:
     """Cross-entropy of ``(N, C)`` logits (classes, or ``(N, K)`` option scores) against labels ``(N,)``."""
     return nn.functional.cross_entropy(logits_NC, labels_N)

@@ -76,6 +76,12 @@ class TrainingArgs:
     group_by_length: bool = field(default=True, metadata={"help": "Batch texts of similar length together (less "
                                                                   "padding)."})
     log_steps: int = field(default=10, metadata={"help": "Log every N optimizer steps.", "check": at_least(1)})
+    max_minutes: float | None = field(default=None, metadata={
+        "help": "Time budget of the training loop in minutes (evaluations included; the work before the first step, "
+                "such as teacher targets, not): the run stops after the step that reaches it, writes a checkpoint "
+                "and its final model, and counts as finished. A resumed run counts the minutes already spent. "
+                "The learning-rate schedule still runs over max_steps, so set max_steps to what the budget "
+                "affords.", "check": above(0)})
     save_steps: int = field(default=0,
                             metadata={"help": "Checkpoint every N steps (0 = only at the end).", "check": at_least(0)})
     keep_checkpoints: int = field(default=2,
@@ -185,6 +191,8 @@ class StageResult:
     steps: int
     history: list[dict[str, float]]
     seconds: float
+    #: Why the loop ended before max_steps: "max_minutes" (the time budget), "patience" (``stop_when``), or None.
+    stopped_by: str | None = None
 
 
 def set_seed(seed: int) -> None:
@@ -248,6 +256,8 @@ def train(
     config_to_save: dict[str, Any] | None = None,
     accelerator=None,
     on_epoch_end: Callable[[nn.Module, int, int], dict[str, float]] | None = None,
+    eval_steps: int | None = None,
+    stop_when: Callable[[Sequence[dict[str, Any]]], bool] | None = None,
     resume_from: Path | None | Literal["find"] = "find",
 ) -> StageResult:
     """Train ``param_groups`` of ``model`` on ``n_examples`` examples.
@@ -256,7 +266,11 @@ def train(
     mean loss over the micro-batch and metrics to log (averaged over the step). Checkpoints hold only
     the trainable tensors (``requires_grad``), so they stay small for LoRA. ``on_epoch_end(model,
     epoch, step)`` runs on the main process after every epoch (and the last step), e.g. to evaluate
-    and keep the best model; what it returns is logged with that step. With ``args.resume``, the run continues
+    and keep the best model; what it returns is logged with that step; with ``eval_steps`` it runs every
+    ``eval_steps`` steps instead (and at the last one). ``stop_when(history)``, asked after each of those
+    evaluations on every process, ends the run early (``stopped_by="patience"``): a pure function of the history, so
+    a resumed run stops where an uninterrupted one would. ``args.max_minutes`` ends it after the step that
+    reaches the budget (``stopped_by="max_minutes"``), with a checkpoint there. With ``args.resume``, the run continues
     from ``resume_from`` (what :func:`start_run` returned; by default the newest valid checkpoint).
     """
     from transformers import get_linear_schedule_with_warmup
@@ -280,12 +294,13 @@ def train(
     scheduler = get_linear_schedule_with_warmup(optimizer, int(args.warmup_ratio * max_steps), max_steps)
 
     model, optimizer = accelerator.prepare(model, optimizer)
-    step, history = 0, []
+    step, history, spent_before = 0, [], 0.0
     if args.resume:
         ckpt = latest_valid_checkpoint(out) if resume_from == "find" else resume_from
         if ckpt is not None:
             state = load_checkpoint(accelerator, model, scheduler, ckpt)
             step, history = state["step"], state.get("history", [])
+            spent_before = float(state.get("train_seconds", 0.0))
             if accelerator.is_main_process:
                 logger.info(f"[{stage}] resumed from {ckpt} at step {step}")
                 if state.get("num_processes", world) != world:
@@ -314,7 +329,14 @@ def train(
     rank, device = accelerator.process_index, accelerator.device
     epoch_batches: dict[int, list[list[int]]] = {}
     saved_at = step if step else None  # the step of the newest checkpoint of this run
-    stopping = False
+    stopping, stopped_by = False, None
+
+    def spent() -> float:
+        return spent_before + time.perf_counter() - t0
+
+    def checkpoint() -> None:
+        _save_checkpoint(accelerator, model, optimizer, scheduler, out, step, history, args.keep_checkpoints,
+                         train_seconds=spent())
     with _StopRequest(stage) as stop:
         try:
             while step < max_steps:
@@ -354,12 +376,22 @@ def train(
                     sums = dict(zip(sums, reduced.tolist()))
                 record = {"step": step, "epoch": epoch, "lr": scheduler.get_last_lr()[0], **sums,
                           "elapsed_s": round(time.perf_counter() - t0, 3)}
-                if on_epoch_end is not None and (step % steps_per_epoch == 0 or step == max_steps):
+                out_of_time = args.max_minutes is not None and _any_process(accelerator,
+                                                                            spent() >= 60 * args.max_minutes)
+                last = step == max_steps or out_of_time
+                due = step % eval_steps == 0 if eval_steps else step % steps_per_epoch == 0
+                evaluated = on_epoch_end is not None and (due or last)
+                if evaluated:
                     if accelerator.is_main_process:
                         record.update(on_epoch_end(accelerator.unwrap_model(model), math.ceil(step / steps_per_epoch),
                                                    step))
                         model.train()
                     accelerator.wait_for_everyone()
+                if evaluated and stop_when is not None and step < max_steps and _any_process(
+                        accelerator, stop_when([*history, record]) if accelerator.is_main_process else False):
+                    stopped_by = record["stopped_by"] = "patience"
+                elif out_of_time and step < max_steps:
+                    stopped_by = record["stopped_by"] = "max_minutes"
                 history.append(record)
                 if accelerator.is_main_process:
                     with open(metrics_path, "a") as fh:
@@ -372,9 +404,16 @@ def train(
                     if step % args.log_steps == 0 or step == max_steps:
                         text = " ".join(f"{k}={v:.4g}" for k, v in sums.items())
                         logger.info(f"[{stage}] step {step}/{max_steps} {text} lr={record['lr']:.3g}")
+                if stopped_by is not None:
+                    checkpoint()
+                    saved_at = step
+                    if accelerator.is_main_process:
+                        logger.info(f"[{stage}] stopping at step {step}/{max_steps}: " + (
+                            f"the time budget of {args.max_minutes:g} min is spent" if stopped_by == "max_minutes"
+                            else "no improvement in the last evaluations"))
+                    break
                 if args.save_steps and step % args.save_steps == 0 and step < max_steps:
-                    _save_checkpoint(accelerator, model, optimizer, scheduler, out, step, history,
-                                     args.keep_checkpoints)
+                    checkpoint()
                     saved_at = step
                 if _any_process(accelerator, stop.requested):
                     stopping = True
@@ -392,7 +431,7 @@ def train(
             logger.info(f"[{stage}] saved {final_dir}")
         if stopping or _any_process(accelerator, stop.requested):  # also a Ctrl-C during the last step's end
             if saved_at != step:
-                _save_checkpoint(accelerator, model, optimizer, scheduler, out, step, history, args.keep_checkpoints)
+                checkpoint()
             if trackers:
                 accelerator.end_training()
             raise TrainingInterrupted(f"{stage} stopped by Ctrl-C after step {step}/{max_steps}; checkpoint "
@@ -401,10 +440,11 @@ def train(
     if trackers:
         accelerator.end_training()
     accelerator.wait_for_everyone()
-    return StageResult(final_dir=final_dir, steps=step, history=history, seconds=seconds)
+    return StageResult(final_dir=final_dir, steps=step, history=history, seconds=seconds, stopped_by=stopped_by)
 
 
-def _save_checkpoint(accelerator, model, optimizer, scheduler, out: Path, step: int, history, keep: int) -> None:
+def _save_checkpoint(accelerator, model, optimizer, scheduler, out: Path, step: int, history, keep: int, *,
+                     train_seconds: float = 0.0) -> None:
     """Checkpoint ``step`` under ``out`` (every process calls this) and keep the ``keep`` newest.
 
     ``model`` and ``optimizer`` are the ones ``accelerator.prepare`` returned: Accelerate saves the optimizers
@@ -414,7 +454,8 @@ def _save_checkpoint(accelerator, model, optimizer, scheduler, out: Path, step: 
     if not isinstance(optimizer, AcceleratedOptimizer):
         raise TypeError("pass the optimizer returned by accelerator.prepare: only that one is checkpointed")
     accelerator.wait_for_everyone()
-    save_checkpoint(accelerator, model, scheduler, checkpoint_path(out, step), {"step": step, "history": history})
+    save_checkpoint(accelerator, model, scheduler, checkpoint_path(out, step),
+                    {"step": step, "history": history, "train_seconds": round(train_seconds, 3)})
     if accelerator.is_main_process:
         prune_checkpoints(out, keep)
     accelerator.wait_for_everyone()

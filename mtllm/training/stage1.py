@@ -11,9 +11,11 @@ word) are computed once per text, in one pass, and cached.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Sequence
@@ -24,16 +26,17 @@ import torch
 from mtllm._io import atomic_path, atomic_write_json
 from mtllm.data.spans import align_units
 from mtllm.device import module_device, to_device
-from mtllm.errors import DataError
+from mtllm.errors import ConfigError, DataError
 from mtllm.modeling.batching import run_batched
 from mtllm.modeling.pooling import unit_mean_pool
 from mtllm.tasks.texts import load_stage1_texts
-from mtllm.modeling.model import MTLLMModel
+from mtllm.modeling.model import MTLLMModel, decoder_layers
+from mtllm.sources import load_source
 from mtllm.settings import EXISTING_DIR, NON_EMPTY, TEXT_SOURCE, ModelSettings, at_least, check_settings, each
 from mtllm.training.caches import ArrayCache, cache_key
 from mtllm.training.encoder_cache import EncoderCache
 from mtllm.training.loop import TrainingArgs, make_accelerator, set_seed, start_run, train
-from mtllm.modeling.objectives import TargetStats, stage1_loss, target_stats
+from mtllm.modeling.objectives import TargetStats, alignment_fvu, stage1_loss, target_stats
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +84,25 @@ class Stage1Settings:
                                               "span term weighted by span_weight)."})
     span_weight: float = field(default=1.0, metadata={"help": "Weight of the span term in stage1_objective "
                                                               "'sequence+span'.", "check": at_least(0.0)})
+    student_layers: int | None = field(default=None, metadata={
+        "help": "Layer-k target: teacher and student run only the LLM's first k decoder layers and the loss fits the "
+                "student's states at layer k (before the final norm) to the teacher's there, so a step costs about "
+                "k/L of a full-depth one. The LoRA of layers k+1..L stays untrained (an identity), so the trained "
+                "student feeds the teacher's own upper layers. Default: all L layers (the paper).",
+        "check": at_least(1)})
+    eval_data: list[str] = field(default_factory=list, metadata={
+        "help": "Held-out English texts (same forms as data, e.g. task:sib200/eng_Latn/validation): every eval_steps "
+                "steps and at the end, the full-depth student's pooled states on them are compared with the "
+                "teacher's (FVU, lower is better); the best checkpoint is kept as final/ (HF's "
+                "load_best_model_at_end) and written to best/. Texts that are also training texts are dropped. "
+                "Default: none (final/ is the last step).", "check": each(TEXT_SOURCE)})
+    eval_steps: int = field(default=0, metadata={"help": "Evaluate on eval_data every N optimizer steps (0: only at "
+                                                         "the end).", "check": at_least(0)})
+    max_eval_texts: int = field(default=256, metadata={"help": "Use at most this many eval_data texts (the first "
+                                                               "ones).", "check": at_least(2)})
+    eval_patience: int | None = field(default=None, metadata={
+        "help": "Stop after this many evaluations in a row without a better held-out FVU (default: never early).",
+        "check": at_least(1)})
 
     def __post_init__(self) -> None:
         check_settings(self)
@@ -100,14 +122,16 @@ def _fits(model: MTLLMModel, max_length: int):
 
 def _targets_key(model: MTLLMModel, texts: Sequence[str]) -> str:
     cfg = model.config
+    depth = [f"depth={model._llm_depth}"] if model._llm_depth is not None else []  # full-depth keys as before
     return cache_key([cfg.llm_name_or_path, cfg.llm_adapters_to_merge, cfg.bidirectional, cfg.pooling,
-                      cfg.max_seq_length, str(model.base_llm.dtype)], texts)
+                      cfg.max_seq_length, str(model.base_llm.dtype), *depth], texts)
 
 
 @torch.no_grad()
 def teacher_targets(model: MTLLMModel, texts: Sequence[str], *, batch_size: int = 32,
                     cache_dir: str | Path | None = None, show_progress: bool = True) -> torch.Tensor:
-    """Pooled last hidden states ``(N, D)`` of the LLM, adapters disabled, on its own tokens.
+    """Pooled last hidden states ``(N, D)`` of the LLM, adapters disabled, on its own tokens (at the depth of
+    :meth:`MTLLMModel.llm_depth` when one is open).
 
     Cached (float32, :class:`~mtllm.training.caches.ArrayCache` ``teacher-<key>``) under ``cache_dir``,
     keyed by a hash of the LLM and the texts, so reruns and further epochs never recompute them."""
@@ -216,12 +240,51 @@ def span_target_stats(spans_UD: np.ndarray, *, standardize: bool = True, max_row
     return target_stats(torch.from_numpy(np.asarray(spans_UD[::step], dtype=np.float32)), standardize=standardize)
 
 
+def llm_layers(source: str) -> int:
+    """How many decoder layers the LLM ``source`` has, from its ``config.json`` alone (no weights load)."""
+    from transformers import AutoConfig
+
+    config = load_source(source, "LLM", lambda path: AutoConfig.from_pretrained(path, trust_remote_code=False))
+    text = getattr(config, "get_text_config", lambda: config)()
+    return int(text.num_hidden_layers)
+
+
+def check_student_layers(stage1: Stage1Settings, llm: str | MTLLMModel) -> None:
+    """``student_layers`` within ``1..L`` for this LLM (a :class:`ConfigError` line; before any weights load
+    when ``llm`` is a source)."""
+    k = stage1.student_layers
+    if k is None:
+        return
+    total = llm.llm_num_layers if isinstance(llm, MTLLMModel) else llm_layers(llm)
+    if not 1 <= k <= total:
+        raise ConfigError(f"student_layers must be between 1 and the LLM's {total} decoder layers, not {k}: set "
+                          f"it to {max(1, total // 2)} (half the depth), for example, or leave it unset for all "
+                          f"{total}")
+
+
+def _freeze_upper_layers(model: MTLLMModel, k: int | None) -> int:
+    """Freeze the LoRA tensors of the decoder layers after the first ``k``: a layer-k student never runs them
+    (so they keep their identity initialisation, and no optimizer or process waits for their gradients).
+    Returns how many tensors were frozen."""
+    if k is None:
+        return 0
+    frozen = 0
+    for layer in list(decoder_layers(model.base_llm))[k:]:
+        for p in layer.parameters():
+            if p.requires_grad:
+                p.requires_grad_(False)
+                frozen += 1
+    return frozen
+
+
 def run_stage1(model_settings: ModelSettings, stage1: Stage1Settings, args: TrainingArgs, *,
                model: MTLLMModel | None = None, texts: Sequence[str] | None = None) -> dict[str, Any]:
     """Self-distil ``model`` (built from ``model_settings`` unless given) on ``stage1.data``.
 
-    Saves the final model to ``args.output_dir/final`` and returns a summary with the loss curve.
+    Saves the final model to ``args.output_dir/final`` (with ``eval_data``: the best checkpoint by held-out
+    FVU, also in ``best/``) and returns a summary with the loss curve.
     """
+    check_student_layers(stage1, model if model is not None else model_settings.llm)  # before anything is written
     resume_from = start_run(args, "stage1")  # before any work: the output folder may be refused
     accelerator = make_accelerator(args)
     set_seed(args.seed)
@@ -243,14 +306,23 @@ def run_stage1(model_settings: ModelSettings, stage1: Stage1Settings, args: Trai
         if accelerator.is_main_process:
             logger.info(f"[stage1] skipped {len(dropped)} text chunk(s) with no content token (only characters the "
                   f"tokenizers drop, such as zero-width or control characters), as empty ones are")
+    enc_lang = "eng_Latn" if model.config.encoder_lang_style == "nllb" else None
     out = Path(args.output_dir)
     if accelerator.is_main_process:
         logger.info(f"[stage1] {len(texts)} text chunks from {stage1.data}")
-    enc_lang = "eng_Latn" if model.config.encoder_lang_style == "nllb" else None
+    held_out = _HeldOut(model, stage1, texts, out, enc_lang=enc_lang, fits=fits, resume=resume_from is not None,
+                        main=accelerator.is_main_process, progress=accelerator.is_main_process and args.progress,
+                        autocast=accelerator.autocast)
+    def depth():  # teacher targets and student steps; held-out evaluations run at full depth
+        return model.llm_depth(stage1.student_layers)
+
+    if _freeze_upper_layers(model, stage1.student_layers) and accelerator.is_main_process:
+        logger.info(f"[stage1] layer-k target: student and teacher run the first {stage1.student_layers} of the "
+                    f"LLM's {model.llm_num_layers} layers")
     span = None
     if stage1.stage1_objective != "sequence":  # first: the same teacher pass fills the pooled targets' cache
         alignment = align_spans(model, texts, lang=enc_lang)
-        with accelerator.main_process_first():
+        with accelerator.main_process_first(), depth():
             spans_UD = teacher_span_targets(model, texts, alignment, batch_size=stage1.teacher_batch_size,
                                             cache_dir=out / "cache",
                                             show_progress=accelerator.is_main_process and args.progress)
@@ -261,7 +333,7 @@ def run_stage1(model_settings: ModelSettings, stage1: Stage1Settings, args: Trai
                   f"({len(spans_UD) / max(1, len(texts)):.1f} per text; teacher span targets "
                   f"{spans_UD.nbytes / 2**20:.1f} MiB float16, memory-mapped)")
 
-    with accelerator.main_process_first():
+    with accelerator.main_process_first(), depth():
         targets_ND = teacher_targets(model, texts, batch_size=stage1.teacher_batch_size, cache_dir=out / "cache",
                                      show_progress=accelerator.is_main_process and args.progress)
     stats = target_stats(targets_ND, standardize=stage1.target_norm == "standardize")
@@ -306,24 +378,101 @@ def run_stage1(model_settings: ModelSettings, stage1: Stage1Settings, args: Trai
         return with_spans({"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
                            "targets": targets_ND[indices]}, indices)
 
-    loss_fn = functools.partial(stage1_loss, stats=stats, objective=stage1.stage1_objective,
-                                span_weight=stage1.span_weight,
-                                span_stats=span["stats"] if span is not None else None)
+    objective = functools.partial(stage1_loss, stats=stats, objective=stage1.stage1_objective,
+                                  span_weight=stage1.span_weight,
+                                  span_stats=span["stats"] if span is not None else None)
+
+    def loss_fn(m: MTLLMModel, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+        with accelerator.unwrap_model(m).llm_depth(stage1.student_layers):
+            return objective(m, batch)
+
     groups = [{"params": [p for n, p in model.named_parameters()
                           if p.requires_grad and not n.startswith("projection.")]},
               {"params": list(model.projection.parameters()), "lr": args.projection_lr or args.learning_rate}]
     groups = [g for g in groups if g["params"]]
     result = train(model=model, param_groups=groups, n_examples=len(texts), collate=collate, loss_fn=loss_fn,
                    args=args, stage="stage1", lengths=lengths, accelerator=accelerator, resume_from=resume_from,
-                   save_final=lambda m, d: m.save_pretrained(d),
+                   on_epoch_end=held_out.evaluate if held_out.texts else None,
+                   eval_steps=stage1.eval_steps or args.max_steps or 10**9,
+                   stop_when=held_out.no_progress if stage1.eval_patience else None,
+                   save_final=held_out.save_final,
                    config_to_save={"model": model_settings.__dict__, "stage1": stage1.__dict__,
                                    "training": args.__dict__})
     if n_truncated["n"] and accelerator.is_main_process:
         logger.info(f"[stage1] {n_truncated['n']} texts were longer than max_seq_length and truncated")
     summary = {"final_dir": str(result.final_dir), "steps": result.steps, "seconds": round(result.seconds, 2),
-               "n_texts": len(texts), "calibration": calibration,
+               "n_texts": len(texts), "calibration": calibration, "stopped_by": result.stopped_by,
+               "student_layers": stage1.student_layers, "best": held_out.best if held_out.texts else None,
                "first": result.history[0] if result.history else None,
                "last": result.history[-1] if result.history else None}
     if accelerator.is_main_process:
         atomic_write_json(out / "stage1_summary.json", summary, indent=1)
     return summary
+
+
+class _HeldOut:
+    """Stop on evidence: the full-depth student's pooled states on held-out English texts against the teacher's
+    (:func:`~mtllm.modeling.objectives.alignment_fvu`), every ``eval_steps``; the best model so far is written to
+    ``best/`` (its score to ``best_score.json``) and becomes ``final/``."""
+
+    def __init__(self, model: MTLLMModel, stage1: Stage1Settings, train_texts: Sequence[str], out: Path, *,
+                 enc_lang: str | None, fits, resume: bool, main: bool, progress: bool, autocast=contextlib.nullcontext):
+        self.stage1, self.out, self.enc_lang, self.autocast = stage1, out, enc_lang, autocast
+        self.best_dir, self.best_file = out / "best", out / "best_score.json"
+        self.texts: list[str] = []
+        # the best of the run this one continues (a fresh run's start_run removed best/ and best_score.json)
+        self.best: dict[str, Any] = (json.loads(self.best_file.read_text()) if resume and self.best_file.exists()
+                                     else {"fvu": None})
+        if not stage1.eval_data:
+            return
+        seen = set(train_texts)
+        texts = load_stage1_texts(stage1.eval_data, fits=fits, max_texts=stage1.max_eval_texts + len(seen),
+                                  text_field=stage1.text_field, data_dir=stage1.data_dir)
+        self.texts = [t for t in texts if t not in seen][:stage1.max_eval_texts]
+        if len(self.texts) < 2:
+            raise DataError(f"eval_data {stage1.eval_data} has {len(self.texts)} text(s) that are not training texts; "
+                            f"held-out evaluation needs at least 2: give texts stage 1 does not train on")
+        if main:
+            logger.info(f"[stage1] held-out evaluation: {len(self.texts)} texts from {stage1.eval_data}"
+                        + (f" ({len(texts) - len(self.texts)} training texts left out)" if len(texts) > len(self.texts)
+                           else ""))
+        with autocast():
+            self.teacher_ND = teacher_targets(model, self.texts, batch_size=stage1.teacher_batch_size,
+                                              cache_dir=out / "cache", show_progress=progress)
+
+    def evaluate(self, model: MTLLMModel, epoch: int, step: int) -> dict[str, float]:
+        was_training = model.training
+        model.eval()
+        with self.autocast():  # the training steps' precision (bf16 where it is fast): a fraction of the step budget
+            student_ND = model.encode(self.texts, lang=self.enc_lang, path="encoder",
+                                      batch_size=self.stage1.teacher_batch_size)
+        model.train(was_training)
+        fvu = alignment_fvu(torch.as_tensor(student_ND), self.teacher_ND)
+        better = self.best["fvu"] is None or fvu < self.best["fvu"]
+        logger.info(f"[stage1] step {step}: held-out FVU {fvu:.4f}" + (" (best so far)" if better else
+                                                                       f" (best {self.best['fvu']:.4f})"))
+        if better:
+            self.best = {"fvu": fvu, "step": step}
+            with atomic_path(self.best_dir) as tmp:
+                model.save_pretrained(tmp)
+            atomic_write_json(self.best_file, self.best)
+        return {"heldout_fvu": fvu}
+
+    def no_progress(self, history: Sequence[dict[str, Any]]) -> bool:
+        """Whether the last ``eval_patience`` evaluations of ``history`` found nothing better than the one before."""
+        return evaluations_without_progress(history, "heldout_fvu") >= (self.stage1.eval_patience or 10**9)
+
+    def save_final(self, model: MTLLMModel, folder: Path) -> None:
+        if self.texts and self.best_dir.exists():
+            shutil.copytree(self.best_dir, folder, dirs_exist_ok=True)
+        else:
+            model.save_pretrained(folder)
+
+
+def evaluations_without_progress(history: Sequence[dict[str, Any]], key: str) -> int:
+    """How many evaluations (records with ``key``; lower is better) came after the best one."""
+    values = [r[key] for r in history if key in r]
+    if not values:
+        return 0
+    best = min(range(len(values)), key=lambda i: (values[i], i))
+    return len(values) - 1 - best
