@@ -2,7 +2,7 @@
 
 Every digest of a JSON-able value is :func:`json_digest` (sorted keys, so two equal dicts always give one
 digest); a file's is :func:`mtllm._io.file_sha256`; a saved model folder's, :func:`folder_fingerprint` (over its
-own files: :func:`mtllm.modeling.model.model_fingerprint` names them); a model in memory,
+own files: :func:`mtllm.modeling.serialization.model_fingerprint` names them); a model in memory,
 :func:`module_fingerprint`. Resume records (partial evaluation results, ``mtllm run``'s
 stage records, predict/encode progress) compare these to decide whether earlier work still stands.
 """

@@ -52,7 +52,7 @@ Row numbers (``TableRow.number``) count the data rows from 1, malformed ones inc
 **Callers**: task data and task files (:func:`mtllm.tasks.base._read_rows`, strict: any malformed row is a
 :class:`~mtllm.tasks.TaskDataError`; blank *fields* are then the :class:`~mtllm.tasks.LoadReport`'s business),
 stage-1 text sources (:func:`mtllm.tasks.texts.iter_texts`, strict; ``.json`` arrays are read whole, the only
-format that is not streamed) and ``mtllm predict`` / ``encode`` inputs (:func:`mtllm.inference.files.iter_rows`:
+format that is not streamed) and ``mtllm predict`` / ``encode`` inputs (:func:`mtllm.inference.rows.iter_rows`:
 a malformed row becomes a bad row, skipped or an error by ``--on_bad_row``). A ground-layer module: it imports the
 standard library, ``pyarrow`` (lazily), :mod:`mtllm.errors` and :mod:`mtllm.fingerprints` (which records the files
 read, for results that must follow their data) only.

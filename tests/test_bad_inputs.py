@@ -40,14 +40,14 @@ def saved(tmp_path_factory):
 @pytest.fixture
 def no_hub(monkeypatch):
     """Fail the test if anything asks the Hugging Face hub."""
-    import mtllm.modeling.model as model_module
+    import mtllm.modeling.serialization as serialization
     import mtllm.sources as sources
 
     def refuse(*args, **kwargs):
         raise AssertionError(f"the hub was asked: {args}")
 
     monkeypatch.setattr(sources, "from_hub", refuse)
-    monkeypatch.setattr(model_module, "from_hub", refuse)
+    monkeypatch.setattr(serialization, "from_hub", refuse)
     monkeypatch.setattr(sources, "_probe_hub", refuse)
 
 

@@ -109,7 +109,7 @@ def test_every_inference_command_defaults_to_dtype_auto_with_one_help():
     import dataclasses
 
     from mtllm.evaluation.evaluate import EvaluateSettings
-    from mtllm.inference.files import EncodeFileSettings, PredictFileSettings
+    from mtllm.inference import EncodeFileSettings, PredictFileSettings
     from mtllm.settings import inference_dtype_field
 
     found = _inference_settings()
@@ -153,7 +153,7 @@ def test_predict_and_encode_load_bf16_weights_where_auto_picks_them(command, suf
     import json
 
     from mtllm.cli import main
-    from mtllm.inference.files import PROGRESS_SUFFIX
+    from mtllm.inference import PROGRESS_SUFFIX
     from mtllm.modeling.model import MTLLMModel
 
     model_dir = _saved_classifier(tmp_path / "model")

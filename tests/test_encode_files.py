@@ -13,7 +13,7 @@ import torch
 
 from mtllm import MTLLMModel
 from mtllm.cli import main
-from mtllm.inference.files import PROGRESS_SUFFIX
+from mtllm.inference import PROGRESS_SUFFIX
 from test_predict import _fork_killed, _interrupt_after, _rows, _write
 
 

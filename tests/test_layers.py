@@ -3,13 +3,18 @@
 imports a higher one, written into a temporary copy of the package, breaks it."""
 from __future__ import annotations
 
+import importlib
+import inspect
 import os
+import pkgutil
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+import mtllm
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -55,3 +60,18 @@ def test_ruff_is_clean():
     result = subprocess.run([sys.executable, "-m", "ruff", "check", "."], cwd=ROOT, capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_no_package_hides_one_of_its_submodules():
+    """A package's attribute named like one of its submodules is that submodule (issue 22): ``mtllm.inference``
+    re-exports the function ``predict``, so it must have no ``predict`` module that the function would hide."""
+    packages = [mtllm, *(importlib.import_module(info.name)
+                         for info in pkgutil.walk_packages(mtllm.__path__, "mtllm.") if info.ispkg)]
+    hidden = []
+    for package in packages:
+        for sub in pkgutil.iter_modules(package.__path__):
+            value = getattr(package, sub.name, None)
+            name = f"{package.__name__}.{sub.name}"
+            if value is not None and not (inspect.ismodule(value) and value.__name__ == name):
+                hidden.append(f"{name} (hidden by a {type(value).__name__})")
+    assert not hidden, hidden

@@ -24,8 +24,7 @@ from mtllm import LoraSettings, MTLLMModel
 from mtllm.cli import main
 from mtllm.data.collate import collate_examples, model_inputs
 from mtllm.errors import ConfigError, DataError, UnknownLanguageError
-from mtllm.inference import files as files_mod
-from mtllm.inference.files import PROGRESS_SUFFIX, iter_rows
+from mtllm.inference import PROGRESS_SUFFIX, iter_rows, jobs
 from mtllm.modeling.predict import softmax
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -256,13 +255,13 @@ def test_reading_is_streamed_in_constant_memory(tmp_path):
 
 
 def test_a_run_holds_at_most_one_chunk(model_dir, tmp_path, monkeypatch):
-    sizes, real = [], files_mod._Job._chunk
+    sizes, real = [], jobs._Job._chunk
 
     def spy(self, model, chunk, *args):
         sizes.append(len(chunk))
         return real(self, model, chunk, *args)
 
-    monkeypatch.setattr(files_mod._Job, "_chunk", spy)
+    monkeypatch.setattr(jobs._Job, "_chunk", spy)
     src = _write(tmp_path / "in.jsonl", _rows(25))
     assert _predict("--model", model_dir, "--input", src, "--lang", "eng_Latn", "--output", tmp_path / "o.jsonl",
                     "--chunk_size", 7) == 0
@@ -388,7 +387,7 @@ def test_lang_auto_with_the_real_identifier(model_dir, tmp_path):
 # ------------------------------------------------------------------------------------------- resume
 def _interrupt_after(monkeypatch, n_chunks: int):
     """Ctrl-C (KeyboardInterrupt) right after the n-th chunk's rows are recorded."""
-    real = files_mod._Job._chunk
+    real = jobs._Job._chunk
     seen = []
 
     def chunk(self, *args):
@@ -398,7 +397,7 @@ def _interrupt_after(monkeypatch, n_chunks: int):
             raise KeyboardInterrupt
         return done
 
-    monkeypatch.setattr(files_mod._Job, "_chunk", chunk)
+    monkeypatch.setattr(jobs._Job, "_chunk", chunk)
 
 
 @pytest.mark.parametrize("fmt", [".jsonl", ".csv", ".parquet"])
@@ -415,8 +414,8 @@ def test_interrupted_run_resumes_to_the_same_bytes(fmt, model_dir, tmp_path, mon
     record = json.loads((tmp_path / (out.name + PROGRESS_SUFFIX)).read_text())
     assert record["rows_done"] == 18 and not record["complete"]
     calls = []
-    real = files_mod._Job._chunk
-    monkeypatch.setattr(files_mod._Job, "_chunk", lambda self, model, chunk, *a: calls.append(chunk[0].number)
+    real = jobs._Job._chunk
+    monkeypatch.setattr(jobs._Job, "_chunk", lambda self, model, chunk, *a: calls.append(chunk[0].number)
                         or real(self, model, chunk, *a))
     assert _predict(*args, "--output", out) == 0
     assert calls == [19, 25, 31, 37]  # only the rows not done

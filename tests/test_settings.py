@@ -17,7 +17,7 @@ from mtllm.cli import COMMANDS, ConvertSettings, TranslateTestSettings, command_
 from mtllm.cli.pipeline import PipelineSettings, _hash, _stage_inputs, plan_run
 from mtllm.errors import ConfigError
 from mtllm.evaluation.evaluate import EvaluateSettings
-from mtllm.inference.files import EncodeFileSettings, PredictFileSettings
+from mtllm.inference import EncodeFileSettings, PredictFileSettings
 from mtllm.settings import ModelSettings, build_settings, load_yaml, parse_overrides
 from mtllm.training.distill import DistillSettings
 from mtllm.training.finetune import TaskSettings

@@ -280,7 +280,7 @@ def test_every_caller_gives_the_readers_message(tmp_path, monkeypatch):
     """Task files, built-in task data, stage-1 texts and predict/encode inputs read the same file the same way."""
     import mtllm.tasks as T
     from mtllm.tasks.texts import iter_texts
-    from mtllm.inference.files import iter_rows
+    from mtllm.inference import iter_rows
     from mtllm.tasks import TaskDataError, load_examples
 
     monkeypatch.delenv(T.DATA_DIR_ENV, raising=False)

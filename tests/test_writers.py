@@ -194,10 +194,10 @@ def test_a_hard_link_to_the_input_is_the_input(model_dir, tmp_path, capsys):
 
 # ------------------------------------------------------------------------ item 4: results follow their data
 def test_an_input_changed_while_predict_runs_is_not_marked_complete(model_dir, texts, tmp_path, capsys, monkeypatch):
-    import mtllm.inference.files as files
+    import mtllm.inference.jobs as jobs
 
     out = tmp_path / "preds.jsonl"
-    real_chunk = files._Job._chunk
+    real_chunk = jobs._Job._chunk
     calls = []
 
     def chunk_then_edit(self, *args, **kwargs):
@@ -207,12 +207,12 @@ def test_an_input_changed_while_predict_runs_is_not_marked_complete(model_dir, t
         calls.append(done)
         return done
 
-    monkeypatch.setattr(files._Job, "_chunk", chunk_then_edit)
+    monkeypatch.setattr(jobs._Job, "_chunk", chunk_then_edit)
     err = _one_line_error(capsys, main(_predict(model_dir, texts, out)), after_work=True)
     assert "changed while predict ran" in err and "not marked complete" in err
     record = json.loads(Path(f"{out}.progress.json").read_text())
     assert record["complete"] is False
-    monkeypatch.setattr(files._Job, "_chunk", real_chunk)
+    monkeypatch.setattr(jobs._Job, "_chunk", real_chunk)
     err = _one_line_error(capsys, main(_predict(model_dir, texts, out)))  # the rerun sees the change
     assert "the input file changed" in err
     assert main(_predict(model_dir, texts, out, "--overwrite", "true")) == 0
@@ -221,11 +221,11 @@ def test_an_input_changed_while_predict_runs_is_not_marked_complete(model_dir, t
 
 # ----------------------------------------------------------------------------- item 7: output types and limits
 def test_ids_of_mixed_types_to_parquet_are_one_line_before_any_work(model_dir, tmp_path, capsys, monkeypatch):
-    import mtllm.inference.files as files
+    import mtllm.inference.jobs as jobs
 
     inp = tmp_path / "in.jsonl"
     inp.write_text("\n".join(json.dumps({"id": i, "text": "Hello there."}) for i in (1, "x2", 3)) + "\n")
-    monkeypatch.setattr(files._Job, "_load_model", lambda self: pytest.fail("the model loaded"))
+    monkeypatch.setattr(jobs._Job, "_load_model", lambda self: pytest.fail("the model loaded"))
     err = _one_line_error(capsys, main(["predict", "--model", str(model_dir), "--input", str(inp), "--id_column", "id",
                                         "--lang", "eng_Latn", "--output", str(tmp_path / "out.parquet")]))
     assert "integer (first at row 1), string (first at row 2)" in err
@@ -245,12 +245,12 @@ def test_an_output_name_whose_companions_are_too_long_is_refused(model_dir, text
 
 def test_a_full_disk_is_one_line_and_the_rerun_continues_to_the_same_bytes(model_dir, texts, tmp_path, capsys,
                                                                          monkeypatch):
-    import mtllm.inference.files as files
+    import mtllm.inference.writers as writers
 
     clean = tmp_path / "clean.jsonl"
     assert main(_predict(model_dir, texts, clean)) == 0
     out = tmp_path / "preds.jsonl"
-    real_append = files._fsync_append
+    real_append = writers._fsync_append
     calls = []
 
     def full_after_two(path, data):
@@ -259,9 +259,9 @@ def test_a_full_disk_is_one_line_and_the_rerun_continues_to_the_same_bytes(model
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
         return real_append(path, data)
 
-    monkeypatch.setattr(files, "_fsync_append", full_after_two)
+    monkeypatch.setattr(writers, "_fsync_append", full_after_two)
     err = _one_line_error(capsys, main(_predict(model_dir, texts, out)), after_work=True)
     assert "no space left writing" in err and "rerun the same command: it continues with the next row" in err
-    monkeypatch.setattr(files, "_fsync_append", real_append)
+    monkeypatch.setattr(writers, "_fsync_append", real_append)
     assert main(_predict(model_dir, texts, out)) == 0
     assert out.read_bytes() == clean.read_bytes()

@@ -210,26 +210,26 @@ def _run(values: dict[str, Any]) -> None:
 
 
 def _predict_settings() -> tuple[type, ...]:
-    from mtllm.inference.files import PredictFileSettings
+    from mtllm.inference.jobs import PredictFileSettings
 
     return (PredictFileSettings,)
 
 
 def _predict(values: dict[str, Any]) -> None:
-    from mtllm.inference.files import predict_file
+    from mtllm.inference.jobs import predict_file
 
     (settings,) = build_settings(_predict_settings(), values)
     print(json.dumps(predict_file(settings)))
 
 
 def _encode_settings() -> tuple[type, ...]:
-    from mtllm.inference.files import EncodeFileSettings
+    from mtllm.inference.jobs import EncodeFileSettings
 
     return (EncodeFileSettings,)
 
 
 def _encode(values: dict[str, Any]) -> None:
-    from mtllm.inference.files import encode_file
+    from mtllm.inference.jobs import encode_file
 
     (settings,) = build_settings(_encode_settings(), values)
     print(json.dumps(encode_file(settings)))

@@ -1,12 +1,13 @@
-"""Predictions and embeddings for a user's file, streamed and resumable: ``mtllm predict`` and ``mtllm encode``.
+"""Predictions and embeddings for a user's file, streamed and resumable: ``mtllm predict`` and ``mtllm encode``
+(:func:`predict_file`, :func:`encode_file`, their settings :class:`PredictFileSettings`,
+:class:`EncodeFileSettings`, and the job that runs them).
 
-**Input** (:func:`iter_rows`): ``.txt`` (one text per line), ``.csv``, ``.tsv``, ``.jsonl`` (one object per
-line) or ``.parquet``, read row by row by the one table reader, :class:`mtllm.tables.Table` (strict; its
-module doc has the rules: lines, blank lines, what is an error of the file and what a malformed row), never
-whole: memory stays that of one chunk of ``chunk_size`` rows (4096) whatever the file's size. A cheap first
-pass counts the rows (for the progress bar's ETA and the size of a ``.npy`` output) and checks every row that
-can be checked without the model (so ``--on_bad_row fail`` stops before any model work). Rows are numbered
-from 1 (the first data row); a row's id is its ``id_column`` value, or its row number when there is no id column.
+**Input**: the rows of the file (:mod:`mtllm.inference.rows`: ``.txt``, ``.csv``, ``.tsv``, ``.jsonl`` or
+``.parquet``, streamed by the one table reader), never whole: memory stays that of one chunk of ``chunk_size`` rows
+(4096) whatever the file's size. A cheap first pass counts the rows (for the progress bar's ETA and the size of a
+``.npy`` output) and checks every row that can be checked without the model (so ``--on_bad_row fail`` stops before
+any model work). Rows are numbered from 1 (the first data row); a row's id is its ``id_column`` value, or its row
+number when there is no id column.
 
 **Per chunk**, rows are grouped by language and length-sorted into batches
 (:func:`mtllm.modeling.predict.score_texts`, :func:`mtllm.modeling.embed.embed_texts`); output rows come out
@@ -23,147 +24,47 @@ an object or not valid JSON, a lone surrogate) is such a bad row too, its reason
 fields``, ``not a JSON object``, ...; ``fail`` names its line); a file that cannot be read at all (not UTF-8, no
 header, a quote that never closes) is an error in either mode.
 
-**Resumable.** Output is written chunk by chunk, flushed and fsynced, and after each chunk a small sidecar
-``<output>.progress.json`` (:data:`PROGRESS_SUFFIX`) is replaced atomically: rows done, the output's byte
-offset (or part count), the input's size and sha256, the model's fingerprint and the settings that change the
-output (``dtype`` as the weights' dtype: ``auto`` resolved to bfloat16 or float32 on this device). Rerunning
-the same command after Ctrl-C or ``kill -9`` truncates the output to the recorded offset and continues with the
-next row: no row lost or written twice (the output equals an uninterrupted run's, byte for byte). A rerun with
-other settings, another model or a changed input is refused unless ``--overwrite``; a finished run (sidecar
-``"complete": true``, kept with the counts) says it is done. Formats:
-
-* predictions ``.jsonl`` / ``.csv`` / ``.tsv``: appended in place;
-* ``.parquet`` (predictions or embeddings): one part file per chunk in ``<output>.parts/``, combined into the
-  output (row group by row group) when every chunk is done, then the parts are removed;
-* embeddings ``.npy``: a memory-mapped ``<output>.partial`` (``numpy.lib.format.open_memmap``, sized by the
-  first pass) renamed to the output at the end, and the ids, one per line, in ``<stem>.ids.txt``.
+**Resumable.** Output is written chunk by chunk, flushed and fsynced (:mod:`mtllm.inference.writers`, which has the
+formats), and after each chunk a small sidecar ``<output>.progress.json``
+(:data:`~mtllm.inference.writers.PROGRESS_SUFFIX`) is replaced atomically: rows done, the output's byte offset (or
+part count), the input's size and sha256, the model's fingerprint and the settings that change the output
+(``dtype`` as the weights' dtype: ``auto`` resolved to bfloat16 or float32 on this device). Rerunning the same
+command after Ctrl-C or ``kill -9`` truncates the output to the recorded offset and continues with the next row: no
+row lost or written twice (the output equals an uninterrupted run's, byte for byte). A rerun with other settings,
+another model or a changed input is refused unless ``--overwrite``; a finished run (sidecar ``"complete": true``,
+kept with the counts) says it is done.
 """
 from __future__ import annotations
 
-import logging
-import csv
 import dataclasses
-import io
 import json
-import os
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Literal, Sequence
+from typing import Any, Literal, Sequence
 
 import numpy as np
 
-from mtllm._io import atomic_path, atomic_write_json, file_sha256, remove_path, remove_stale_temporaries
-from mtllm.errors import ConfigError, DataError, UnknownLanguageError, UnsupportedLanguageError
-from mtllm.locks import exclusive_output, lock_file
+from mtllm._io import atomic_write_json, file_sha256, remove_path, remove_stale_temporaries
 from mtllm.data.languages import validate_lang
+from mtllm.errors import ConfigError, DataError, UnknownLanguageError, UnsupportedLanguageError
+from mtllm.inference.rows import CHUNK_ROWS, INPUT_SUFFIXES, Row, _blank, _suffix, iter_rows
+from mtllm.inference.writers import (ENCODE_SUFFIXES, PREDICT_SUFFIXES, PROGRESS_SUFFIX, _ids_path, _NpySink,
+                                     _ParquetSink, _TextSink, output_paths, output_problem)
+from mtllm.locks import exclusive_output
 from mtllm.modeling.embed import embed_texts
-from mtllm.modeling.model import MTLLMModel, model_fingerprint
+from mtllm.modeling.model import MTLLMModel
 from mtllm.modeling.predict import check_head, encoder_code, model_path, score_texts, softmax
+from mtllm.modeling.serialization import model_fingerprint
 from mtllm.settings import (MODEL, InferenceDtype, Rule, at_least, check_settings, dtype_name, inference_device_field,
                             inference_dtype_field, parse_dtype)
-from mtllm.tables import Table, lone_surrogate
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["INPUT_SUFFIXES", "PREDICT_SUFFIXES", "ENCODE_SUFFIXES", "PROGRESS_SUFFIX", "CHUNK_ROWS", "Row",
-           "iter_rows", "count_rows", "PredictFileSettings", "EncodeFileSettings", "predict_file", "encode_file",
-           "output_paths"]
+__all__ = ["PredictFileSettings", "EncodeFileSettings", "predict_file", "encode_file"]
 
-INPUT_SUFFIXES = (".txt", ".csv", ".tsv", ".jsonl", ".parquet")
-PREDICT_SUFFIXES = (".jsonl", ".csv", ".tsv", ".parquet")
-ENCODE_SUFFIXES = (".npy", ".parquet")
-PROGRESS_SUFFIX = ".progress.json"
-CHUNK_ROWS = 4096
 _FORMAT_VERSION = 1
-
-
-# ------------------------------------------------------------------------------------------------ reading
-@dataclass(frozen=True)
-class Row:
-    """One input row: its number (from 1), id, and the raw values of the columns in use (``None``: missing);
-    ``problem``: for a row the reader found malformed (:class:`mtllm.tables.TableRow`: too many fields, not a JSON
-    object, a lone surrogate, ...), ``(reason, column, detail)`` as :meth:`_Job._row_problem` gives it (its values
-    are then ``None``, its id the row number unless ``id_column`` could be read)."""
-
-    number: int
-    id: Any
-    text: Any
-    pair: Any = None
-    lang: Any = None
-    options: tuple = ()
-    problem: tuple[str, str, str] | None = None
-
-
-def _suffix(path: str | Path) -> str:
-    return Path(path).suffix.lower()
-
-
-def _blank(value: Any) -> bool:
-    return value is None or (isinstance(value, str) and not value.strip())
-
-
-def iter_rows(path: str | Path, *, text_column: str = "text", pair_column: str | None = None,
-              lang_column: str | None = None, id_column: str | None = None, option_columns: Sequence[str] = (),
-              batch_rows: int = CHUNK_ROWS) -> Iterator[Row]:
-    """The rows of ``path`` (see the module doc), streamed by the one table reader (:class:`mtllm.tables.Table`,
-    whose rules and errors are those of every table mtllm reads). A ``.txt`` file has one text per line and no
-    columns. A file that cannot be read (not UTF-8, no header, a missing column, a quote that never closes) is a
-    :class:`DataError`; a malformed row (too many fields, a JSON line that is not an object, a lone surrogate,
-    ...) is a :class:`Row` whose ``problem`` says why (``--on_bad_row`` decides). A text, pair or option that is
-    not a string (or null), and a row without an id in ``id_column``, are :class:`DataError` s naming the row."""
-    path = Path(path)
-    is_txt = _suffix(path) == ".txt"
-    text_key = "text" if is_txt else text_column
-    columns = [c for c in (text_column, pair_column, lang_column, id_column,
-                           *option_columns) if c] if not is_txt else []
-    table = Table(path, select=columns, batch_rows=batch_rows, formats=INPUT_SUFFIXES)
-    table.require(columns, "set the *_column settings to the file's column names")
-    for trow in table:
-        number, rec = trow.number, trow.values
-        if trow.problem is not None:
-            row_id = number if id_column is None else rec.get(id_column)
-            if isinstance(row_id, str) and lone_surrogate(row_id) is not None:
-                row_id = None  # an id no output can hold
-            detail = (f"line {trow.line}: " if trow.line is not None else "") + trow.problem
-            yield Row(number, None if _blank(row_id) else row_id, None, problem=(trow.reason or "malformed row", "",
-                                                                                  detail))
-            continue
-        values = {}
-        for role, col in (("text", text_key), ("pair", pair_column), ("lang", lang_column)):
-            if col is None:
-                continue
-            value = rec.get(col)
-            if value is not None and not isinstance(value, str):
-                raise DataError(f"{path}: row {number}, column {col!r}: {type(value).__name__} {value!r:.40}, not a "
-                                f"string; set the {role if role != 'text' else 'text'}_column setting to the column "
-                                f"that holds the {role}")
-            values[role] = value
-        options = []
-        for col in option_columns:
-            value = rec.get(col)
-            if value is not None and not isinstance(value, str):
-                raise DataError(f"{path}: row {number}, column {col!r}: {type(value).__name__} {value!r:.40}, not a "
-                                f"string; option_columns name the columns that hold the answer options")
-            options.append(value)
-        if id_column is not None:
-            row_id = rec.get(id_column)
-            if _blank(row_id):
-                raise DataError(f"{path}: row {number} has no id in column {id_column!r}; give every row an id, or "
-                                f"leave id_column unset to use row numbers")
-        else:
-            row_id = number
-        yield Row(number, row_id, values.get("text"), values.get("pair"), values.get("lang"), tuple(options))
-
-
-def count_rows(path: str | Path, **columns: Any) -> int:
-    """The number of rows :func:`iter_rows` gives (a Parquet file's from its metadata; others by one pass)."""
-    path = Path(path)
-    if _suffix(path) == ".parquet" and not columns:
-        import pyarrow.parquet as pq
-
-        return pq.ParquetFile(path).metadata.num_rows
-    return sum(1 for _ in iter_rows(path, **columns))
 
 
 # ------------------------------------------------------------------------------------------------ settings
@@ -295,234 +196,9 @@ class EncodeFileSettings(_FileSettings):
     normalize: bool = field(default=False, metadata={"help": "Unit-length embeddings."})
 
 
-# ------------------------------------------------------------------------------------------------ outputs
-def _ids_path(output: Path) -> Path:
-    return output.with_name(output.stem + ".ids.txt")
-
-
-def output_paths(output: str | Path) -> list[Path]:
-    """Everything ``mtllm predict`` / ``mtllm encode`` may write for ``output``: the output, its progress record
-    and its in-progress files (what ``--overwrite`` removes)."""
-    output = Path(output)
-    paths = [output, output.with_name(output.name + PROGRESS_SUFFIX), output.with_name(output.name + ".parts")]
-    if _suffix(output) == ".npy":
-        paths += [output.with_name(output.name + ".partial"), _ids_path(output)]
-    return paths
-
-
-def written_names(output: Path) -> list[Path]:
-    """Every path a run for ``output`` writes, removes or locks: :func:`output_paths`, the lock file and its
-    holder record (each may also get crash-safe temporaries ``.<name>.tmp-<pid>``, :func:`_touches`)."""
-    lock = lock_file(output)
-    return [*output_paths(output), lock, Path(f"{lock}.json")]
-
-
-def _touches(written: Path, other: Path) -> bool:
-    """Whether writing or removing ``written`` (and its temporaries) touches ``other``: the same path, links to
-    one file, ``other`` inside the folder ``written``, or ``other`` named like a temporary of ``written``."""
-    try:
-        if written.exists() and other.exists() and os.path.samefile(written, other):
-            return True
-    except OSError:
-        pass
-    rw, ro = written.resolve(), other.resolve()
-    temporary = ro.parent == rw.parent and ro.name.startswith(f".{rw.name}.tmp-")
-    return rw == ro or rw in ro.parents or temporary
-
-
-def output_problem(output: Path, input_path: Path | None) -> str | None:
-    """Why a predict/encode ``output`` cannot be written for ``input_path``: one of the files it writes or
-    removes (:func:`written_names`: the ``.ids.txt`` of an ``.npy``, the progress record, parquet part files,
-    the lock) is the input or holds it, or a name is longer than the file system allows. ``None``: fine."""
-    names = written_names(output)
-    if input_path is not None:
-        for path in names:
-            if _touches(path, input_path):
-                what = "the output" if path == output else f"{path.name}, which a run for this output writes"
-                return (f"{what} would overwrite the input {input_path}; choose an output name whose companion "
-                        f"files do not touch the input (e.g. another stem or folder)")
-    folder = next((p for p in output.parents if p.is_dir()), Path("."))
-    try:
-        limit = os.pathconf(folder, "PC_NAME_MAX")
-    except (OSError, ValueError):
-        limit = 255
-    longest = max((p.with_name(f".{p.name}.tmp-{'9' * 10}") for p in names), key=lambda p: len(os.fsencode(p.name)))
-    if len(os.fsencode(longest.name)) > limit:
-        return (f"the output name is too long: a run writes {longest.name[:40]}... ({len(os.fsencode(longest.name))} "
-                f"bytes), over this file system's limit of {limit} bytes per name; choose a shorter output name")
-    return None
-
-
-def _fsync_append(path: Path, data: bytes) -> int:
-    """Append ``data`` to ``path``, flushed and fsynced; returns the new size."""
-    with open(path, "ab") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-        return fh.tell()
-
-
-def _truncate(path: Path, size: int, what: str, progress: Path) -> None:
-    """Cut ``path`` back to ``size`` bytes (what the progress record says was complete), creating it when
-    ``size`` is 0."""
-    if not path.exists():
-        if size:
-            raise ConfigError(f"{progress} records {size} bytes of {path}, which is missing; rerun with --overwrite "
-                              f"to start again")
-        path.touch()
-        return
-    if path.stat().st_size < size:
-        raise ConfigError(f"{path} is shorter ({path.stat().st_size} bytes) than its progress record says ({size}): "
-                          f"it was changed after the run stopped; rerun with --overwrite to start again")
-    with open(path, "r+b") as fh:
-        fh.truncate(size)
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
-class _TextSink:
-    """JSON lines / CSV / TSV predictions, appended chunk by chunk; state: the byte offset."""
-
-    def __init__(self, path: Path, columns: list[str], progress: Path) -> None:
-        self.path, self.columns, self.progress = path, columns, progress
-        self.kind = _suffix(path)
-        self.offset = 0
-
-    def open(self, state: dict | None) -> None:
-        self.offset = int((state or {}).get("bytes", 0))
-        _truncate(self.path, self.offset, "output", self.progress)
-
-    def _encode(self, records: list[dict]) -> bytes:
-        if self.kind == ".jsonl":
-            return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8")
-        buf = io.StringIO()
-        writer = csv.writer(buf, delimiter="\t" if self.kind == ".tsv" else ",", lineterminator="\n")
-        if self.offset == 0:
-            writer.writerow(self.columns)
-        writer.writerows([["" if r[c] is None else r[c] for c in self.columns] for r in records])
-        return buf.getvalue().encode("utf-8")
-
-    def write(self, records: list[dict], start: int) -> None:
-        self.offset = _fsync_append(self.path, self._encode(records))
-
-    def state(self) -> dict:
-        return {"bytes": self.offset}
-
-    def finish(self) -> None:
-        if self.offset == 0:  # no rows: a CSV still gets its header
-            self.offset = _fsync_append(self.path, self._encode([]))
-
-
-class _ParquetSink:
-    """Parquet (predictions or embeddings): one part file per chunk in ``<output>.parts/``, combined at the end;
-    state: the number of parts."""
-
-    def __init__(self, path: Path, schema: Any, progress: Path) -> None:
-        self.path, self.schema, self.progress = path, schema, progress
-        self.parts_dir = path.with_name(path.name + ".parts")
-        self.n_parts = 0
-        self.finished = False
-
-    def _part(self, k: int) -> Path:
-        return self.parts_dir / f"part-{k:06d}.parquet"
-
-    def open(self, state: dict | None) -> None:
-        self.n_parts = int((state or {}).get("parts", 0))
-        if self.n_parts and self.path.is_file() and not self.parts_dir.exists():
-            self.finished = True  # stopped after combining the parts, before recording it
-            return
-        self.parts_dir.mkdir(parents=True, exist_ok=True)
-        missing = [k for k in range(self.n_parts) if not self._part(k).is_file()]
-        if missing:
-            raise ConfigError(f"{self.progress} records {self.n_parts} part files in {self.parts_dir}, but "
-                              f"{self._part(missing[0]).name} is missing; rerun with --overwrite to start again")
-        for part in self.parts_dir.iterdir():  # parts of the chunk that was cut off, temporaries
-            if not (part.name.startswith("part-") and part.name.endswith(".parquet")
-                    and part.name[5:11].isdigit() and int(part.name[5:11]) < self.n_parts):
-                remove_path(part)
-
-    def write(self, records: list[dict], start: int) -> None:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        table = pa.Table.from_pylist(records, schema=self.schema)
-        with atomic_path(self._part(self.n_parts), fsync=True) as tmp:
-            pq.write_table(table, tmp)
-        self.n_parts += 1
-
-    def state(self) -> dict:
-        return {"parts": self.n_parts}
-
-    def finish(self) -> None:
-        import pyarrow.parquet as pq
-
-        if self.finished:
-            return
-        with atomic_path(self.path, fsync=True) as tmp:
-            with pq.ParquetWriter(tmp, self.schema) as writer:
-                for k in range(self.n_parts):
-                    writer.write_table(pq.read_table(self._part(k), schema=self.schema))
-                if self.n_parts == 0:
-                    writer.write_table(self.schema.empty_table())
-        remove_path(self.parts_dir)
-
-
-class _NpySink:
-    """Embeddings ``.npy``: a memory map ``<output>.partial`` of ``(n_rows, dim)`` float32, renamed to the output
-    at the end; ids one per line in ``<stem>.ids.txt``; state: the ids file's byte offset."""
-
-    def __init__(self, path: Path, n_rows: int, dim: int, progress: Path) -> None:
-        self.path, self.n_rows, self.dim, self.progress = path, n_rows, dim, progress
-        self.partial = path.with_name(path.name + ".partial")
-        self.ids = _ids_path(path)
-        self.offset = 0
-        self.array = None
-
-    def open(self, state: dict | None) -> None:
-        from numpy.lib.format import open_memmap
-
-        self.offset = int((state or {}).get("ids_bytes", 0))
-        if state and state.get("rows_written", 0) and not self.partial.is_file() and self.path.is_file():
-            self.partial = self.path  # stopped after the final rename, before recording it
-        if state and state.get("rows_written", 0) and self.partial.is_file():
-            self.array = open_memmap(self.partial, mode="r+")
-            if self.array.shape != (self.n_rows, self.dim) or self.array.dtype != np.float32:
-                raise ConfigError(f"{self.partial} holds {self.array.dtype} {self.array.shape}, not float32 "
-                                  f"({self.n_rows}, {self.dim}); rerun with --overwrite to start again")
-        elif state and state.get("rows_written", 0):
-            raise ConfigError(f"{self.progress} records rows written to {self.partial}, which is missing; rerun "
-                              f"with --overwrite to start again")
-        else:
-            self.array = open_memmap(self.partial, mode="w+", dtype=np.float32, shape=(self.n_rows, self.dim))
-        _truncate(self.ids, self.offset, "ids", self.progress)
-
-    def write(self, records: list[dict], start: int) -> None:
-        block = np.full((len(records), self.dim), np.nan, dtype=np.float32)
-        for j, r in enumerate(records):
-            if r["embedding"] is not None:
-                block[j] = r["embedding"]
-        self.array[start:start + len(records)] = block
-        self.array.flush()
-        self.offset = _fsync_append(self.ids, "".join(f"{r['id']}\n" for r in records).encode("utf-8"))
-
-    def state(self) -> dict:
-        return {"ids_bytes": self.offset, "rows_written": 1 if self.offset else 0}
-
-    def finish(self) -> None:
-        self.array.flush()
-        del self.array
-        self.array = None
-        with open(self.partial, "rb+") as fh:
-            os.fsync(fh.fileno())
-        if self.partial != self.path:
-            os.replace(self.partial, self.path)
-        if not self.ids.exists():
-            self.ids.touch()
-
-
 # ------------------------------------------------------------------------------------------------ the run
 def _model_fingerprint(ref: str) -> dict:
-    """What identifies the model's weights: a local folder's :func:`mtllm.modeling.model.model_fingerprint`."""
+    """What identifies the model's weights: a local folder's :func:`mtllm.modeling.serialization.model_fingerprint`."""
     path = Path(ref).expanduser()
     return {"sha256": model_fingerprint(path)} if path.is_dir() else {"ref": ref}
 
