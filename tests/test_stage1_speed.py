@@ -199,3 +199,34 @@ def test_bad_values_are_one_line_errors(make):
     with pytest.raises(ConfigError) as err:
         make()
     assert "\n" not in str(err.value)
+
+
+# ------------------------------------------------------------------------------------------ layer k, then full depth
+def test_a_full_depth_phase_trains_every_layer_and_resumes_exactly(tmp_path, monkeypatch):
+    stage1 = {"student_layers": 1, "full_depth_steps": 4}
+    run_stage1(*_settings(tmp_path / "full", stage1, max_steps=10, save_steps=3))
+    weights = load_file(str(tmp_path / "full" / "final" / "adapter" / "adapter_model.safetensors"))
+    assert any(weights[k].abs().max() > 0 for k in weights if ".layers.1." in k and "lora_B" in k)
+    real_save = loop._save_checkpoint
+
+    def save_then_crash(*args, **kwargs):
+        real_save(*args, **kwargs)
+        if args[5] == 6:  # a checkpoint in the layer-k phase; the run resumes into the switch at step 7
+            raise KeyboardInterrupt("simulated pre-emption")
+
+    monkeypatch.setattr(loop, "_save_checkpoint", save_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        run_stage1(*_settings(tmp_path / "cut", stage1, max_steps=10, save_steps=3))
+    monkeypatch.setattr(loop, "_save_checkpoint", real_save)
+    run_stage1(*_settings(tmp_path / "cut", stage1, max_steps=10, save_steps=3, resume=True))
+    full, cut = _history(tmp_path / "full"), _history(tmp_path / "cut")
+    assert [r["loss"] for r in cut] == pytest.approx([r["loss"] for r in full], rel=1e-5)
+    assert max_weight_diff(tmp_path / "full" / "final", tmp_path / "cut" / "final") <= 1e-6
+    # the switch shows in the curve: the full-depth targets are another quantity than layer 1's
+    assert full[6]["fvu"] != pytest.approx(full[5]["fvu"], rel=1e-3)
+
+
+def test_full_depth_steps_without_student_layers_is_one_line(tmp_path):
+    with pytest.raises(ConfigError, match="needs student_layers"):
+        run_stage1(*_settings(tmp_path / "run", {"full_depth_steps": 3}))
+    assert not (tmp_path / "run").exists()

@@ -195,6 +195,11 @@ class StageResult:
     stopped_by: str | None = None
 
 
+def total_steps(args: TrainingArgs, n_examples: int) -> int:
+    """The optimizer steps of a run: ``max_steps``, else ``num_epochs`` over ``n_examples`` in full batches."""
+    return args.max_steps or max(1, math.ceil(args.num_epochs * (n_examples // args.batch_size)))
+
+
 def set_seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -258,6 +263,7 @@ def train(
     on_epoch_end: Callable[[nn.Module, int, int], dict[str, float]] | None = None,
     eval_steps: int | None = None,
     stop_when: Callable[[Sequence[dict[str, Any]]], bool] | None = None,
+    on_step_start: Callable[[int], None] | None = None,
     resume_from: Path | None | Literal["find"] = "find",
 ) -> StageResult:
     """Train ``param_groups`` of ``model`` on ``n_examples`` examples.
@@ -270,7 +276,9 @@ def train(
     ``eval_steps`` steps instead (and at the last one). ``stop_when(history)``, asked after each of those
     evaluations on every process, ends the run early (``stopped_by="patience"``): a pure function of the history, so
     a resumed run stops where an uninterrupted one would. ``args.max_minutes`` ends it after the step that
-    reaches the budget (``stopped_by="max_minutes"``), with a checkpoint there. With ``args.resume``, the run continues
+    reaches the budget (``stopped_by="max_minutes"``), with a checkpoint there. ``on_step_start(step)`` is told the
+    0-based index of every step before its batches are built (e.g. to switch a schedule of objectives; a resumed
+    run tells it the same indices an uninterrupted one would). With ``args.resume``, the run continues
     from ``resume_from`` (what :func:`start_run` returned; by default the newest valid checkpoint).
     """
     from transformers import get_linear_schedule_with_warmup
@@ -287,7 +295,7 @@ def train(
         raise ConfigError(f"{stage}: only {n_examples} examples for a batch of {args.batch_size}; "
                          f"lower batch_size or add data")
     steps_per_epoch = n_examples // args.batch_size
-    max_steps = args.max_steps or max(1, math.ceil(args.num_epochs * steps_per_epoch))
+    max_steps = total_steps(args, n_examples)
 
     set_seed(args.seed)
     optimizer = torch.optim.AdamW(param_groups, lr=args.learning_rate, weight_decay=args.weight_decay)
@@ -345,6 +353,8 @@ def train(
                     epoch_batches = {epoch: batch_order(n_examples, args.batch_size, epoch=epoch, seed=args.seed,
                                                         lengths=lengths if args.group_by_length else None)}
                 global_batch = epoch_batches[epoch][pos]
+                if on_step_start is not None:
+                    on_step_start(step)
                 mine = global_batch[rank * micro * accum:(rank + 1) * micro * accum]
                 sums: dict[str, float] = {}
                 for k in range(accum):

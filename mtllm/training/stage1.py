@@ -35,7 +35,7 @@ from mtllm.sources import load_source
 from mtllm.settings import EXISTING_DIR, NON_EMPTY, TEXT_SOURCE, ModelSettings, at_least, check_settings, each
 from mtllm.training.caches import ArrayCache, cache_key
 from mtllm.training.encoder_cache import EncoderCache
-from mtllm.training.loop import TrainingArgs, make_accelerator, set_seed, start_run, train
+from mtllm.training.loop import TrainingArgs, make_accelerator, set_seed, start_run, total_steps, train
 from mtllm.modeling.objectives import TargetStats, alignment_fvu, stage1_loss, target_stats
 
 logger = logging.getLogger(__name__)
@@ -90,6 +90,10 @@ class Stage1Settings:
                 "k/L of a full-depth one. The LoRA of layers k+1..L stays untrained (an identity), so the trained "
                 "student feeds the teacher's own upper layers. Default: all L layers (the paper).",
         "check": at_least(1)})
+    full_depth_steps: int = field(default=0, metadata={
+        "help": "With student_layers: the last N of max_steps train the whole depth against the teacher's last-layer "
+                "targets (pooled and span), so the layer-k phase's student also fits the last layer. The teacher "
+                "then runs at both depths once (targets cached).", "check": at_least(0)})
     eval_data: list[str] = field(default_factory=list, metadata={
         "help": "Held-out English texts (same forms as data, e.g. task:sib200/eng_Latn/validation): every eval_steps "
                 "steps and at the end, the full-depth student's pooled states on them are compared with the "
@@ -253,6 +257,9 @@ def check_student_layers(stage1: Stage1Settings, llm: str | MTLLMModel) -> None:
     """``student_layers`` within ``1..L`` for this LLM (a :class:`ConfigError` line; before any weights load
     when ``llm`` is a source)."""
     k = stage1.student_layers
+    if stage1.full_depth_steps and k is None:
+        raise ConfigError(f"full_depth_steps {stage1.full_depth_steps} needs student_layers (the layer-k phase before "
+                          f"it): set student_layers, or full_depth_steps to 0")
     if k is None:
         return
     total = llm.llm_num_layers if isinstance(llm, MTLLMModel) else llm_layers(llm)
@@ -316,27 +323,41 @@ def run_stage1(model_settings: ModelSettings, stage1: Stage1Settings, args: Trai
     def depth():  # teacher targets and student steps; held-out evaluations run at full depth
         return model.llm_depth(stage1.student_layers)
 
-    if _freeze_upper_layers(model, stage1.student_layers) and accelerator.is_main_process:
+    two_phase = stage1.student_layers is not None and stage1.full_depth_steps > 0
+    if stage1.student_layers is not None and accelerator.is_main_process:
         logger.info(f"[stage1] layer-k target: student and teacher run the first {stage1.student_layers} of the "
-                    f"LLM's {model.llm_num_layers} layers")
-    span = None
-    if stage1.stage1_objective != "sequence":  # first: the same teacher pass fills the pooled targets' cache
-        alignment = align_spans(model, texts, lang=enc_lang)
-        with accelerator.main_process_first(), depth():
-            spans_UD = teacher_span_targets(model, texts, alignment, batch_size=stage1.teacher_batch_size,
-                                            cache_dir=out / "cache",
-                                            show_progress=accelerator.is_main_process and args.progress)
-        span = {"alignment": alignment, "targets": spans_UD, "first_row": alignment.first_rows(),
-                "stats": span_target_stats(spans_UD, standardize=stage1.target_norm == "standardize")}
-        if accelerator.is_main_process:
-            logger.info(f"[stage1] span objective: {len(spans_UD)} words in {len(texts)} texts "
-                  f"({len(spans_UD) / max(1, len(texts)):.1f} per text; teacher span targets "
-                  f"{spans_UD.nbytes / 2**20:.1f} MiB float16, memory-mapped)")
+                    f"LLM's {model.llm_num_layers} layers"
+                    + (f", the last {stage1.full_depth_steps} steps all of them" if two_phase else ""))
+    if not two_phase:
+        _freeze_upper_layers(model, stage1.student_layers)
+    alignment = align_spans(model, texts, lang=enc_lang) if stage1.stage1_objective != "sequence" else None
 
-    with accelerator.main_process_first(), depth():
-        targets_ND = teacher_targets(model, texts, batch_size=stage1.teacher_batch_size, cache_dir=out / "cache",
-                                     show_progress=accelerator.is_main_process and args.progress)
-    stats = target_stats(targets_ND, standardize=stage1.target_norm == "standardize")
+    def targets_at(layers: int | None) -> dict[str, Any]:
+        """The teacher's targets (pooled, and per word with the span term) with the LLM cut at ``layers``."""
+        span = None
+        with accelerator.main_process_first(), model.llm_depth(layers):
+            if alignment is not None:  # first: the same teacher pass fills the pooled targets' cache
+                spans_UD = teacher_span_targets(model, texts, alignment, batch_size=stage1.teacher_batch_size,
+                                                cache_dir=out / "cache",
+                                                show_progress=accelerator.is_main_process and args.progress)
+                span = {"alignment": alignment, "targets": spans_UD, "first_row": alignment.first_rows(),
+                        "stats": span_target_stats(spans_UD, standardize=stage1.target_norm == "standardize")}
+                if accelerator.is_main_process:
+                    logger.info(f"[stage1] span objective: {len(spans_UD)} words in {len(texts)} texts "
+                                f"({len(spans_UD) / max(1, len(texts)):.1f} per text; teacher span targets "
+                                f"{spans_UD.nbytes / 2**20:.1f} MiB float16, memory-mapped)")
+            targets_ND = teacher_targets(model, texts, batch_size=stage1.teacher_batch_size, cache_dir=out / "cache",
+                                         show_progress=accelerator.is_main_process and args.progress)
+        return {"layers": layers, "targets": targets_ND, "span": span,
+                "stats": target_stats(targets_ND, standardize=stage1.target_norm == "standardize")}
+
+    # the phases: the layer-k target (or the whole depth), then optionally the whole depth for the last steps
+    phases = [targets_at(stage1.student_layers)] + ([targets_at(None)] if two_phase else [])
+    switch_at = total_steps(args, len(texts)) - stage1.full_depth_steps
+    current = {"phase": phases[0]}
+
+    def on_step_start(step: int) -> None:
+        current["phase"] = phases[-1] if step >= switch_at else phases[0]
 
     calibration = None
     calibration_file = out / CALIBRATION_FILE
@@ -363,6 +384,7 @@ def run_stage1(model_settings: ModelSettings, stage1: Stage1Settings, args: Trai
         n_truncated["n"] += enc_cache.n_truncated
 
     def with_spans(batch: dict[str, Any], indices: list[int]) -> dict[str, Any]:
+        span = current["phase"]["span"]
         if span is None:
             return batch
         rows = [r for i in indices for r in range(span["first_row"][i], span["first_row"][i + 1])]
@@ -372,19 +394,19 @@ def run_stage1(model_settings: ModelSettings, stage1: Stage1Settings, args: Trai
 
     def collate(indices: list[int]) -> dict[str, Any]:
         if enc_cache is not None:
-            return with_spans({**enc_cache.collate(indices), "targets": targets_ND[indices]}, indices)
+            return with_spans({**enc_cache.collate(indices), "targets": current["phase"]["targets"][indices]}, indices)
         batch = model.tokenize([texts[i] for i in indices], lang=enc_lang)
         n_truncated["n"] += batch["n_truncated"]
         return with_spans({"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
-                           "targets": targets_ND[indices]}, indices)
+                           "targets": current["phase"]["targets"][indices]}, indices)
 
-    objective = functools.partial(stage1_loss, stats=stats, objective=stage1.stage1_objective,
-                                  span_weight=stage1.span_weight,
-                                  span_stats=span["stats"] if span is not None else None)
+    objective = functools.partial(stage1_loss, objective=stage1.stage1_objective, span_weight=stage1.span_weight)
 
     def loss_fn(m: MTLLMModel, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
-        with accelerator.unwrap_model(m).llm_depth(stage1.student_layers):
-            return objective(m, batch)
+        phase = current["phase"]
+        with accelerator.unwrap_model(m).llm_depth(phase["layers"]):
+            return objective(m, batch, stats=phase["stats"],
+                             span_stats=phase["span"]["stats"] if phase["span"] is not None else None)
 
     groups = [{"params": [p for n, p in model.named_parameters()
                           if p.requires_grad and not n.startswith("projection.")]},
@@ -394,7 +416,7 @@ def run_stage1(model_settings: ModelSettings, stage1: Stage1Settings, args: Trai
                    args=args, stage="stage1", lengths=lengths, accelerator=accelerator, resume_from=resume_from,
                    on_epoch_end=held_out.evaluate if held_out.texts else None,
                    eval_steps=stage1.eval_steps or args.max_steps or 10**9,
-                   stop_when=held_out.no_progress if stage1.eval_patience else None,
+                   stop_when=held_out.no_progress if stage1.eval_patience else None, on_step_start=on_step_start,
                    save_final=held_out.save_final,
                    config_to_save={"model": model_settings.__dict__, "stage1": stage1.__dict__,
                                    "training": args.__dict__})
