@@ -241,7 +241,7 @@ def test_sample_method_first_takes_the_first_rows():
     examples = _examples([i % 3 for i in range(30)])
     assert sample_examples(examples, 7, method="first") == examples[:7]
     assert sample_examples(examples, 40, method="first") == examples
-    with pytest.raises(ConfigError, match="sample_method must be 'stratified' or 'first'"):
+    with pytest.raises(ConfigError, match="sample_method must be 'stratified', 'first' or 'parallel'"):
         sample_examples(examples, 7, method="random")
 
 

@@ -20,6 +20,7 @@ from mtllm.evaluation.evaluate import EvaluateSettings
 from mtllm.inference import EncodeFileSettings, PredictFileSettings
 from mtllm.settings import ModelSettings, build_settings, load_yaml, parse_overrides
 from mtllm.training.distill import DistillSettings
+from mtllm.training.encoder_ft import EncoderFTSettings
 from mtllm.training.finetune import TaskSettings
 from mtllm.training.loop import TrainingArgs
 from mtllm.training.stage1 import Stage1Settings
@@ -210,7 +211,7 @@ def test_ranges_are_checked_when_settings_are_built(cls, values, message):
 
 SETTINGS_CLASSES = (ModelSettings, Stage1Settings, TrainingArgs, TaskSettings, DistillSettings, EvaluateSettings,
                     TranslateSettings, TranslateTestSettings, ConvertSettings, PipelineSettings, PredictFileSettings,
-                    EncodeFileSettings)
+                    EncodeFileSettings, EncoderFTSettings)
 
 
 def test_every_settings_class_checks_itself_and_every_number_has_a_range(monkeypatch):
@@ -310,7 +311,8 @@ def test_choices_are_checked_when_settings_are_built():
         ModelSettings(pooling="max")
     with pytest.raises(ConfigError, match="report_to"):
         TrainingArgs(report_to="tensorbord")
-    with pytest.raises(ConfigError, match="systems must be a list of 'mtllm', 'llm', 'encoder' or 'translate_test'"):
+    with pytest.raises(ConfigError,
+                       match="systems must be a list of 'mtllm', 'llm', 'encoder', 'encoder-ft' or 'translate_test'"):
         EvaluateSettings(systems=["mtllm", "gpt"])
     with pytest.raises(ConfigError, match="NAME=DIR"):
         EvaluateSettings(compare=["runs/x"])

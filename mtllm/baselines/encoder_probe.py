@@ -1,6 +1,12 @@
 """Baselines users compare the MT-LLM against (the LLM alone and translate-test use the fine-tuned
 teacher directly; see :mod:`mtllm.evaluation`). Here: the encoder alone with a linear head.
 
+This probe keeps the encoder frozen. The paper's encoder baseline, the encoder *fine-tuned* with a head on the
+English task (the ``encoder-ft`` system), is trained like the other models, by a stage of its own
+(:mod:`mtllm.training.encoder_ft`, on the one training loop), and is a model of its own
+(:class:`mtllm.modeling.encoder_ft.EncoderFT`, in the layer below training and the baselines, which may not import
+each other); evaluation loads the folder that stage wrote.
+
 :class:`EncoderClassifier` mean-pools the frozen encoder's last hidden states (the same encoder, the
 same tokenisation and language handling as the MT-LLM, so encoder outputs are shared) and trains a
 logistic-regression head on English training data; multiple choice scores each option's token span.

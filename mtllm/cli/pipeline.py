@@ -7,10 +7,29 @@ Stages, each in its own folder under ``output_dir``::
     retrieval/      alignment probe before vs after stage 1  -> results.json/.md/.png
     teacher-TASK/   the LLM fine-tuned on the English task   -> teacher-TASK/best
     distill-TASK/   task distillation into the MT-LLM        -> distill-TASK/final
-    eval-TASK/      mtllm, llm, encoder (, translate_test) on every language -> results.json/.md/.png
+    encoder-ft-TASK/ the encoder + a head fine-tuned on the English task (only when a system needs it)
+                                                             -> encoder-ft-TASK/best
+    eval-TASK/      mtllm, llm, encoder (, encoder-ft, translate_test) on every language -> results.json/.md/.png
 
 Runs of several tasks can share one ``output_dir``: stage 1 and the retrieval probe are then done
 once and reused (same inputs, same hash).
+
+Train on one source, evaluate on others: ``train_file`` gives the English training data of the teacher, the
+distillation, encoder-ft and the encoder probe (a file in the columns of the task's kind, or ``data:PATH`` inside
+the data directory, e.g. ``data:english-nli/train.tsv``; :func:`mtllm.tasks.check_train_file`), instead of the
+task's own (for XNLI: MultiNLI from the hub), and ``max_train_examples`` cuts it to its first rows for all of them.
+``eval_tasks`` lists the tasks the trained model is evaluated on, one stage and folder each (``eval-xnli``,
+``eval-kardes-nlu``; default: the training task alone, the stage called ``eval`` as before, the others
+``eval-NAME``); each must have the training task's kind and label names (:func:`mtllm.tasks.check_transfer`). A
+training file's columns and labels, the evaluation tasks' labels and the languages each evaluation asks for are all
+checked before the first stage starts. With several evaluation tasks, ``evaluate.langs`` other than ``[all]``
+gives each task the listed languages it has (a language none of them has is an error).
+
+The ``encoder-ft`` system (the encoder fine-tuned with a head, :mod:`mtllm.training.encoder_ft`) is trained by
+the ``encoder-ft`` stage (its ``encoder_ft:`` section takes the teacher's keys), which runs before the first
+evaluation whenever an evaluation's ``systems`` hold ``encoder-ft``, listed in ``stages`` or not. Settings added
+after a run was made (``train_file``, ``max_train_examples``, ``eval_tasks``, the encoder-ft stage) enter the
+stage hashes only when set or used, so earlier runs keep their hashes.
 
 ``task`` is a task name or the path of a task file (``task: my-task.yaml``, :mod:`mtllm.tasks.files`): its
 stage folders are named by the task's ``name:`` (``teacher-my-sentiment``), its hashes cover the bytes of
@@ -33,6 +52,7 @@ Ctrl-C stops the current stage at a checkpoint; rerunning the same command conti
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -45,19 +65,22 @@ from mtllm.errors import ConfigError
 from mtllm.fingerprints import changed_files, json_digest, recording_reads
 from mtllm.locks import exclusive_output
 from mtllm.outputs import claim_output_dir, clear_outputs, foreign_entries
+from mtllm.data.languages import suggest_languages, validate_lang
 from mtllm.evaluation.evaluate import EvaluateSettings, evaluation_languages, run_evaluate
-from mtllm.settings import (EXISTING_DIR, NON_EMPTY, OUTPUT_DIR, SEED, TASK, ModelSettings, build_settings,
-                            check_keys, check_settings)
+from mtllm.settings import (EXISTING_DIR, NON_EMPTY, OUTPUT_DIR, SEED, TASK, ModelSettings, at_least, build_settings,
+                            check_keys, check_settings, each)
 from mtllm.sources import resolve_source
-from mtllm.tasks import get_task, load_examples, load_train_examples, resolve_data_dir
+from mtllm.tasks import (DATA_PREFIX, available_languages, check_train_file, check_transfer, get_task,
+                         load_examples, load_training_data, resolve_data_dir, train_file_digest)
 from mtllm.training.distill import DistillSettings, run_distill
-from mtllm.training.finetune import TaskSettings, run_finetune
+from mtllm.training.encoder_ft import EncoderFTSettings, run_encoder_ft
+from mtllm.training.finetune import TRAIN_FILE, TRAIN_FILE_HELP, TaskSettings, run_finetune
 from mtllm.training.loop import TrainingArgs
 from mtllm.training.stage1 import Stage1Settings, run_stage1
 
 __all__ = ["PipelineSettings", "RunPlan", "plan_run", "run_pipeline", "STAGE1_SETTINGS", "SECTION_SETTINGS"]
 
-StageName = Literal["stage1", "retrieval", "teacher", "distill", "eval"]
+StageName = Literal["stage1", "retrieval", "teacher", "distill", "encoder-ft", "eval"]
 
 #: The flat keys of a run config besides :class:`PipelineSettings`: the models and stage 1.
 STAGE1_SETTINGS: tuple[type, ...] = (ModelSettings, Stage1Settings, TrainingArgs)
@@ -65,6 +88,7 @@ STAGE1_SETTINGS: tuple[type, ...] = (ModelSettings, Stage1Settings, TrainingArgs
 SECTION_SETTINGS: dict[str, tuple[type, ...]] = {
     "finetune": (TaskSettings, TrainingArgs),
     "distill": (TaskSettings, DistillSettings, TrainingArgs),
+    "encoder_ft": (TaskSettings, EncoderFTSettings, TrainingArgs),
     "evaluate": (EvaluateSettings,),
     "retrieval": (EvaluateSettings,),
 }
@@ -81,8 +105,21 @@ class PipelineSettings:
     data_dir: str | None = field(default=None,
                                  metadata={"help": "Local data root (else $MTLLM_DATA_DIR, else the hub).",
                                            "check": EXISTING_DIR})
+    train_file: str | None = field(default=None, metadata={"help": TRAIN_FILE_HELP + " Used by the teacher, the "
+                                                                                     "distillation, encoder-ft and the "
+                                                                                     "encoder probe.",
+                                                           "check": TRAIN_FILE})
+    max_train_examples: int | None = field(default=None, metadata={
+        "help": "Train the teacher, the distillation, encoder-ft and the encoder probe on at most this many training "
+                "examples (the first rows; default: all). A section's own max_train_examples overrides it there.",
+        "check": at_least(1)})
+    eval_tasks: list[str] = field(default_factory=list, metadata={
+        "help": "Tasks to evaluate the trained model on, one stage and folder each (eval-NAME); each needs the "
+                "training task's kind and label names. Default: the training task alone.", "check": each(TASK)})
     stages: list[StageName] = field(default_factory=lambda: ["stage1", "retrieval", "teacher", "distill", "eval"],
-                                    metadata={"help": "Stages to run, in order.", "check": NON_EMPTY})
+                                    metadata={"help": "Stages to run, in order ('eval': every evaluation task; "
+                                                      "'encoder-ft' runs before the first evaluation when a system "
+                                                      "needs it, listed or not).", "check": NON_EMPTY})
     notes: list[str] = field(default_factory=list, metadata={"help": "Notes for the results tables."})
     seed: int = field(default=0, metadata={"help": "Seed for every stage.", "check": SEED})
 
@@ -141,7 +178,7 @@ def _stage1_key(stage1_s: Any) -> dict[str, Any]:
         key.pop("span_weight", None)
     # settings added later count only when set, so earlier runs keep their hash
     for name, default in (("student_layers", None), ("eval_data", []), ("eval_steps", 0), ("max_eval_texts", 256),
-                          ("eval_patience", None)):
+                          ("eval_patience", None), ("full_depth_steps", 0)):
         if key.get(name) == default:
             key.pop(name, None)
     return key
@@ -155,7 +192,9 @@ class RunPlan:
     ``model``, ``stage1`` and ``stage1_args`` are as configured (their hash is the stage-1 hash); the
     stage-1 run adds the output folder, ``save_initial`` and the data folder. The sections' settings
     hold their output folders and the paths of the stages they read; only ``resume`` is set when a
-    stage starts. ``sections`` keeps each section's keys as written, which the stage hashes cover."""
+    stage starts. ``sections`` keeps each section's keys as written, which the stage hashes cover.
+    ``evals`` holds one evaluation per evaluation task, by stage name (``eval`` for the training task,
+    ``eval-NAME`` for another), ``eval_names`` the task each evaluates (its folder name)."""
 
     pipe: PipelineSettings
     root: Path
@@ -167,11 +206,20 @@ class RunPlan:
     stage1_args: TrainingArgs
     teacher: tuple[TaskSettings, TrainingArgs]
     distill: tuple[TaskSettings, DistillSettings, TrainingArgs]
-    evaluate: EvaluateSettings
+    evals: dict[str, EvaluateSettings]
     retrieval: EvaluateSettings | None
     sections: dict[str, dict[str, Any] | None]
     task_name: str = ""               # the task's name (a task file's name:), for folders and headers
     task_files: str | None = None     # a task file's FileTask.files_digest(); None for a registered task
+    encoder_ft: tuple[TaskSettings, EncoderFTSettings, TrainingArgs] | None = None
+    eval_names: dict[str, str] = field(default_factory=dict)   # eval stage -> the task's folder name
+    eval_files: dict[str, str | None] = field(default_factory=dict)  # eval stage -> its task file's digest
+    train_data: dict[str, Any] = field(default_factory=dict)   # train_file's bytes, max_train_examples: when set
+
+    @property
+    def evaluate(self) -> EvaluateSettings:
+        """The first evaluation's settings (the training task's, by default the only one)."""
+        return next(iter(self.evals.values()))
 
 
 def _resolve_data_dir(data_dir: str | None) -> str | None:
@@ -190,6 +238,29 @@ def _section_settings(sections: dict[str, dict[str, Any] | None], name: str, def
                           where=f"{name}: ", inputs=False)
 
 
+def _eval_langs(evals: dict[str, EvaluateSettings], names: dict[str, str], data_dir: str | None) -> None:
+    """With several evaluation tasks and explicit ``evaluate.langs``: each evaluation keeps the listed languages its
+    task has here (in place); a language none has, or a task left with none, is a :class:`ConfigError`."""
+    first = next(iter(evals.values()))
+    if len(evals) < 2 or list(first.langs) in (["all"], []):
+        return
+    codes = [validate_lang(c) for c in first.langs]
+    have = {key: set(available_languages(ev.task, data_dir)) for key, ev in evals.items()}
+    for code in codes:
+        if not any(code in langs for langs in have.values()):
+            every = sorted(set().union(*have.values()))
+            close = suggest_languages(code, every)
+            raise ConfigError(f"evaluate: langs: none of the evaluation tasks ({', '.join(names.values())}) has "
+                              f"{code!r} data here" + (f"; closest: {', '.join(close)}" if close else ""))
+    for key, ev in evals.items():
+        mine = [c for c in codes if c in have[key]]
+        if not mine:
+            raise ConfigError(f"evaluate: langs: {names[key]} has none of {', '.join(codes)} here (it has "
+                              f"{', '.join(sorted(have[key])[:10])}); add one of its languages, or leave it out of "
+                              f"eval_tasks")
+        evals[key] = replace(ev, langs=mine)
+
+
 def plan_run(values: dict[str, Any]) -> RunPlan:
     """Build (and so check) every stage's settings from a run config's ``values``; writes nothing."""
     flat, sections = _split_sections(values)
@@ -202,58 +273,148 @@ def plan_run(values: dict[str, Any]) -> RunPlan:
     root = Path(pipe.output_dir)
     spec = _task_spec(pipe.task)
     task_name = spec.name if spec.reads_own_files else pipe.task
+    # the evaluation tasks: the training task's evaluation is the stage "eval", another task's "eval-NAME"
+    eval_names: dict[str, str] = {}
+    eval_specs: dict[str, Any] = {}
+    eval_given: dict[str, str] = {}  # as written: a name, or a task file's path
+    for task in pipe.eval_tasks or [pipe.task]:
+        other = get_task(task)
+        check_transfer(spec, other, what="eval_tasks: ")  # kind and label names, before any model loads
+        key = "eval" if other.name == spec.name else f"eval-{other.name}"
+        name = task_name if key == "eval" else other.name
+        eval_names.setdefault(key, name)
+        eval_specs.setdefault(key, other)
+        eval_given.setdefault(key, pipe.task if key == "eval" else str(task))
     dirs = {"stage1": root / "stage1", "retrieval": root / "retrieval", "teacher": root / f"teacher-{task_name}",
-            "distill": root / f"distill-{task_name}", "eval": root / f"eval-{task_name}"}
-    common = {"task": pipe.task, "data_dir": data_dir}
+            "distill": root / f"distill-{task_name}", "encoder-ft": root / f"encoder-ft-{task_name}",
+            **{key: root / f"eval-{name}" for key, name in eval_names.items()}}
+    train_data: dict[str, Any] = {}
+    if pipe.train_file is not None:  # its bytes; a data: file without a data directory: run_pipeline refuses it
+        if _train_file_reachable(pipe.train_file, data_dir):
+            check_train_file(spec, pipe.train_file, data_dir)  # (again: data_dir resolved now)
+            train_data["train_file"] = train_file_digest(pipe.train_file, data_dir)
+        else:
+            train_data["train_file"] = pipe.train_file
+    if pipe.max_train_examples is not None:
+        train_data["max_train_examples"] = pipe.max_train_examples
+    trains = {k: getattr(pipe, k) for k in ("train_file", "max_train_examples") if getattr(pipe, k) is not None}
+    common = {"task": pipe.task, "data_dir": data_dir, **trains}
     ev_common = {"data_dir": data_dir, "notes": pipe.notes}
     teacher = _section_settings(sections, "finetune", {**common, "seed": pipe.seed}, dirs["teacher"])
     distill = _section_settings(sections, "distill", {
         **common, "seed": pipe.seed, "stage1_model": str(dirs["stage1"] / "final"),
         "teacher_model": str(dirs["teacher"] / "best")}, dirs["distill"])
-    (evaluate,) = _section_settings(sections, "evaluate", {
-        "task": pipe.task, "model": str(dirs["distill"] / "final"), "teacher": str(dirs["teacher"] / "best"),
-        **ev_common}, dirs["eval"])
+    encoder_ft = _section_settings(sections, "encoder_ft", {**common, "seed": pipe.seed}, dirs["encoder-ft"])
+    evals: dict[str, EvaluateSettings] = {}
+    for key in eval_specs:
+        defaults = {"task": eval_given[key], "model": str(dirs["distill"] / "final"),
+                    "teacher": str(dirs["teacher"] / "best"), **ev_common, **trains,
+                    **({} if key == "eval" else {"train_task": pipe.task})}
+        (evaluate,) = _section_settings(sections, "evaluate", defaults, dirs[key])
+        if "encoder-ft" in evaluate.systems and evaluate.encoder_ft is None:
+            evaluate = replace(evaluate, encoder_ft=str(dirs["encoder-ft"] / "best"))
+        evals[key] = evaluate
+    _eval_langs(evals, eval_names, data_dir)
+    for key, evaluate in evals.items():  # every language each evaluation names exists here, before any stage
+        if list(evaluate.langs) not in (["all"], []) or eval_specs[key].reads_own_files:
+            evaluation_languages(eval_specs[key], evaluate.langs, data_dir)
     retrieval = None
     if sections["retrieval"] is not None:
         (retrieval,) = _section_settings(sections, "retrieval", {
             "task": "retrieval", "model": str(dirs["stage1"] / "final"), "systems": ["mtllm", "llm", "encoder"],
             "compare": [f"mtllm_before_stage1={dirs['stage1'] / 'initial'}"], **ev_common}, dirs["retrieval"])
-    stages = tuple(s for s in pipe.stages if not (s == "retrieval" and retrieval is None))
+    stages = _expand_stages(pipe.stages, evals, retrieval is not None)
     task_files = None
-    if spec.reads_own_files:  # a task file: the splits and languages the stages use exist, before any stage
+    if spec.reads_own_files:  # a task file: the splits the stages use exist, before any stage
         for split in (teacher[0].train_split, teacher[0].eval_split, distill[0].train_split, distill[0].eval_split,
-                      evaluate.split):
+                      encoder_ft[0].train_split, encoder_ft[0].eval_split):
             spec.check_split(split)
-        evaluation_languages(spec, evaluate.langs, None)
         task_files = spec.files_digest()
+    for key, evaluate in evals.items():
+        if eval_specs[key].reads_own_files:
+            eval_specs[key].check_split(evaluate.split)
+    eval_files = {key: other.files_digest() if other.reads_own_files else None for key, other in eval_specs.items()}
     return RunPlan(pipe, root, data_dir, stages, dirs, model, stage1, stage1_args, tuple(teacher), tuple(distill),
-                   evaluate, retrieval, sections, task_name, task_files)
+                   evals, retrieval, sections, task_name, task_files, tuple(encoder_ft), eval_names, eval_files,
+                   train_data)
+
+
+def _train_file_reachable(ref: str, data_dir: str | None) -> bool:
+    return not str(ref).startswith(DATA_PREFIX) or data_dir is not None
+
+
+def _expand_stages(listed: list[str], evals: dict[str, EvaluateSettings], retrieval: bool) -> tuple[str, ...]:
+    """The stages to run, in order: ``eval`` becomes one stage per evaluation task; ``encoder-ft`` comes before the
+    first evaluation when one of them has the encoder-ft system (listed or not); ``retrieval`` only when
+    configured."""
+    needs_ft = any("encoder-ft" in ev.systems for ev in evals.values())
+    if "encoder-ft" in listed and "eval" in listed and listed.index("encoder-ft") > listed.index("eval"):
+        raise ConfigError(f"stages: {listed}: encoder-ft must come before eval (the evaluation reads its model)")
+    out: list[str] = []
+    for name in dict.fromkeys(listed):
+        if name == "retrieval" and not retrieval:
+            continue
+        if name == "eval":
+            if needs_ft and "encoder-ft" not in out:
+                out.append("encoder-ft")
+            out.extend(evals)
+        else:
+            out.append(name)
+    return tuple(out)
 
 
 def _task_spec(task: str):
     return get_task(task)  # already checked by PipelineSettings (a task file is read once, then cached)
 
 
+def _kind(name: str) -> str:
+    """A stage's kind: ``eval`` for every evaluation (``eval``, ``eval-NAME``), else its name."""
+    return "eval" if name == "eval" or name.startswith("eval-") else name
+
+
+def _reads(plan: RunPlan, name: str) -> tuple[str, ...]:
+    """The stages whose outputs stage ``name`` reads (:data:`UPSTREAM`; an evaluation with the encoder-ft system
+    also reads encoder-ft's)."""
+    kind = _kind(name)
+    extra = ("encoder-ft",) if kind == "eval" and "encoder-ft" in plan.evals[name].systems else ()
+    return UPSTREAM.get(kind, ()) + extra
+
+
 def _stage_inputs(plan: RunPlan, name: str, hashes: dict[str, str]) -> list[Any]:
     """What stage ``name``'s hash covers: its settings (sections as written) and the hashes of the stages
-    it reads, when they ran earlier in this run."""
+    it reads, when they ran earlier in this run. Settings added later (train_file, max_train_examples, another
+    evaluation task, the encoder-ft system) count only when set, so earlier runs keep their hashes."""
     s, data_dir, pipe = plan.sections, plan.data_dir, plan.pipe
     # a task file: its name and the hash of its files' bytes, not its path (moving it redoes nothing); a
     # registered task's hash stays what it always was
     files = [plan.task_files] if plan.task_files is not None else []
     task = plan.task_name if plan.task_files is not None else pipe.task
+    train = [plan.train_data] if plan.train_data else []  # the training file's bytes, not its place
+    if _kind(name) == "eval":
+        evaluate = plan.evals[name]
+        if name == "eval":
+            what = [task, *files]
+        else:  # another task: its name (a task file: and its files' bytes)
+            digest = plan.eval_files.get(name)
+            what = [plan.eval_names[name], *([digest] if digest is not None else [])]
+        ft = [hashes.get("encoder-ft")] if "encoder-ft" in evaluate.systems else []
+        return [hashes.get("distill"), hashes.get("teacher"), _args_key(s["evaluate"]), data_dir, *what, *train, *ft]
+    if name == "encoder-ft":  # the encoder and how its text is cut: not the LLM, which it never runs
+        encoder = {k: v for k, v in asdict(plan.model).items() if k in ("encoder", "dtype", "max_seq_length")}
+        return [encoder, task, _args_key(s["encoder_ft"] or {}), data_dir, pipe.seed, *files, *train]
     return {
         "stage1": [asdict(plan.model), _stage1_key(plan.stage1), _args_key(plan.stage1_args)],
         "retrieval": [hashes.get("stage1"), _args_key(s["retrieval"] or {}), data_dir],
-        "teacher": [asdict(plan.model), task, _args_key(s["finetune"]), data_dir, pipe.seed, *files],
-        "distill": [hashes.get("stage1"), hashes.get("teacher"), _args_key(s["distill"]), data_dir, pipe.seed, *files],
-        "eval": [hashes.get("distill"), hashes.get("teacher"), _args_key(s["evaluate"]), data_dir, task, *files],
+        "teacher": [asdict(plan.model), task, _args_key(s["finetune"]), data_dir, pipe.seed, *files, *train],
+        "distill": [hashes.get("stage1"), hashes.get("teacher"), _args_key(s["distill"]), data_dir, pipe.seed, *files,
+                    *train],
     }[name]
 
 
 # ---------------------------------------------------------------------------------------- the stages
 StageResult = tuple[dict[str, str], Any]  # (artefact paths, summary)
-#: The stages whose outputs each stage reads (when they are in the same run).
+#: The stages whose outputs each kind of stage reads (when they are in the same run); an evaluation with the
+#: encoder-ft system reads encoder-ft's too (:func:`_reads`).
 UPSTREAM: dict[str, tuple[str, ...]] = {"retrieval": ("stage1",), "distill": ("stage1", "teacher"),
                                         "eval": ("distill", "teacher")}
 
@@ -279,8 +440,9 @@ def _print_bad_rows(stage: str, task: TaskSettings) -> None:
     validation data, as the stage will load them; nothing when there are none."""
     spec = get_task(task.task)
     for split in dict.fromkeys([task.train_split, task.eval_split]):
-        if split == "train" and task.train_lang == "eng_Latn":
-            examples = load_train_examples(spec, data_dir=task.data_dir)
+        if split == "train":
+            examples = load_training_data(spec, train_file=task.train_file, lang=task.train_lang,
+                                          data_dir=task.data_dir, limit=task.max_train_examples)
         else:
             examples = load_examples(spec, task.train_lang, split, data_dir=task.data_dir)
         report = examples.report
@@ -303,16 +465,25 @@ def _run_distill(plan: RunPlan, resume: bool) -> StageResult:
             {k: summary[k] for k in ("evals", "steps", "seconds", "trainable")})
 
 
-def _run_eval(plan: RunPlan, resume: bool) -> StageResult:
-    return _results_artefacts(plan.dirs["eval"]), run_evaluate(plan.evaluate).averages()
+def _run_encoder_ft(plan: RunPlan, resume: bool) -> StageResult:
+    task, ft, args = plan.encoder_ft
+    _print_bad_rows("encoder-ft", task)
+    summary = run_encoder_ft(plan.model, task, ft, replace(args, resume=resume, overwrite=True))
+    return ({"best": summary["best_dir"], "metrics": str(plan.dirs["encoder-ft"] / "metrics.jsonl")},
+            {**summary["best"], "seconds": summary["seconds"], "n_train": summary["n_train"]})
 
 
-#: stage -> (what it does, for its header; how it runs)
+def _run_eval(plan: RunPlan, resume: bool, name: str = "eval") -> StageResult:
+    return _results_artefacts(plan.dirs[name]), run_evaluate(plan.evals[name]).averages()
+
+
+#: stage kind -> (what it does, for its header; how it runs)
 STAGES: dict[str, tuple[str, Callable[[RunPlan, bool], StageResult]]] = {
     "stage1": ("self-distillation on English text", _run_stage1),
     "retrieval": ("English<->X retrieval before vs after stage 1", _run_retrieval),
     "teacher": ("fine-tune the LLM alone on English {task}", _run_teacher),
     "distill": ("distil the teacher into the MT-LLM (English data only)", _run_distill),
+    "encoder-ft": ("fine-tune the encoder + a head on English {task} (the encoder-ft baseline)", _run_encoder_ft),
     "eval": ("zero-shot {task} on every language", _run_eval),
 }
 
@@ -455,8 +626,8 @@ def _resolve_models(plan: RunPlan) -> None:
 
 def _print_summary(plan: RunPlan, results: dict[str, Any], seconds: float) -> None:
     print(f"\n[run] finished in {seconds:.0f} s; outputs in {plan.root}", flush=True)
-    for name in ("retrieval", "eval"):
-        if name in results and results[name].get("summary"):
+    for name in [n for n in results if n == "retrieval" or _kind(n) == "eval"]:
+        if results[name].get("summary"):
             print(f"[run] {name} averages: " + ", ".join(f"{k} {v:.3f}" for k, v in results[name]["summary"].items()),
                   flush=True)
 
@@ -465,10 +636,13 @@ def run_pipeline(values: dict[str, Any]) -> dict[str, Any]:
     """Run the stages of a run config (``values``: its keys, ``section.key`` overrides included) in order;
     every setting is checked before the first stage starts. Returns each stage's ``stage.json`` record."""
     plan = plan_run(values)
+    if plan.pipe.train_file is not None and not _train_file_reachable(plan.pipe.train_file, plan.data_dir):
+        raise ConfigError(f"train_file {plan.pipe.train_file}: a data: reference is a path inside the data directory; "
+                          f"pass --data-dir DIR (or set $MTLLM_DATA_DIR), or give the file's path instead")
     stages: dict[str, _Stage] = {}
     hashes: dict[str, str] = {}
     for name in plan.stages:  # in the order given: a stage's hash covers the hashes of those before it
-        upstream = tuple(stages[u] for u in UPSTREAM.get(name, ()) if u in stages)
+        upstream = tuple(stages[u] for u in _reads(plan, name) if u in stages)
         stages[name] = _Stage(plan.dirs[name], name, _hash(_stage_inputs(plan, name, hashes)),
                               plan.stage1_args.overwrite,
                               upstream)
@@ -490,8 +664,11 @@ def run_pipeline(values: dict[str, Any]) -> dict[str, Any]:
         _resolve_models(plan)
         results: dict[str, Any] = {}
         for i, (name, stage) in enumerate(stages.items(), 1):
-            what, body = STAGES[name]
-            _header(i, len(plan.stages), name, what.format(task=plan.task_name or plan.pipe.task))
+            what, body = STAGES[_kind(name)]
+            if _kind(name) == "eval":
+                body = functools.partial(_run_eval, name=name)
+            task = plan.eval_names.get(name) or plan.task_name or plan.pipe.task
+            _header(i, len(plan.stages), name, what.format(task=task))
             results[name] = stage.run(body, plan)
         total = time.perf_counter() - t_run
     _print_summary(plan, results, total)

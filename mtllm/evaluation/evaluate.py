@@ -6,6 +6,9 @@ Systems (``systems`` setting):
 * ``llm`` -- the fine-tuned teacher (``teacher``): the LLM alone on the raw target-language text.
 * ``encoder`` -- the MT-LLM's frozen encoder alone, mean-pooled, with a logistic-regression head
   fitted on the English training set (:class:`mtllm.baselines.encoder_probe.EncoderClassifier`).
+* ``encoder-ft`` -- the encoder and a linear head fine-tuned on the English training set (``encoder_ft``: the
+  folder :mod:`mtllm.training.encoder_ft` wrote, :class:`mtllm.modeling.encoder_ft.EncoderFT`), reading text
+  through ``model``'s tokenisation.
 * ``translate_test`` -- every text translated to English with ``translate_model`` (cached), then
   classified by the teacher.
 
@@ -13,6 +16,12 @@ Systems (``systems`` setting):
 SIB-200 sentences (same ``index_id`` = translations), top-1 accuracy averaged over both directions,
 for the MT-LLM (``model``, plus any ``compare`` models such as the one before stage 1), the LLM alone
 and the encoder alone.
+
+The training data of the systems that learn from it here (the ``encoder`` probe's head) is that of
+``train_task`` (default: the evaluated task) in ``train_lang``, or ``train_file``
+(:func:`mtllm.tasks.load_training_data`); a ``train_task`` other than ``task`` must have its kind and label
+names (:func:`mtllm.tasks.check_transfer`). ``sample_method: parallel`` evaluates every language on the same
+ids, balanced by label (:func:`sample_parallel`); results.json records them.
 """
 from __future__ import annotations
 
@@ -20,6 +29,7 @@ import logging
 import hashlib
 import time
 import warnings
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
@@ -30,7 +40,7 @@ import torch
 from mtllm.baselines.encoder_probe import EncoderClassifier
 from mtllm.baselines.translate_test import TranslateSettings, Translator, translate_examples
 from mtllm.data.collate import check_content
-from mtllm.data.languages import XLMR_LANGUAGES, validate_lang
+from mtllm.data.languages import XLMR_LANGUAGES, suggest_languages, validate_lang
 from mtllm.device import module_device, to_device
 from mtllm.errors import ConfigError
 from mtllm.evaluation.partial import PartialResults, evaluation_key
@@ -39,19 +49,26 @@ from mtllm.fingerprints import examples_digest, json_digest
 # predict is looked up on its module at each call, so that a patch of mtllm.modeling.predict.predict reaches it
 from mtllm.modeling import predict as predict_module
 from mtllm.modeling.batching import run_batched
+from mtllm.modeling.encoder_ft import EncoderFT
 from mtllm.modeling.model import MTLLMModel
 from mtllm.modeling.objectives import alignment_fvu
 from mtllm.modeling.pooling import mean_pool
 from mtllm.modeling.predict import predict_shared_encoder
-from mtllm.settings import (EXISTING_DIR, MODEL, NAMED_MODELS, NON_EMPTY, OUTPUT_DIR, TASK_OR_RETRIEVAL, InferenceDtype,
-                            at_least, check_settings, inference_device_field, inference_dtype_field, parse_dtype)
-from mtllm.tasks import available_languages, get_task, load_examples, load_train_examples
+from mtllm.settings import (EXISTING_DIR, MODEL, NAMED_MODELS, NON_EMPTY, OUTPUT_DIR, TASK, TASK_OR_RETRIEVAL,
+                            InferenceDtype, at_least, check_settings, inference_device_field, inference_dtype_field,
+                            parse_dtype)
+from mtllm.tasks import available_languages, check_transfer, get_task, load_examples, load_training_data
+from mtllm.training.finetune import TRAIN_FILE, TRAIN_FILE_HELP
 
-__all__ = ["EvaluateSettings", "run_evaluate", "retrieval_accuracy", "sample_examples", "evaluation_languages"]
+__all__ = ["EvaluateSettings", "run_evaluate", "retrieval_accuracy", "sample_examples", "sample_parallel",
+           "evaluation_languages", "SYSTEMS"]
 
 logger = logging.getLogger(__name__)
 
 Predictor = Callable[[Sequence[Any], str], np.ndarray]
+
+#: The systems of a task evaluation, in the order results list them.
+SYSTEMS = ("mtllm", "llm", "encoder", "encoder-ft", "translate_test")
 
 
 @dataclass
@@ -66,9 +83,12 @@ class EvaluateSettings:
                                                           "SIB-200).", "check": TASK_OR_RETRIEVAL})
     langs: list[str] = field(default_factory=lambda: ["all"],
                              metadata={"help": "'all' or FLORES-200 codes.", "check": NON_EMPTY})
-    systems: list[Literal["mtllm", "llm", "encoder", "translate_test"]] = field(
+    systems: list[Literal["mtllm", "llm", "encoder", "encoder-ft", "translate_test"]] = field(
         default_factory=lambda: ["mtllm", "llm", "encoder"],
-        metadata={"help": "Among mtllm, llm, encoder, translate_test.", "check": NON_EMPTY})
+        metadata={"help": "Among mtllm, llm, encoder, encoder-ft, translate_test.", "check": NON_EMPTY})
+    encoder_ft: str | None = field(default=None, metadata={"help": "The encoder-ft system's folder (the encoder-ft "
+                                                                   "stage's encoder-ft-TASK/best); it runs on model's "
+                                                                   "tokenisation.", "check": EXISTING_DIR})
     split: str = field(default="test", metadata={"help": "Split to evaluate.", "check": NON_EMPTY})
     data_dir: str | None = field(default=None,
                                  metadata={"help": "Local data root (else $MTLLM_DATA_DIR, else the hub).",
@@ -82,14 +102,30 @@ class EvaluateSettings:
     max_examples: int | None = field(default=None, metadata={"help": "At most this many examples per language: a "
                                                                      "fixed-seed random sample, stratified by label "
                                                                      "(the same ids for every system), not the first "
-                                                                     "rows.", "check": at_least(1)})
+                                                                     "rows; see sample_method.", "check": at_least(1)})
     sample_seed: int = field(default=0, metadata={"help": "Seed of the max_examples sample (same seed, same sample)."})
-    sample_method: Literal["stratified", "first"] = field(
+    sample_method: Literal["stratified", "first", "parallel"] = field(
         default="stratified", metadata={"help": "How max_examples picks: 'stratified' (a random sample stratified by "
-                                                "label, seed sample_seed) or 'first' (the first rows of the file; the "
-                                                "protocol of RESULTS.md's earlier retrieval numbers)."})
+                                                "label, seed sample_seed), 'first' (the first rows of the file; the "
+                                                "protocol of RESULTS.md's earlier retrieval numbers) or 'parallel' "
+                                                "(the same ids in every language, equal counts per label: "
+                                                "max_examples / number of labels each, seed sample_seed, from the ids "
+                                                "every evaluated language has with the same label; without "
+                                                "max_examples the largest such sample; the ids go into "
+                                                "results.json)."})
     train_lang: str = field(default="eng_Latn", metadata={"help": "Language the systems were trained on (the encoder "
                                                                   "head is fitted on its train split)."})
+    train_task: str | None = field(default=None, metadata={"help": "Task the systems were trained on, when not task "
+                                                                   "itself (e.g. an NLI task file, evaluated on "
+                                                                   "xnli): the encoder probe's head is fitted on its "
+                                                                   "training data; its kind and label names must be "
+                                                                   "task's.", "check": TASK})
+    train_file: str | None = field(default=None, metadata={"help": TRAIN_FILE_HELP + " Here: what the encoder "
+                                                                                     "probe's head is fitted on.",
+                                                           "check": TRAIN_FILE})
+    max_train_examples: int | None = field(default=None, metadata={"help": "Fit the encoder probe's head on at most "
+                                                                           "this many training examples (the first; "
+                                                                           "default: all).", "check": at_least(1)})
     translate_model: str = field(default="facebook/nllb-200-distilled-600M",
                                  metadata={"help": "Seq2seq MT model for translate_test.", "check": MODEL})
     compare: list[str] = field(default_factory=list, metadata={"help": "Extra MT-LLMs as NAME=DIR (e.g. "
@@ -117,16 +153,20 @@ def sample_examples(examples: Sequence[Any], n: int | None, *, seed: int = 0, me
     label), and within a label the examples whose ``sha256(seed, id)`` ranks first are taken. So the same
     seed gives the same sample; it does not depend on the file's order (a file sorted by label gives the
     same sample as a shuffled one); and parallel files (same ids and labels in every language) give the
-    same ids in every language. ``method="first"``: the first ``n`` instead."""
+    same ids in every language. ``method="first"``: the first ``n`` instead; ``method="parallel"``: equal
+    counts per label (:func:`sample_parallel` of this one list: ``n // labels`` each, at most the rarest label's
+    count; ``n=None``: the largest balanced sample)."""
     examples = list(examples)
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise ConfigError(f"max_examples must be a positive integer or null (all), got {n!r}")
+    if method == "parallel":
+        return sample_parallel({"": examples}, n, seed=seed)[0][""]
     if n is None or len(examples) <= n:
         return examples
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ConfigError(f"max_examples must be a positive integer or null (all), got {n!r}")
     if method == "first":
         return examples[:n]
     if method != "stratified":
-        raise ConfigError(f"sample_method must be 'stratified' or 'first', not {method!r}")
+        raise ConfigError(f"sample_method must be 'stratified', 'first' or 'parallel', not {method!r}")
     by_label: dict[Any, list[int]] = {}
     for i, e in enumerate(examples):
         by_label.setdefault(e.label, []).append(i)
@@ -140,9 +180,73 @@ def sample_examples(examples: Sequence[Any], n: int | None, *, seed: int = 0, me
     return [examples[i] for i in sorted(chosen)]
 
 
+def sample_parallel(examples_of: dict[str, Sequence[Any]], n: int | None, *,
+                    seed: int = 0) -> tuple[dict[str, list[Any]], dict[str, Any]]:
+    """The same ids in every language of ``examples_of`` (``{lang: examples}``, objects with ``id`` and ``label``;
+    the same id in two languages = translations), equal counts per label: a parallel, balanced evaluation sample.
+
+    The candidates are the ids every language has, once, with the same label in each (an id whose label differs
+    between languages, or that a language lacks or repeats, is left out and counted). Each label present among
+    them gets ``n // labels`` (``n=None``: as many as possible), at most as many as the rarest label has, so the
+    counts are equal; within a label the ids whose ``sha256(seed, id)`` ranks first are taken, so the same seed
+    gives the same ids whatever the files' order. Returns ``({lang: its examples of those ids, in file order},
+    info)``: ``info`` holds ``ids`` (in the first language's order), ``per_label``, ``wanted_per_label``,
+    ``candidates`` and ``left_out`` (ids some language lacks, repeats or labels otherwise). A ``ConfigError``
+    when the languages share no id or ``n`` is below the number of labels."""
+    langs = list(examples_of)
+    if not langs:
+        raise ValueError("sample_parallel needs at least one language")
+    label_of: dict[str, Any] = {}  # id -> its label in every language so far; None: unusable
+    once_in: dict[str, int] = {}   # id -> how many languages have it exactly once
+    for lang in langs:
+        counts = Counter(str(e.id) for e in examples_of[lang])
+        for e in examples_of[lang]:
+            key = str(e.id)
+            if counts[key] != 1:  # repeated in a language: which row is the translation is unknown
+                label_of[key] = None
+                continue
+            once_in[key] = once_in.get(key, 0) + 1
+            if key not in label_of:
+                label_of[key] = e.label
+            elif label_of[key] != e.label:
+                label_of[key] = None
+    first_order = list(dict.fromkeys(str(e.id) for e in examples_of[langs[0]]))
+    candidates = [i for i in first_order if once_in.get(i) == len(langs) and label_of.get(i) is not None]
+    left_out = len(set(label_of)) - len(candidates)
+    if not candidates:
+        raise ConfigError(f"sample_method parallel: the {len(langs)} languages ({', '.join(langs[:5])}"
+                          f"{' ...' if len(langs) > 5 else ''}) share no id with the same label: it needs parallel "
+                          f"data (the same id = translations of each other); use sample_method stratified")
+    by_label: dict[Any, list[str]] = {}
+    for i in candidates:
+        by_label.setdefault(label_of[i], []).append(i)
+    if n is not None and n < len(by_label):
+        raise ConfigError(f"max_examples {n} is fewer than the {len(by_label)} labels: sample_method parallel takes "
+                          f"max_examples / {len(by_label)} examples of each label; raise max_examples")
+    wanted = n // len(by_label) if n is not None else None
+    per_label = min([len(ids) for ids in by_label.values()] + ([wanted] if wanted is not None else []))
+    chosen: set[str] = set()
+    for ids in by_label.values():
+        chosen.update(sorted(ids, key=lambda i: _rank(seed, i))[:per_label])
+    sampled = {lang: [e for e in examples_of[lang] if str(e.id) in chosen] for lang in langs}
+    info = {"ids": [i for i in first_order if i in chosen], "per_label": per_label, "wanted_per_label": wanted,
+            "candidates": len(candidates), "left_out": left_out}
+    return sampled, info
+
+
+def _parallel_note(s: "EvaluateSettings", info: dict[str, Any], n_langs: int) -> str:
+    short = (f"; fewer than max_examples {s.max_examples}: the rarest label has only {info['per_label']} such ids"
+             if info["wanted_per_label"] is not None and info["per_label"] < info["wanted_per_label"] else "")
+    left = (f" ({info['left_out']} ids left out: missing, repeated or labelled otherwise in some language)"
+            if info["left_out"] else "")
+    return (f"sample_method parallel: every language is evaluated on the same {len(info['ids'])} ids, "
+            f"{info['per_label']} per label (seed {s.sample_seed}), drawn from the {info['candidates']} ids all "
+            f"{n_langs} languages have with the same label{left}{short}; the ids are in results.json (sample.ids)")
+
+
 def _sample_note(s: "EvaluateSettings", n_sampled: int, n_langs: int, what: str = "examples") -> list[str]:
     """The results.md note that says how ``max_examples`` chose the examples (none when it cut nothing)."""
-    if not n_sampled or s.max_examples is None:
+    if not n_sampled or s.max_examples is None or s.sample_method == "parallel":  # parallel: _parallel_note
         return []
     if s.sample_method == "first":
         return [f"max_examples {s.max_examples}: {n_sampled} of {n_langs} languages have more {what}; each of those is "
@@ -185,8 +289,10 @@ def evaluation_languages(task: Any, requested: Sequence[str], data_dir: str | No
     for code in requested:
         code = validate_lang(code)
         if code not in langs:
+            close = suggest_languages(code, langs)
             raise ConfigError(f"{spec.name} has no {code!r} data here; available: {', '.join(langs[:20])}"
-                             + (" ..." if len(langs) > 20 else ""))
+                              + (" ..." if len(langs) > 20 else "")
+                              + (f"; closest: {', '.join(close)}" if close else ""))
         out.append(code)
     return out
 
@@ -225,12 +331,19 @@ def _load_mtllm(path: str, dtype: torch.dtype, device: str | None):
 def _run_task(s: EvaluateSettings, models: dict[str, Any], progress: bool, partial: PartialResults,
               translate_settings: Any = None):
     spec = get_task(s.task)  # a name, or the path of a task file (mtllm.tasks.files)
+    train_spec = get_task(s.train_task) if s.train_task else spec
+    check_transfer(train_spec, spec, what="train_task: ")
     langs = evaluation_languages(spec, s.langs, s.data_dir)
+    if "encoder-ft" in s.systems and not s.encoder_ft:
+        raise ConfigError("the encoder-ft system needs encoder_ft: the folder of the encoder-ft stage "
+                          "(encoder-ft-TASK/best)")
     dtype = parse_dtype(s.dtype, s.device)
+    on_encoder = {"mtllm", "encoder", "encoder-ft"} & set(s.systems)  # the systems that read the MT-LLM's encoder
     mtllm = models.get("mtllm")
-    if mtllm is None and {"mtllm", "encoder"} & set(s.systems):
+    if mtllm is None and on_encoder:
         if not s.model:
-            raise ConfigError("systems mtllm/encoder need model: the MT-LLM directory (distill's DIR/final)")
+            raise ConfigError("systems mtllm/encoder/encoder-ft need model: the MT-LLM directory (distill's "
+                              "DIR/final)")
         mtllm = _load_mtllm(s.model, dtype, s.device)
     teacher = models.get("teacher")
     if teacher is None and {"llm", "translate_test"} & set(s.systems):
@@ -238,24 +351,33 @@ def _run_task(s: EvaluateSettings, models: dict[str, Any], progress: bool, parti
             raise ConfigError("systems llm/translate_test need teacher: the fine-tuned LLM (finetune's DIR/best)")
         teacher = _load_mtllm(s.teacher, dtype, s.device)
     n_labels = len(spec.label_names)
-    head_labels = (mtllm or teacher).config.label_names
+    # the systems that score with a saved task head (encoder and encoder-ft bring their own)
+    headed = next((m for k, m in (("mtllm", mtllm), ("llm", teacher), ("translate_test", teacher)) if k in s.systems),
+                  None)
+    head_labels = headed.config.label_names if headed is not None else list(spec.label_names)
     if spec.kind != "multiple_choice" and list(head_labels) != list(spec.label_names):
         raise ConfigError(f"the model's head was trained on labels {head_labels}, but {spec.name} has "
                          f"{list(spec.label_names)}: evaluate it on the task it was trained for")
 
     # every language's examples (sampled) are read and checked before any model runs
-    examples_of: dict[str, list[Any]] = {}
-    single_class: dict[str, str] = {}
+    everything_of: dict[str, list[Any]] = {}
     bad_rows: dict[str, dict[str, int]] = {}  # lang -> {"blank_segment_kept": n, "no_text_dropped": m}
+    for lang in langs:
+        everything_of[lang] = load_examples(spec, lang, s.split, data_dir=s.data_dir)
+        bad_rows[lang] = everything_of[lang].report.counts()
+    parallel = None
+    if s.sample_method == "parallel":  # the same ids in every language, equal counts per label
+        examples_of, parallel = sample_parallel(everything_of, s.max_examples, seed=s.sample_seed)
+    else:
+        examples_of = {lang: sample_examples(everything_of[lang], s.max_examples, seed=s.sample_seed,
+                                             method=s.sample_method) for lang in langs}
+    single_class: dict[str, str] = {}
     n_sampled = 0
     for lang in langs:
-        everything = load_examples(spec, lang, s.split, data_dir=s.data_dir)
-        bad_rows[lang] = everything.report.counts()
-        examples_of[lang] = sample_examples(everything, s.max_examples, seed=s.sample_seed, method=s.sample_method)
-        n_sampled += len(examples_of[lang]) < len(everything)
+        n_sampled += len(examples_of[lang]) < len(everything_of[lang])
         if (only := _single_class(spec, examples_of[lang])) is not None:
             single_class[lang] = only
-        if {"mtllm", "encoder"} & set(s.systems):
+        if on_encoder:
             check_content(mtllm, examples_of[lang], path="encoder")
         if "llm" in s.systems:
             check_content(teacher, examples_of[lang], path="llm")
@@ -274,14 +396,24 @@ def _run_task(s: EvaluateSettings, models: dict[str, Any], progress: bool, parti
     if "encoder" in s.systems:
         t0 = time.perf_counter()
         probe = EncoderClassifier(mtllm)
-        train_ex = (load_train_examples(spec, data_dir=s.data_dir) if s.train_lang == "eng_Latn"
-                    else load_examples(spec, s.train_lang, "train", data_dir=s.data_dir))
+        train_ex = load_training_data(train_spec, train_file=s.train_file, lang=s.train_lang, data_dir=s.data_dir,
+                                      limit=s.max_train_examples)
         fit = probe.fit(train_ex, spec.label_names, lang=mtllm.encoder_lang(s.train_lang, s.fallbacks))
         seconds["encoder_fit"] = time.perf_counter() - t0
+        source = f" of {train_spec.name}" if train_spec is not spec else ""
+        source += f" from {s.train_file}" if s.train_file else ""
         notes.append(f"encoder: frozen encoder, mean pooling, logistic-regression head fitted on {len(train_ex)} "
-                     f"{s.train_lang} training examples (train accuracy {fit['train_accuracy']:.3f})")
+                     f"{s.train_lang} training examples{source} (train accuracy {fit['train_accuracy']:.3f})")
         if not shared:
             predictors["encoder"] = lambda ex, lang: probe.predict(ex, lang=mtllm.encoder_lang(lang, s.fallbacks))
+    if "encoder-ft" in s.systems:
+        tuned = EncoderFT.load(s.encoder_ft, mtllm)
+        if spec.kind != "multiple_choice" and tuned.label_names != list(spec.label_names):
+            raise ConfigError(f"{s.encoder_ft} was fine-tuned on labels {tuned.label_names}, but {spec.name} has "
+                              f"{list(spec.label_names)}: evaluate it on a task with the labels it was trained for")
+        notes.append(_encoder_ft_note(tuned))
+        predictors["encoder-ft"] = lambda ex, lang: tuned.predict(ex, lang=mtllm.encoder_lang(lang, s.fallbacks),
+                                                                  batch_size=s.batch_size)
     if "translate_test" in s.systems:
         translator = Translator.from_pretrained(s.translate_model,
                                                 translate_settings or TranslateSettings(mt_model=s.translate_model),
@@ -296,7 +428,7 @@ def _run_task(s: EvaluateSettings, models: dict[str, Any], progress: bool, parti
         predictors["translate_test"] = translate_test
         notes.append(f"translate_test: {s.translate_model} to {s.train_lang}, then the teacher")
 
-    accs: dict[str, dict[str, float]] = {k: {} for k in ("mtllm", "llm", "encoder", "translate_test") if k in s.systems}
+    accs: dict[str, dict[str, float]] = {k: {} for k in SYSTEMS if k in s.systems}
     n_examples: dict[str, int] = {}
 
     def one_language(lang: str, examples: list[Any]) -> dict[str, Any]:
@@ -346,17 +478,37 @@ def _run_task(s: EvaluateSettings, models: dict[str, Any], progress: bool, parti
     notes.extend(partial.notes())
     notes.extend(_coverage_notes(mtllm, langs))
     notes.extend(_sample_note(s, n_sampled, len(langs)))
+    if parallel is not None:
+        notes.append(_parallel_note(s, parallel, len(langs)))
     ref_labels = [e.label for e in examples_of[s.train_lang if s.train_lang in langs else langs[0]]]
     majority = float(np.bincount(ref_labels).max() / len(ref_labels)) if spec.kind != "multiple_choice" else None
     meta = {"seconds": {k: round(v, 2) for k, v in seconds.items()}, "split": s.split, "model": s.model,
             "teacher": s.teacher, "n_labels": n_labels, "majority_baseline": majority}
-    if s.max_examples is not None:
-        meta["sample"] = {"max_examples": s.max_examples, "seed": s.sample_seed, "method": "stratified by label"}
+    if parallel is not None:
+        meta["sample"] = {"max_examples": s.max_examples, "seed": s.sample_seed,
+                          "method": "parallel, balanced by label", "per_label": parallel["per_label"],
+                          "n": len(parallel["ids"]), "ids": parallel["ids"]}
+    elif s.max_examples is not None:
+        meta["sample"] = {"max_examples": s.max_examples, "seed": s.sample_seed,
+                          "method": "first rows" if s.sample_method == "first" else "stratified by label"}
     if single_class:
         meta["single_class"] = single_class
     meta["bad_rows"] = bad_rows  # results.md notes the languages with any (mtllm.evaluation.report)
     return EvalResults(task=spec.name, metric="accuracy", systems=accs, n_examples=n_examples, train_lang=s.train_lang,
                        notes=sorted(set(notes), key=notes.index), meta=meta)
+
+
+def _encoder_ft_note(tuned: EncoderFT) -> str:
+    info = tuned.info
+    data = f" from {info['train_file']}" if info.get("train_file") else ""
+    frozen = "token embeddings frozen" if not info.get("train_embeddings") else "token embeddings trained too"
+    best = ""
+    if "val_accuracy" in info:
+        best = (f"; best epoch {info['epoch']} by {info.get('train_lang', 'English')} "
+                f"{info.get('val_split', 'validation')} accuracy {info['val_accuracy']:.3f}")
+    return (f"encoder-ft: the encoder and a linear head on its mean-pooled states, fine-tuned together ({frozen}) on "
+            f"{info.get('n_train', '?')} {info.get('train_lang', '')} training examples of {info.get('task', '?')}"
+            f"{data}{best}")
 
 
 def _coverage_notes(model: Any, langs: Sequence[str]) -> list[str]:
@@ -480,8 +632,9 @@ def _run_retrieval(s: EvaluateSettings, models: dict[str, Any], progress: bool, 
         notes.append(f"max_examples {s.max_examples}: the first {len(ids_all)} of the {len(all_english)} sentences "
                      f"(sample_method first)")
     elif len(ids_all) < len(all_english):
+        how = "with equal counts per topic" if s.sample_method == "parallel" else "stratified by topic"
         notes.append(f"max_examples {s.max_examples}: the {len(ids_all)} sentences are a random sample of the "
-                     f"{len(all_english)}, stratified by topic (seed {s.sample_seed}; the same ids in every language "
+                     f"{len(all_english)}, {how} (seed {s.sample_seed}; the same ids in every language "
                      f"and for every system), not the first rows of the file")
     notes.extend(_coverage_notes(any_model, langs))
     notes.extend(partial.notes())
@@ -491,5 +644,6 @@ def _run_retrieval(s: EvaluateSettings, models: dict[str, Any], progress: bool, 
                              "models": {k: getattr(v.config, "_name_or_path", None) for k, v in mtllms.items()},
                              "chance": 1.0 / max(1, len(ids_all)), "measures": measures,
                              **({"sample": {"max_examples": s.max_examples, "seed": s.sample_seed,
-                                            "method": "first rows" if s.sample_method == "first" else
-                                            "stratified by topic"}} if s.max_examples is not None else {})})
+                                            "method": {"first": "first rows", "parallel": "balanced by topic"}.get(
+                                                s.sample_method, "stratified by topic")}}
+                                 if s.max_examples is not None else {})})

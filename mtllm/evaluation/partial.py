@@ -29,8 +29,10 @@ from typing import Any
 from mtllm._io import atomic_write_json, remove_path
 from mtllm.errors import ConfigError
 from mtllm.fingerprints import json_digest
+from mtllm.modeling.encoder_ft import encoder_ft_fingerprint
 from mtllm.modeling.model import model_fingerprint
 from mtllm.settings import dtype_name
+from mtllm.tasks import train_file_digest
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +41,8 @@ __all__ = ["PARTIAL_FILE", "PartialResults", "evaluation_key"]
 PARTIAL_FILE = "partial_results.json"
 #: settings that change how results are computed, not what they are
 _NOT_IN_KEY = frozenset({"output_dir", "overwrite", "notes", "batch_size", "device"})
+#: settings added later: in the key only when set, so partial results written before them still continue
+_KEY_WHEN_SET = ("encoder_ft", "train_task", "train_file", "max_train_examples")
 
 
 def _model_id(ref: str | None) -> str | None:
@@ -58,6 +62,13 @@ def evaluation_key(settings: Any) -> dict[str, Any]:
     for name in ("model", "teacher"):
         values[name] = _model_id(values.get(name))
     values["compare"] = [f"{n}={_model_id(p)}" for n, _, p in (c.partition("=") for c in values.get("compare", []))]
+    for name in _KEY_WHEN_SET:
+        if values.get(name) is None:
+            values.pop(name, None)
+    if values.get("encoder_ft") is not None and Path(values["encoder_ft"]).is_dir():
+        values["encoder_ft"] = f"{values['encoder_ft']}@{encoder_ft_fingerprint(values['encoder_ft'])}"
+    if values.get("train_file") is not None:  # its bytes: a changed file is another evaluation
+        values["train_file"] = f"{values['train_file']}@{train_file_digest(values['train_file'], settings.data_dir)}"
     return values
 
 

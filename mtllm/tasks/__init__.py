@@ -50,16 +50,19 @@ the task's kind (``KIND_COLUMNS``: text, label | premise, hypothesis, label | Be
 
 from mtllm.tasks.base import (DATA_DIR_ENV, KIND_COLUMNS, KINDS, SPLITS, TASKS, DataNotFoundError,
                               DataUnavailableError, Example, Examples, LoadReport, TaskDataError, TaskSpec,
-                              available_languages, get_task, is_task_file, list_tasks, load_examples,
-                              load_train_examples, register_task, resolve_data_dir)
+                              DATA_PREFIX, available_languages, check_transfer, data_ref_problem, get_task,
+                              is_task_file, list_tasks, load_examples, load_train_examples, register_task,
+                              resolve_data_dir, resolve_data_ref)
 # the benchmarks: importing each registers it
 from mtllm.tasks import americasnli, belebele, kardes_nlu, nusax, sib200, xnli  # noqa: F401
-from mtllm.tasks.files import FileTask, load_task_file, task_from_dict
+from mtllm.tasks.files import (FileTask, check_train_file, load_task_file, load_train_file, load_training_data,
+                               task_from_dict, train_file_digest)
 from mtllm.tasks.sib200 import SIB200_LABELS
 
 __all__ = [
     "Example", "Examples", "LoadReport", "TaskSpec", "FileTask", "TASKS", "SPLITS", "KINDS", "KIND_COLUMNS",
     "DATA_DIR_ENV", "TaskDataError", "DataNotFoundError", "DataUnavailableError", "register_task", "get_task",
     "list_tasks", "resolve_data_dir", "available_languages", "load_examples", "load_train_examples",
-    "load_task_file", "task_from_dict", "is_task_file", "SIB200_LABELS",
+    "load_task_file", "task_from_dict", "is_task_file", "SIB200_LABELS", "check_train_file", "load_train_file",
+    "load_training_data", "train_file_digest", "check_transfer", "resolve_data_ref", "DATA_PREFIX", "data_ref_problem",
 ]

@@ -49,7 +49,7 @@ __all__ = [
     "Example", "Examples", "LoadReport", "TaskSpec", "TASKS", "SPLITS", "KINDS", "KIND_COLUMNS", "DATA_DIR_ENV",
     "TaskDataError", "DataNotFoundError", "DataUnavailableError", "register_task", "get_task", "list_tasks",
     "resolve_data_dir", "available_languages", "load_examples", "load_train_examples", "is_task_file",
-    "TASK_FILE_SUFFIXES",
+    "TASK_FILE_SUFFIXES", "DATA_PREFIX", "data_ref_problem", "resolve_data_ref", "check_transfer",
 ]
 
 SPLITS = ("train", "validation", "test")
@@ -422,6 +422,56 @@ def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path | None:
             f"--data-dir DIR / set {DATA_DIR_ENV} to a folder holding e.g. sib200/ or nusax-senti/, or leave "
             f"both unset to load from the Hugging Face hub.")
     return path
+
+
+#: ``data:PATH``: a file or folder inside the local data directory (``--data-dir``/``$MTLLM_DATA_DIR``), e.g.
+#: ``data:english-wordnet/texts.txt`` (stage-1 text) or ``data:english-nli/train.tsv`` (a ``train_file``).
+DATA_PREFIX = "data:"
+
+
+def data_ref_problem(ref: str) -> str | None:
+    """What is wrong with the form of a ``data:PATH`` reference (``None``: fine, or not a ``data:`` one)."""
+    if not str(ref).startswith(DATA_PREFIX):
+        return None
+    rel = str(ref)[len(DATA_PREFIX):]
+    if not rel or Path(rel).is_absolute() or ".." in Path(rel).parts:
+        return ("data: references look like data:PATH with PATH inside the data directory, e.g. "
+                "data:english-nli/train.tsv")
+    return None
+
+
+def resolve_data_ref(ref: str | os.PathLike, data_dir: str | os.PathLike | None = None) -> Path:
+    """The path ``ref`` names: ``data:PATH`` inside the data directory (``data_dir``, else ``$MTLLM_DATA_DIR``;
+    a :class:`ConfigError` without one), else ``ref`` itself (``~`` expanded)."""
+    ref = str(ref)
+    if not ref.startswith(DATA_PREFIX):
+        return Path(ref).expanduser()
+    if (problem := data_ref_problem(ref)) is not None:
+        raise ConfigError(f"{ref}: {problem}")
+    root = resolve_data_dir(data_dir)
+    if root is None:
+        raise ConfigError(f"{ref}: a data: reference is a path inside the data directory; pass --data-dir DIR (or "
+                          f"set {DATA_DIR_ENV}), or give the file's path instead")
+    return root / ref[len(DATA_PREFIX):]
+
+
+def check_transfer(trained: str | TaskSpec, evaluated: str | TaskSpec, *, what: str = "") -> None:
+    """A model trained on ``trained`` can be evaluated on ``evaluated``: the same kind and the same label names
+    in the same order (the head's outputs are the label indices). Else a one-line :class:`ConfigError` naming
+    both tasks and both sets of labels (``what`` prefixes it, e.g. ``"eval_tasks: "``)."""
+    a, b = get_task(trained), get_task(evaluated)
+    if a.kind != b.kind:
+        raise ConfigError(f"{what}{b.name} is a {b.kind} task but the model is trained on {a.name}, a {a.kind} task; "
+                          f"evaluate it on tasks of the kind it was trained for")
+    if a.kind == "multiple_choice" or list(a.label_names) == list(b.label_names):
+        return
+    if set(a.label_names) == set(b.label_names):
+        where = f" in {a.source}" if getattr(a, "source", "") else ""
+        raise ConfigError(f"{what}{a.name}'s labels {list(a.label_names)} are {b.name}'s {list(b.label_names)} in "
+                          f"another order (the head's outputs are label indices): list them in {b.name}'s order, "
+                          f"labels: [{', '.join(b.label_names)}]{where}")
+    raise ConfigError(f"{what}the model is trained on {a.name}, labels {list(a.label_names)}, but {b.name} has the "
+                      f"labels {list(b.label_names)}: evaluate it on tasks with the same label names")
 
 
 # ------------------------------------------------------------------------------------------ readers

@@ -37,6 +37,14 @@ read once), so ``mtllm run --task my-task.yaml`` fails in one line before any mo
   every command) reads it, registers it under its name and returns it; it is read again when the YAML or
   one of its files changes;
 * :meth:`FileTask.files_digest` hashes the files' bytes, for ``mtllm run``'s stage hashes.
+
+A *training file* needs no YAML: ``train_file: english-nli/train.tsv`` (or ``data:english-nli/train.tsv``, a path
+inside the data directory) gives a task, built-in or from a file, other English training data in the columns of
+its kind (pair: premise, hypothesis, label; an id column optional). :func:`check_train_file` reads it once and
+refuses, in one line naming the file, a file of another kind (single texts for a pair task) and labels that are not
+the task's label names (naming both sets); :func:`load_train_file` reads its examples under the bad-row policy of
+:mod:`mtllm.tasks.base`; :func:`load_training_data` is the one rule of what a model trained for a task learns
+from (the training file, else the task's training data). Columns of other names: a task file.
 """
 from __future__ import annotations
 
@@ -52,13 +60,13 @@ from mtllm._yaml import Refused, load_document
 from mtllm.data.languages import UnknownLanguageError, validate_lang
 from mtllm.errors import ConfigError, DataError
 from mtllm.fingerprints import json_digest
-from mtllm.tasks.base import (set_task_file_loader, SPLITS, TASKS, DataNotFoundError, Example, LoadReport,
-                              TaskDataError, TaskSpec,
-                              _ALIASES, _blank_label, _normalise_split, _read_rows, _recording, _require_columns,
-                              _segments, _task_key, _text, register_task)
+from mtllm.tasks.base import (set_task_file_loader, SPLITS, TASKS, DataNotFoundError, Example, Examples, LoadReport,
+                              TaskDataError, TaskSpec, get_task, load_examples, load_train_examples,
+                              resolve_data_ref, _ALIASES, _blank_label, _limit_iter, _normalise_split,
+                              _read_rows, _recording, _require_columns, _segments, _task_key, _text, register_task)
 
 __all__ = ["FileTask", "load_task_file", "task_from_dict", "task_from_file", "TASK_KEYS", "FILE_KINDS",
-           "DATA_SUFFIXES"]
+           "DATA_SUFFIXES", "check_train_file", "load_train_file", "load_training_data", "train_file_digest"]
 
 #: ``kind:`` in a task file -> :attr:`TaskSpec.kind` (the TaskSpec names are accepted too).
 FILE_KINDS = {"single": "classification", "pair": "pair_classification", "multiple_choice": "multiple_choice",
@@ -436,6 +444,123 @@ def task_from_file(path: str | os.PathLike) -> FileTask:
         return register_task(spec, overwrite=holder is not None)
     except ValueError as err:  # pragma: no cover - the checks above cover the registry's
         raise ConfigError(f"{path}: {err}") from None
+
+
+# ------------------------------------------------------------------------------------------ a training file
+#: ``(path, size, mtime, task, kind, labels, columns)`` of the training files already checked
+_TRAIN_FILES_CHECKED: set[tuple] = set()
+_KIND_WORDS = {"classification": "single texts", "pair_classification": "text pairs",
+               "multiple_choice": "multiple-choice questions"}
+
+
+def _label_column(spec: TaskSpec) -> str:
+    if isinstance(spec, FileTask):
+        return spec.label_column
+    return "correct_answer_num" if spec.kind == "multiple_choice" else "label"
+
+
+def _segment_columns(spec: TaskSpec) -> tuple[str, ...]:
+    if isinstance(spec, FileTask):
+        return spec.segment_columns
+    return {"classification": ("text",), "pair_classification": ("premise", "hypothesis"),
+            "multiple_choice": ("flores_passage", "question")}[spec.kind]
+
+
+def _file_kind(columns: Sequence[str]) -> str | None:
+    """What a file with ``columns`` holds, when the columns say it (for messages)."""
+    if {"premise", "hypothesis"} <= set(columns) or {"sentence1", "sentence2"} <= set(columns):
+        return "pair_classification"
+    if "text" in columns:
+        return "classification"
+    return None
+
+
+def check_train_file(task: str | TaskSpec, ref: str | os.PathLike, data_dir: str | os.PathLike | None = None) -> Path:
+    """The path of ``ref`` (a file, or ``data:PATH`` inside the data directory), checked as training data for
+    ``task``: a ``.csv``/``.tsv``/``.jsonl``/``.parquet`` file with the columns of the task's kind (an id column
+    optional) whose labels are the task's label names (matched by name; every one of them present). Every
+    problem is one line: a :class:`ConfigError` or :class:`DataError` naming the file, and for labels both sets.
+    The whole file is read once per change of the file."""
+    spec = get_task(task)
+    path = resolve_data_ref(ref, data_dir)
+    if not path.is_file():
+        raise DataNotFoundError(f"train_file {ref}: {path} {'is a folder' if path.is_dir() else 'not found'}; give the "
+                                f"path of a {', '.join(DATA_SUFFIXES)} file (data:PATH for one inside the data "
+                                f"directory)")
+    if path.suffix.lower() not in DATA_SUFFIXES:
+        raise ConfigError(f"train_file {ref}: {path} is not a {', '.join(DATA_SUFFIXES)} file; convert it, or name the "
+                          f"right file")
+    needed = tuple(c for c in spec.columns if not (isinstance(spec, FileTask) and c == spec.id_column))
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, spec.name, spec.kind, spec.label_names, needed)
+    if key in _TRAIN_FILES_CHECKED:
+        return path
+    columns, rows = _read_rows(path)
+    missing = [c for c in needed if c not in columns]
+    if missing:
+        holds = _file_kind(columns)
+        what = (f"it holds {_KIND_WORDS[holds]} (columns {list(columns)}), but {spec.name} is a task of "
+                f"{_KIND_WORDS[spec.kind]}" if holds is not None and holds != spec.kind else
+                f"it has the columns {list(columns)}")
+        raise TaskDataError(f"train_file {path}: {what}; training data for {spec.name} needs the columns "
+                            f"{list(needed)} (an id column is optional; other column names: a task file, "
+                            f"mtllm.tasks.files)")
+    if spec.kind != "multiple_choice":
+        found: dict[str, str] = {}  # label as written -> first row
+        segments, label_col = _segment_columns(spec), _label_column(spec)
+        with _recording(LoadReport()):  # blank segments are counted when the examples are loaded
+            for where, row in rows:
+                if _segments(row, segments, where) is None:
+                    continue
+                raw = row.get(label_col)
+                _blank_label(raw, where, label_col)
+                found.setdefault(str(raw).strip(), where)
+        names = list(spec.label_names)
+        lowered = {n.lower(): n for n in names}
+        unknown = sorted(v for v in found if v not in names and v.lower() not in lowered)
+        absent = [n for n in names if not any(v == n or v.lower() == n.lower() for v in found)]
+        if unknown or absent:
+            them = "it" if len(absent) == 1 else "them"
+            why = (f"{unknown} (first at {found[unknown[0]]}) are not among them" if unknown else
+                   f"it has no rows labelled {absent}, so the head would never learn {them}")
+            raise TaskDataError(f"train_file {path}: its labels {sorted(found)} are not {spec.name}'s label names "
+                                f"{names}: {why}; labels are matched by name, so rename them in the file (or give a "
+                                f"task file whose labels: are the evaluation task's)")
+    _TRAIN_FILES_CHECKED.add(key)
+    return path
+
+
+def train_file_digest(ref: str | os.PathLike, data_dir: str | os.PathLike | None = None) -> str:
+    """A hash of a training file's bytes (not its place): what ``mtllm run``'s stage hashes take of it."""
+    return file_sha256(resolve_data_ref(ref, data_dir))[:16]
+
+
+def load_train_file(task: str | TaskSpec, ref: str | os.PathLike, data_dir: str | os.PathLike | None = None, *,
+                    lang: str | None = None, limit: int | None = None) -> Examples:
+    """The examples of the training file ``ref`` (:func:`check_train_file`) for ``task``, labels as the task's
+    indices; ``lang`` (default: the task's training language) is what the report says. Bad rows follow
+    :mod:`mtllm.tasks.base` (a pair with a blank segment kept and counted, a row without text dropped and
+    counted: the :class:`Examples`' ``report``). ``limit``: the first ``limit`` examples."""
+    spec = get_task(task)
+    path = check_train_file(spec, ref, data_dir)
+    report = LoadReport(spec.name, lang or spec.train_lang, "train")
+    with _recording(report):
+        examples = spec.read_file(path)
+    return _limit_iter(examples, limit, f"train_file {path}", report)
+
+
+def load_training_data(task: str | TaskSpec, *, train_file: str | os.PathLike | None = None, lang: str = "eng_Latn",
+                       data_dir: str | os.PathLike | None = None, limit: int | None = None) -> Examples:
+    """What a model trained for ``task`` learns from, the one rule every stage and baseline follows: the
+    ``train_file`` when one is given (:func:`load_train_file`), else the task's training data in ``lang``
+    (English: :func:`~mtllm.tasks.load_train_examples`, which follows a task's ``train_task``, e.g. MultiNLI for
+    AmericasNLI; another language: that language's train split)."""
+    if train_file is not None:
+        return load_train_file(task, train_file, data_dir, lang=lang, limit=limit)
+    spec = get_task(task)
+    if lang == "eng_Latn":
+        return load_train_examples(spec, data_dir=data_dir, limit=limit)
+    return load_examples(spec, lang, "train", data_dir=data_dir, limit=limit)
 
 
 set_task_file_loader(task_from_file)  # get_task reads task YAMLs with it (mtllm.tasks.base sits below this module)

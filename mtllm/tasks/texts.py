@@ -12,7 +12,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 from mtllm.errors import DataError  # noqa: F401 (raised here, re-exported)
 from mtllm.tables import Table
-from mtllm.tasks.base import load_examples, resolve_data_dir
+from mtllm.tasks.base import DATA_PREFIX, data_ref_problem, load_examples, resolve_data_dir
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ def source_problem(source: str, data_dir: str | None = None) -> str | None:
     checked against ``data_dir`` (else ``$MTLLM_DATA_DIR``) when one is set; without one, only its form."""
     if source.startswith(DATA_PREFIX):
         rel = source[len(DATA_PREFIX):]
-        if not rel or Path(rel).is_absolute() or ".." in Path(rel).parts:
+        if data_ref_problem(source) is not None:
             return ("data sources look like data:PATH with PATH inside the data directory, "
                     "e.g. data:english-wordnet/texts.txt")
         root = _data_root(data_dir)
@@ -142,9 +142,8 @@ def iter_texts(sources: str | Sequence[str], *, text_field: str = "text", data_d
 
 
 TASK_PREFIX = "task:"
-#: ``data:PATH``: a file or folder inside the local data directory (``--data-dir``/``$MTLLM_DATA_DIR``), e.g.
-#: ``data:english-wordnet/texts.txt`` (155k English WordNet definitions and examples in ``../shared/data``).
-DATA_PREFIX = "data:"
+# ``data:PATH`` (DATA_PREFIX, defined in mtllm.tasks.base): a file or folder inside the local data directory, e.g.
+# ``data:english-wordnet/texts.txt`` (155k English WordNet definitions and examples in ``../shared/data``).
 
 
 def _data_root(data_dir: str | None) -> Path | None:

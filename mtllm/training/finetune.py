@@ -16,14 +16,42 @@ from mtllm.data.collate import check_content, collate_examples, example_lengths
 from mtllm.modeling.predict import accuracy
 from mtllm.modeling.model import MTLLMModel
 from mtllm.errors import DataError
-from mtllm.settings import EXISTING_DIR, NON_EMPTY, TASK, ModelSettings, at_least, check_settings
-from mtllm.tasks import get_task, load_examples, load_train_examples
+from mtllm.errors import UserError
+from mtllm.settings import EXISTING_DIR, NON_EMPTY, TASK, ModelSettings, Rule, at_least, check_settings
+from mtllm.tasks import (DATA_PREFIX, check_train_file, data_ref_problem, get_task, load_examples,
+                         load_training_data, resolve_data_dir)
 from mtllm.training.loop import TrainingArgs, epoch_evals, set_seed, start_run, train
 from mtllm.modeling.objectives import classification_loss
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TaskSettings", "run_finetune"]
+__all__ = ["TaskSettings", "run_finetune", "TRAIN_FILE", "TRAIN_FILE_HELP"]
+
+
+def _train_file(value: str, settings: object) -> str | None:
+    task = getattr(settings, "train_task", None) or getattr(settings, "task", None)
+    if task is None or task == "retrieval":
+        return None
+    try:
+        if str(value).startswith(DATA_PREFIX) and resolve_data_dir(getattr(settings, "data_dir", None)) is None:
+            return data_ref_problem(value)  # without a data directory only its form, as for stage-1 data: sources
+        check_train_file(task, value, getattr(settings, "data_dir", None))
+    except UserError as err:
+        return " ".join(str(err).split())
+    return None
+
+
+#: A training file for the setting's task (``train_task`` where the settings have one, else ``task``): its
+#: columns and labels are read and checked (:func:`mtllm.tasks.check_train_file`), before any model loads; a
+#: ``data:PATH`` one only by its form while no data directory is set (``mtllm run`` refuses it then, before
+#: its first stage).
+TRAIN_FILE = Rule("a training file of the task (columns of its kind, its label names)", _train_file, inputs=True)
+#: The help of every ``train_file`` setting.
+TRAIN_FILE_HELP = ("Training data instead of the task's own: a .csv/.tsv/.jsonl/.parquet file in the columns of the "
+                   "task's kind (pair: premise, hypothesis, label; single: text, label; an id column optional), "
+                   "labels by the task's label names; data:PATH names a file inside the data directory (e.g. "
+                   "data:english-nli/train.tsv). Default: the task's training data (XNLI, AmericasNLI, Kardes-NLU: "
+                   "MultiNLI from the hub).")
 
 
 @dataclass
@@ -35,6 +63,7 @@ class TaskSettings:
                                  metadata={"help": "Local data root (else $MTLLM_DATA_DIR, else the hub).",
                                            "check": EXISTING_DIR})
     train_lang: str = field(default="eng_Latn", metadata={"help": "Language of the training data (FLORES-200)."})
+    train_file: str | None = field(default=None, metadata={"help": TRAIN_FILE_HELP, "check": TRAIN_FILE})
     train_split: str = field(default="train", metadata={"help": "Split to train on.", "check": NON_EMPTY})
     eval_split: str = field(default="validation", metadata={"help": "Split for model selection.", "check": NON_EMPTY})
     max_train_examples: int | None = field(default=None, metadata={"help": "Use at most this many training "
@@ -49,8 +78,9 @@ class TaskSettings:
 
 def _load(task: TaskSettings, split: str, lang: str | None = None, limit: int | None = None):
     spec = get_task(task.task)
-    if split == "train" and lang is None and task.train_lang == "eng_Latn":
-        examples = load_train_examples(spec, data_dir=task.data_dir, limit=limit)  # e.g. English XNLI for AmericasNLI
+    if split == "train" and lang is None:  # the train_file, else e.g. English XNLI for AmericasNLI
+        examples = load_training_data(spec, train_file=task.train_file, lang=task.train_lang, data_dir=task.data_dir,
+                                      limit=limit)
     else:
         examples = load_examples(spec, lang or task.train_lang, split, data_dir=task.data_dir, limit=limit)
     return spec, examples
