@@ -112,3 +112,42 @@ def test_presets_parse(name):
     built = build_settings(COMMANDS["adapt"].settings(), command_values("adapt", ["--config", path]))
     for settings, expected in zip(built, PRESETS[name]):
         assert {k: getattr(settings, k) for k in expected} == expected, type(settings).__name__
+
+
+def test_encoder_ft_command_trains_the_baseline_that_evaluate_runs(tmp_path, capsys):
+    """`mtllm encoder-ft` trains the encoder-ft baseline outside `mtllm run` (best epoch on a capped, label-stratified
+    validation sample: --max_eval_examples) and `mtllm evaluate --systems '[encoder-ft]'` evaluates its folder."""
+    from mtllm.settings import ModelSettings
+
+    data, out = str(ROOT / "tests" / "fixtures" / "pipeline"), tmp_path / "ft"
+    assert main(["encoder-ft", "--config", TINY, "--task", "sib200", "--data_dir", data, "--max_steps", "12",
+                 "--batch_size", "4", "--learning_rate", "1e-3", "--head_lr", "1e-2", "--max_eval_examples", "4",
+                 "--eval_batch_size", "8", "--output-dir", str(out), "--progress", "false", "--report_to", "none"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])  # the summary is the last line
+    assert summary["best_dir"] == str(out / "best") and summary["steps"] == 12
+    assert summary["n_train"] == 24 and summary["n_val"] == 4  # 4 of the 8 validation sentences
+    saved = json.loads((out / "encoder_ft_summary.json").read_text())
+    assert saved["n_val_available"] == 8 and saved["max_eval_examples"] == 4 and sum(saved["val_labels"].values()) == 4
+    assert len(saved["evals"]) == 2  # 12 steps of 4 over 24 sentences: 2 epochs, each validated
+    host = tmp_path / "host"  # an MT-LLM on the same encoder: the system reads text through its tokenisation
+    ModelSettings(encoder="tiny:xlmr", llm="tiny:gemma3", lora_r=4, lora_alpha=8, lora_dropout=0.0,
+                  max_seq_length=64).build().save_pretrained(host)
+    assert main(["evaluate", "--model", str(host), "--task", "sib200", "--data_dir", data, "--systems", "[encoder-ft]",
+                 "--encoder_ft", summary["best_dir"], "--dtype", "float32",
+                 "--output_dir", str(tmp_path / "eval")]) == 0
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert set(results["systems"]) == {"encoder-ft"}
+    assert set(results["systems"]["encoder-ft"]) == {"eng_Latn", "fra_Latn", "swh_Latn"}
+    # a run config's encoder_ft: section is `mtllm run`'s; a key of encoder-ft only is not finetune's
+    assert main(["encoder-ft", "--config", str(ROOT / "configs" / "pocket-xnli.yaml")]) == 2
+    assert "its encoder_ft: section is read by `mtllm run` only" in capsys.readouterr().err
+    assert main(["finetune", "--config", TINY, "--train_embeddings", "true"]) == 2
+    assert "finetune does not use --train_embeddings (a key of encoder-ft)" in capsys.readouterr().err
+
+
+def test_help_names_the_encoder_ft_system_and_command(capsys):
+    assert main(["--help"]) == 0
+    listing = capsys.readouterr().out
+    assert "  encoder-ft " in listing and "mtllm/llm/encoder/encoder-ft/translate_test" in listing
+    assert main(["evaluate", "--help"]) == 0
+    assert "encoder-ft" in capsys.readouterr().out.split("\n\n")[1]  # the description under the usage line

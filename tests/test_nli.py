@@ -9,6 +9,7 @@ import json
 import random
 from collections import Counter
 from pathlib import Path
+from dataclasses import replace
 from types import SimpleNamespace
 
 import numpy as np
@@ -404,3 +405,82 @@ def test_a_blank_hypothesis_in_a_training_file_is_a_counted_bad_row(tmp_path, mo
         check_train_file("xnli", "data:english-nli/train.tsv", None)
     with pytest.raises(DataError, match="needs the columns"):
         check_train_file("sib200", "data:english-nli/train.tsv", data)
+
+
+# ------------------------------------------------- max_train_examples and max_eval_examples: stratified samples
+def _sorted_train_file(root: Path) -> Path:
+    """An English pair file sorted by label (8 entailment, then 8 neutral, then 8 contradiction): its first rows hold
+    one class."""
+    rows = [(f"s-{label}-{i}", *_pair(i, label), label) for label in LABELS for i in range(8)]
+    return _tsv(root / "sorted" / "train.tsv", rows)
+
+
+def test_max_train_examples_is_a_stratified_sample_not_the_first_rows(tmp_path):
+    from mtllm.tasks import load_training_data
+
+    path = _sorted_train_file(tmp_path)
+    taken = load_training_data("xnli", train_file=str(path), limit=6)
+    assert Counter(e.label for e in taken) == {0: 2, 1: 2, 2: 2}  # the first 6 rows are all entailment
+    assert [e.id for e in taken] == [e.id for e in sample_examples(load_train_file("xnli", path), 6, seed=0)]
+    ids = [e.id for e in taken]
+    assert ids == sorted(ids, key=[e.id for e in load_train_file("xnli", path)].index)  # in file order
+    assert [e.id for e in load_training_data("xnli", train_file=str(path), limit=6)] == ids  # fixed seed
+    assert len(load_training_data("xnli", train_file=str(path), limit=100)) == 24  # more than there are: all
+    assert taken.report.counts() == {"blank_segment_kept": 0, "no_text_dropped": 0}  # still an Examples
+
+
+def test_every_training_stage_selects_on_a_capped_label_balanced_sample(tmp_path, monkeypatch):
+    """max_eval_examples: the teacher, the distillation and encoder-ft each validate every epoch on the same fixed-seed
+    sample of English validation, stratified by label, and say so in their summaries; max_train_examples trains on a
+    stratified sample of the training file."""
+    import mtllm.training.distill as distill_module
+    import mtllm.training.finetune as finetune_module
+    from mtllm.training.distill import DistillSettings, run_distill
+    from mtllm.training.finetune import run_finetune
+
+    monkeypatch.delenv("MTLLM_DATA_DIR", raising=False)
+    data = _nli_data(tmp_path / "data")
+    train = _sorted_train_file(tmp_path)
+    validated: dict[str, list[list[str]]] = {"finetune": [], "distill": [], "encoder-ft": []}
+
+    def spy(stage, real):
+        def wrapped(model, examples, *args, **kwargs):
+            validated[stage].append([e.id for e in examples])
+            return real(model, examples, *args, **kwargs)
+        return wrapped
+
+    monkeypatch.setattr(finetune_module, "accuracy", spy("finetune", finetune_module.accuracy))
+    monkeypatch.setattr(distill_module, "accuracy", spy("distill", distill_module.accuracy))
+    monkeypatch.setattr(EncoderFT, "predict", spy("encoder-ft", EncoderFT.predict))
+    models = ModelSettings(encoder="tiny:xlmr", llm="tiny:gemma3", lora_r=4, lora_alpha=8, lora_dropout=0.0,
+                           max_seq_length=64)
+    task = TaskSettings(task="xnli", data_dir=str(data), train_file=str(train), max_train_examples=12,
+                        max_eval_examples=6, eval_batch_size=8)
+
+    def args(name: str) -> TrainingArgs:
+        return TrainingArgs(output_dir=str(tmp_path / name), learning_rate=3e-3, num_epochs=2, batch_size=4,
+                            warmup_ratio=0.0, progress=False, report_to="none")
+
+    summaries = {"finetune": run_finetune(models, task, args("teacher"))}
+    summaries["distill"] = run_distill(models, task, DistillSettings(teacher_model=str(tmp_path / "teacher" / "best"),
+                                                                     train_projection=True), args("distill"))
+    summaries["encoder-ft"] = run_encoder_ft(models, task, EncoderFTSettings(), args("encoder-ft"))
+    validation = load_examples("xnli", "eng_Latn", "validation", data)  # 9 pairs, 3 of each label
+    expected = [e.id for e in sample_examples(validation, 6, seed=0)]
+    assert Counter(e.label for e in validation if e.id in expected) == {0: 2, 1: 2, 2: 2}
+    for stage, summary in summaries.items():
+        assert validated[stage] == [expected, expected], stage  # two epochs, the same 6 pairs each time
+        assert {k: summary[k] for k in ("n_val", "n_val_available", "max_eval_examples", "val_labels")} == {
+            "n_val": 6, "n_val_available": 9, "max_eval_examples": 6, "val_labels": {"0": 2, "1": 2, "2": 2}}, stage
+        assert summary["n_train"] == 12, stage
+    saved = json.loads((tmp_path / "teacher" / "finetune_summary.json").read_text())
+    assert saved["n_val"] == 6 and saved["val_sample"] == "stratified by label, seed 0"
+    assert json.loads((tmp_path / "distill" / "distill_summary.json").read_text())["n_val"] == 6
+    assert json.loads((tmp_path / "encoder-ft" / "encoder_ft_summary.json").read_text())["n_val"] == 6
+    # default: the whole split, and the summary says so
+    full = run_finetune(models, TaskSettings(task="xnli", data_dir=str(data), train_file=str(train),
+                                             max_train_examples=6, eval_batch_size=8),
+                        replace(args("teacher-all"), num_epochs=1))
+    assert {k: full[k] for k in ("n_val", "n_val_available", "max_eval_examples")} == {
+        "n_val": 9, "n_val_available": 9, "max_eval_examples": None} and "val_labels" not in full
+    assert validated["finetune"][-1] == [e.id for e in validation]

@@ -82,15 +82,17 @@ def test_a_shared_preset_serves_every_command(monkeypatch, tmp_path):
     monkeypatch.chdir(ROOT)
     monkeypatch.delenv("MTLLM_DATA_DIR", raising=False)
     teacher = ["--teacher_model", str(tmp_path)]  # distill's objective needs one (an existing folder)
+    own_section = {"finetune": "finetune", "distill": "distill", "encoder-ft": "encoder_ft", "evaluate": "evaluate"}
     for preset in sorted((ROOT / "configs").glob("*.yaml")):
-        is_run_config = "task" in load_yaml(preset)
+        keys = load_yaml(preset)
+        is_run_config = "task" in keys
         for name, cmd in COMMANDS.items():
             argv = ["--config", str(preset), *(teacher if name == "distill" else [])]
             if name == "run":
                 plan_run(command_values(name, argv))
-            elif is_run_config and name in ("finetune", "distill", "evaluate"):
-                with pytest.raises(ConfigError, match=f"is a `mtllm run` config: its {name}: (section is|and "
-                                                      "retrieval: sections are) read by "):
+            elif is_run_config and own_section.get(name) in keys:
+                with pytest.raises(ConfigError, match=f"is a `mtllm run` config: its {own_section[name]}: (section is|"
+                                                      "and retrieval: sections are) read by "):
                     command_values(name, argv)
             elif name in ("predict", "encode"):  # they need a model and files of the user's; of a preset they take
                 # only their own keys (e.g. batch_size, dtype) and leave the shared layer
@@ -265,9 +267,9 @@ def test_a_key_of_another_command_in_a_preset(tmp_path, capsys):
     assert main(["adapt", "--config", str(bad), "--output_dir", str(tmp_path / "out")]) == 2
     assert _error_line(capsys) == (
         f"mtllm adapt: error: {bad}: adapt does not use objective (a key of distill), eval_batch_size (a key of "
-        f"finetune and distill); a config shared by several commands keeps the keys of later stages in their "
-        f"sections (e.g. distill: {{objective: ce}}, read by `mtllm run`): move them there, or give them to the "
-        f"command that uses them")
+        f"finetune and distill and encoder-ft); a config shared by several commands keeps the keys of later stages "
+        f"in their sections (e.g. distill: {{objective: ce}}, read by `mtllm run`): move them there, or give them to "
+        f"the command that uses them")
     good = tmp_path / "good.yaml"
     good.write_text(f"base: {TINY}\ndistill: {{objective: ce, eval_batch_size: 8}}\n", encoding="utf-8")
     values = command_values("adapt", ["--config", str(good)])

@@ -154,6 +154,24 @@ def _distill(values: dict[str, Any]) -> None:
     _print_summary(summary, ("final_dir", "steps", "seconds", "trainable", "objective"))
 
 
+def _encoder_ft_settings() -> tuple[type, ...]:
+    from mtllm.settings import ModelSettings
+    from mtllm.training.encoder_ft import EncoderFTSettings
+    from mtllm.training.finetune import TaskSettings
+    from mtllm.training.loop import TrainingArgs
+
+    return ModelSettings, TaskSettings, EncoderFTSettings, TrainingArgs
+
+
+def _encoder_ft(values: dict[str, Any]) -> None:
+    from mtllm.training.encoder_ft import run_encoder_ft
+
+    settings = build_settings(_encoder_ft_settings(), values)
+    with _writing(settings[-1].output_dir):
+        summary = run_encoder_ft(*settings)
+    _print_summary(summary, ("best_dir", "best", "steps", "seconds", "n_train", "n_val"))
+
+
 def _evaluate_settings() -> tuple[type, ...]:
     from mtllm.evaluation.evaluate import EvaluateSettings
 
@@ -248,11 +266,15 @@ COMMANDS: dict[str, Command] = {
     "finetune": Command("stage 2a: fine-tune the LLM alone (fresh LoRA + head) on an English task",
                         _finetune_settings, _finetune),
     "distill": Command("stage 2b: distil the fine-tuned teacher into the MT-LLM", _distill_settings, _distill),
-    "evaluate": Command("zero-shot evaluation of mtllm/llm/encoder/translate_test on many languages, or retrieval",
-                        _evaluate_settings, _evaluate),
+    "encoder-ft": Command("the encoder-ft baseline: fine-tune the encoder + a head on an English task (embeddings "
+                          "frozen; evaluate it with --systems '[encoder-ft]' --encoder_ft DIR/best)",
+                          _encoder_ft_settings, _encoder_ft),
+    "evaluate": Command("zero-shot evaluation of mtllm/llm/encoder/encoder-ft/translate_test on many languages, or "
+                        "retrieval", _evaluate_settings, _evaluate),
     "translate-test": Command("translate-test baseline: MT to English, then the English teacher",
                               _translate_test_settings, _translate_test),
-    "run": Command("the whole pipeline (models, stage 1, teacher, distillation, evaluation), resumable",
+    "run": Command("the whole pipeline (models, stage 1, teacher, distillation, encoder-ft when a system needs it, "
+                   "evaluation), resumable",
                    _run_settings, _run, _run_sections),
     "predict": Command("label every row of a .txt/.csv/.tsv/.jsonl/.parquet file with a trained model (streamed, "
                        "resumable)", _predict_settings, _predict),
@@ -279,7 +301,8 @@ def _keys(cmd: Command) -> set[str]:
 
 
 #: The sections of a ``run`` config that hold a per-stage command's own settings.
-_OWN_SECTIONS = {"finetune": ("finetune",), "distill": ("distill",), "evaluate": ("evaluate", "retrieval")}
+_OWN_SECTIONS = {"finetune": ("finetune",), "distill": ("distill",), "encoder-ft": ("encoder_ft",),
+                 "evaluate": ("evaluate", "retrieval")}
 
 
 def command_values(name: str, argv: Sequence[str]) -> dict[str, Any]:
@@ -397,6 +420,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+#: The commands that train (a checkpoint to --resume from).
+_TRAINING_COMMANDS = ("adapt", "finetune", "distill", "encoder-ft")
 #: A write that failed for want of space: no space left, over quota, a file over the size limit.
 _DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
@@ -407,7 +432,7 @@ def _disk_full(name: str, err: OSError) -> str:
     where = f" writing {err.filename}" if err.filename else ""
     if name in ("predict", "encode"):
         how = "rerun the same command: it continues with the next row"
-    elif name in ("adapt", "finetune", "distill"):
+    elif name in _TRAINING_COMMANDS:
         how = "rerun the same command with --resume: it continues from the last checkpoint"
     elif name == "run":
         how = "rerun the same command: finished stages are skipped, the interrupted one resumes"
@@ -424,7 +449,7 @@ def _interrupted(name: str, err: KeyboardInterrupt) -> str:
     if name == "run":
         return (f"{what}; to continue, rerun the same command (finished stages are skipped, an interrupted one "
                 f"resumes from its last checkpoint)")
-    if name in ("adapt", "finetune", "distill"):
+    if name in _TRAINING_COMMANDS:
         if isinstance(err, TrainingInterrupted):
             return f"{what}; to continue from it, rerun the same command with --resume"
         return f"{what}; to continue from the last checkpoint, if any, rerun the same command with --resume"

@@ -26,10 +26,8 @@ ids, balanced by label (:func:`sample_parallel`); results.json records them.
 from __future__ import annotations
 
 import logging
-import hashlib
 import time
 import warnings
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
@@ -58,6 +56,7 @@ from mtllm.settings import (EXISTING_DIR, MODEL, NAMED_MODELS, NON_EMPTY, OUTPUT
                             InferenceDtype, at_least, check_settings, inference_device_field, inference_dtype_field,
                             parse_dtype)
 from mtllm.tasks import available_languages, check_transfer, get_task, load_examples, load_training_data
+from mtllm.tasks.sampling import sample_examples, sample_parallel  # (re-exported: they live with the tasks)
 from mtllm.training.finetune import TRAIN_FILE, TRAIN_FILE_HELP
 
 __all__ = ["EvaluateSettings", "run_evaluate", "retrieval_accuracy", "sample_examples", "sample_parallel",
@@ -86,8 +85,9 @@ class EvaluateSettings:
     systems: list[Literal["mtllm", "llm", "encoder", "encoder-ft", "translate_test"]] = field(
         default_factory=lambda: ["mtllm", "llm", "encoder"],
         metadata={"help": "Among mtllm, llm, encoder, encoder-ft, translate_test.", "check": NON_EMPTY})
-    encoder_ft: str | None = field(default=None, metadata={"help": "The encoder-ft system's folder (the encoder-ft "
-                                                                   "stage's encoder-ft-TASK/best); it runs on model's "
+    encoder_ft: str | None = field(default=None, metadata={"help": "The encoder-ft system's folder (`mtllm "
+                                                                   "encoder-ft`'s DIR/best, or mtllm run's "
+                                                                   "encoder-ft-TASK/best); it runs on model's "
                                                                    "tokenisation.", "check": EXISTING_DIR})
     split: str = field(default="test", metadata={"help": "Split to evaluate.", "check": NON_EMPTY})
     data_dir: str | None = field(default=None,
@@ -124,8 +124,10 @@ class EvaluateSettings:
                                                                                      "probe's head is fitted on.",
                                                            "check": TRAIN_FILE})
     max_train_examples: int | None = field(default=None, metadata={"help": "Fit the encoder probe's head on at most "
-                                                                           "this many training examples (the first; "
-                                                                           "default: all).", "check": at_least(1)})
+                                                                           "this many training examples: a fixed-seed "
+                                                                           "sample stratified by label (seed 0, as the "
+                                                                           "training stages take), not the first rows; "
+                                                                           "default: all.", "check": at_least(1)})
     translate_model: str = field(default="facebook/nllb-200-distilled-600M",
                                  metadata={"help": "Seq2seq MT model for translate_test.", "check": MODEL})
     compare: list[str] = field(default_factory=list, metadata={"help": "Extra MT-LLMs as NAME=DIR (e.g. "
@@ -139,99 +141,6 @@ class EvaluateSettings:
 
     def __post_init__(self) -> None:
         check_settings(self)
-
-
-def _rank(seed: int, example_id: str) -> bytes:
-    return hashlib.sha256(f"{seed}\0{example_id}".encode("utf-8")).digest()
-
-
-def sample_examples(examples: Sequence[Any], n: int | None, *, seed: int = 0, method: str = "stratified") -> list[Any]:
-    """At most ``n`` of ``examples`` (objects with ``id`` and ``label``), in their original order: all of
-    them when there are no more than ``n``, else a random sample stratified by label.
-
-    Each label gets its share of ``n`` in proportion to its count (largest remainders, ties to the smaller
-    label), and within a label the examples whose ``sha256(seed, id)`` ranks first are taken. So the same
-    seed gives the same sample; it does not depend on the file's order (a file sorted by label gives the
-    same sample as a shuffled one); and parallel files (same ids and labels in every language) give the
-    same ids in every language. ``method="first"``: the first ``n`` instead; ``method="parallel"``: equal
-    counts per label (:func:`sample_parallel` of this one list: ``n // labels`` each, at most the rarest label's
-    count; ``n=None``: the largest balanced sample)."""
-    examples = list(examples)
-    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
-        raise ConfigError(f"max_examples must be a positive integer or null (all), got {n!r}")
-    if method == "parallel":
-        return sample_parallel({"": examples}, n, seed=seed)[0][""]
-    if n is None or len(examples) <= n:
-        return examples
-    if method == "first":
-        return examples[:n]
-    if method != "stratified":
-        raise ConfigError(f"sample_method must be 'stratified', 'first' or 'parallel', not {method!r}")
-    by_label: dict[Any, list[int]] = {}
-    for i, e in enumerate(examples):
-        by_label.setdefault(e.label, []).append(i)
-    share = {label: n * len(idx) / len(examples) for label, idx in by_label.items()}
-    take = {label: int(q) for label, q in share.items()}
-    for label in sorted(by_label, key=lambda lab: (take[lab] - share[lab], lab))[:n - sum(take.values())]:
-        take[label] += 1
-    chosen = []
-    for label, idx in by_label.items():
-        chosen += sorted(idx, key=lambda i: (_rank(seed, str(examples[i].id)), i))[:take[label]]
-    return [examples[i] for i in sorted(chosen)]
-
-
-def sample_parallel(examples_of: dict[str, Sequence[Any]], n: int | None, *,
-                    seed: int = 0) -> tuple[dict[str, list[Any]], dict[str, Any]]:
-    """The same ids in every language of ``examples_of`` (``{lang: examples}``, objects with ``id`` and ``label``;
-    the same id in two languages = translations), equal counts per label: a parallel, balanced evaluation sample.
-
-    The candidates are the ids every language has, once, with the same label in each (an id whose label differs
-    between languages, or that a language lacks or repeats, is left out and counted). Each label present among
-    them gets ``n // labels`` (``n=None``: as many as possible), at most as many as the rarest label has, so the
-    counts are equal; within a label the ids whose ``sha256(seed, id)`` ranks first are taken, so the same seed
-    gives the same ids whatever the files' order. Returns ``({lang: its examples of those ids, in file order},
-    info)``: ``info`` holds ``ids`` (in the first language's order), ``per_label``, ``wanted_per_label``,
-    ``candidates`` and ``left_out`` (ids some language lacks, repeats or labels otherwise). A ``ConfigError``
-    when the languages share no id or ``n`` is below the number of labels."""
-    langs = list(examples_of)
-    if not langs:
-        raise ValueError("sample_parallel needs at least one language")
-    label_of: dict[str, Any] = {}  # id -> its label in every language so far; None: unusable
-    once_in: dict[str, int] = {}   # id -> how many languages have it exactly once
-    for lang in langs:
-        counts = Counter(str(e.id) for e in examples_of[lang])
-        for e in examples_of[lang]:
-            key = str(e.id)
-            if counts[key] != 1:  # repeated in a language: which row is the translation is unknown
-                label_of[key] = None
-                continue
-            once_in[key] = once_in.get(key, 0) + 1
-            if key not in label_of:
-                label_of[key] = e.label
-            elif label_of[key] != e.label:
-                label_of[key] = None
-    first_order = list(dict.fromkeys(str(e.id) for e in examples_of[langs[0]]))
-    candidates = [i for i in first_order if once_in.get(i) == len(langs) and label_of.get(i) is not None]
-    left_out = len(set(label_of)) - len(candidates)
-    if not candidates:
-        raise ConfigError(f"sample_method parallel: the {len(langs)} languages ({', '.join(langs[:5])}"
-                          f"{' ...' if len(langs) > 5 else ''}) share no id with the same label: it needs parallel "
-                          f"data (the same id = translations of each other); use sample_method stratified")
-    by_label: dict[Any, list[str]] = {}
-    for i in candidates:
-        by_label.setdefault(label_of[i], []).append(i)
-    if n is not None and n < len(by_label):
-        raise ConfigError(f"max_examples {n} is fewer than the {len(by_label)} labels: sample_method parallel takes "
-                          f"max_examples / {len(by_label)} examples of each label; raise max_examples")
-    wanted = n // len(by_label) if n is not None else None
-    per_label = min([len(ids) for ids in by_label.values()] + ([wanted] if wanted is not None else []))
-    chosen: set[str] = set()
-    for ids in by_label.values():
-        chosen.update(sorted(ids, key=lambda i: _rank(seed, i))[:per_label])
-    sampled = {lang: [e for e in examples_of[lang] if str(e.id) in chosen] for lang in langs}
-    info = {"ids": [i for i in first_order if i in chosen], "per_label": per_label, "wanted_per_label": wanted,
-            "candidates": len(candidates), "left_out": left_out}
-    return sampled, info
 
 
 def _parallel_note(s: "EvaluateSettings", info: dict[str, Any], n_langs: int) -> str:

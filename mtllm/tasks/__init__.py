@@ -57,6 +57,7 @@ from mtllm.tasks.base import (DATA_DIR_ENV, KIND_COLUMNS, KINDS, SPLITS, TASKS, 
 from mtllm.tasks import americasnli, belebele, kardes_nlu, nusax, sib200, xnli  # noqa: F401
 from mtllm.tasks.files import (FileTask, check_train_file, load_task_file, load_train_file, load_training_data,
                                task_from_dict, train_file_digest)
+from mtllm.tasks.sampling import sample_examples, sample_parallel
 from mtllm.tasks.sib200 import SIB200_LABELS
 
 __all__ = [
@@ -65,4 +66,5 @@ __all__ = [
     "list_tasks", "resolve_data_dir", "available_languages", "load_examples", "load_train_examples",
     "load_task_file", "task_from_dict", "is_task_file", "SIB200_LABELS", "check_train_file", "load_train_file",
     "load_training_data", "train_file_digest", "check_transfer", "resolve_data_ref", "DATA_PREFIX", "data_ref_problem",
+    "sample_examples", "sample_parallel",
 ]

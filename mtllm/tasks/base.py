@@ -755,7 +755,7 @@ def load_examples(task: str | TaskSpec, lang: str, split: str, data_dir: str | o
     missing file is an error, there is
     no silent switch to the hub), else from the Hugging Face hub. ``limit``: at most this many, the first
     in file order (a file sorted by label gives one class); an evaluation sample is drawn with
-    :func:`mtllm.evaluation.evaluate.sample_examples` instead (fixed seed, stratified by label).
+    :func:`mtllm.tasks.sampling.sample_examples` instead (fixed seed, stratified by label).
     """
     spec = get_task(task)
     code = spec.check_lang(lang)

@@ -64,9 +64,11 @@ from mtllm.tasks.base import (set_task_file_loader, SPLITS, TASKS, DataNotFoundE
                               TaskDataError, TaskSpec, get_task, load_examples, load_train_examples,
                               resolve_data_ref, _ALIASES, _blank_label, _limit_iter, _normalise_split,
                               _read_rows, _recording, _require_columns, _segments, _task_key, _text, register_task)
+from mtllm.tasks.sampling import sample_examples
 
 __all__ = ["FileTask", "load_task_file", "task_from_dict", "task_from_file", "TASK_KEYS", "FILE_KINDS",
-           "DATA_SUFFIXES", "check_train_file", "load_train_file", "load_training_data", "train_file_digest"]
+           "DATA_SUFFIXES", "check_train_file", "load_train_file", "load_training_data", "train_file_digest",
+           "TRAIN_SAMPLE_SEED"]
 
 #: ``kind:`` in a task file -> :attr:`TaskSpec.kind` (the TaskSpec names are accepted too).
 FILE_KINDS = {"single": "classification", "pair": "pair_classification", "multiple_choice": "multiple_choice",
@@ -549,18 +551,33 @@ def load_train_file(task: str | TaskSpec, ref: str | os.PathLike, data_dir: str 
     return _limit_iter(examples, limit, f"train_file {path}", report)
 
 
+#: The seed of the ``max_train_examples`` / ``max_eval_examples`` samples of the training stages (fixed: the same
+#: setting gives the same examples in every stage and every run).
+TRAIN_SAMPLE_SEED = 0
+
+
 def load_training_data(task: str | TaskSpec, *, train_file: str | os.PathLike | None = None, lang: str = "eng_Latn",
-                       data_dir: str | os.PathLike | None = None, limit: int | None = None) -> Examples:
+                       data_dir: str | os.PathLike | None = None, limit: int | None = None,
+                       seed: int = TRAIN_SAMPLE_SEED) -> Examples:
     """What a model trained for ``task`` learns from, the one rule every stage and baseline follows: the
     ``train_file`` when one is given (:func:`load_train_file`), else the task's training data in ``lang``
     (English: :func:`~mtllm.tasks.load_train_examples`, which follows a task's ``train_task``, e.g. MultiNLI for
-    AmericasNLI; another language: that language's train split)."""
+    AmericasNLI; another language: that language's train split).
+
+    ``limit`` (``max_train_examples``): at most this many, a fixed-seed random sample stratified by label
+    (:func:`mtllm.tasks.sampling.sample_examples`, ``seed``), in file order; not the first rows, which in a file
+    sorted by label hold one class. The whole data is read, so the ``report`` counts the bad rows of all of it."""
     if train_file is not None:
-        return load_train_file(task, train_file, data_dir, lang=lang, limit=limit)
-    spec = get_task(task)
-    if lang == "eng_Latn":
-        return load_train_examples(spec, data_dir=data_dir, limit=limit)
-    return load_examples(spec, lang, "train", data_dir=data_dir, limit=limit)
+        examples = load_train_file(task, train_file, data_dir, lang=lang)
+    else:
+        spec = get_task(task)
+        if lang == "eng_Latn":
+            examples = load_train_examples(spec, data_dir=data_dir)
+        else:
+            examples = load_examples(spec, lang, "train", data_dir=data_dir)
+    if limit is None or len(examples) <= limit:
+        return examples
+    return Examples(sample_examples(examples, limit, seed=seed), report=examples.report)
 
 
 set_task_file_loader(task_from_file)  # get_task reads task YAMLs with it (mtllm.tasks.base sits below this module)

@@ -29,7 +29,7 @@ from mtllm.modeling.batching import forward_inputs, run_batched
 from mtllm.modeling.model import MTLLMModel, model_fingerprint
 from mtllm.errors import ConfigError
 from mtllm.settings import MODEL, ModelSettings, check_settings, required_if
-from mtllm.training.finetune import TaskSettings, _check_labels, _head_kind, _load
+from mtllm.training.finetune import TaskSettings, _check_labels, _head_kind, _load, load_selection
 from mtllm.training.caches import ArrayCache, cache_key
 from mtllm.training.encoder_cache import EncoderCache, encoder_input_texts
 from mtllm.training.loop import TrainingArgs, epoch_evals, set_seed, start_run, train
@@ -120,7 +120,7 @@ def run_distill(model_settings: ModelSettings, task: TaskSettings, distill: Dist
     resume_from = start_run(args, "distill")  # before any work: the output folder may be refused
     set_seed(args.seed)
     spec, train_ex = _load(task, task.train_split, limit=task.max_train_examples)
-    _, val_ex = _load(task, task.eval_split)
+    _, val_ex, val_record = load_selection(task)
     out = Path(args.output_dir)
     if student is None:
         if distill.stage1_model:
@@ -199,7 +199,7 @@ def run_distill(model_settings: ModelSettings, task: TaskSettings, distill: Dist
                    config_to_save={"model": asdict(model_settings), "task": asdict(task), "distill": asdict(distill),
                                    "training": asdict(args)})
     summary = {"final_dir": str(result.final_dir), "evals": epoch_evals(result.history), "steps": result.steps,
-               "seconds": round(result.seconds, 2), "n_train": len(train_ex),
+               "seconds": round(result.seconds, 2), "n_train": len(train_ex), **val_record,
                "trainable": sorted({_part(n) for n in trainable}), "objective": distill.objective,
                "first": result.history[0] if result.history else None,
                "last": result.history[-1] if result.history else None}

@@ -1,9 +1,10 @@
 """The ``encoder-ft`` baseline's training: the MT-LLM's encoder with a fresh linear head on its mean-pooled states
 (:class:`mtllm.modeling.encoder_ft.EncoderFT`), fine-tuned with cross-entropy on the English task data that the
 teacher learns from (the same task, ``train_file`` and ``max_train_examples``), best epoch by English validation
-accuracy, kept in ``output_dir/best``. It is the paper's encoder baseline (the encoder fine-tuned on the English
-task), next to the frozen-encoder probe (``encoder``, :mod:`mtllm.baselines.encoder_probe`), and is evaluated
-zero-shot like the other systems (``systems: [..., encoder-ft]``).
+accuracy (on at most ``max_eval_examples`` of them), kept in ``output_dir/best``. It is the paper's encoder baseline
+(the encoder fine-tuned on the English task), next to the frozen-encoder probe (``encoder``,
+:mod:`mtllm.baselines.encoder_probe`), and is evaluated zero-shot like the other systems (``systems: [...,
+encoder-ft]``). ``mtllm encoder-ft`` trains it alone; ``mtllm run`` as its ``encoder-ft`` stage.
 
 What trains: full fine-tuning of the encoder's transformer layers and the head; the token embeddings stay frozen
 (``train_embeddings: false``, the default). Frozen embeddings keep the words of the languages the English data
@@ -33,7 +34,7 @@ from mtllm.modeling.encoder_ft import EncoderFT
 from mtllm.modeling.model import MTLLMModel
 from mtllm.modeling.objectives import classification_loss
 from mtllm.settings import ModelSettings, check_settings
-from mtllm.training.finetune import TaskSettings, _check_labels, _head_kind, _load
+from mtllm.training.finetune import TaskSettings, _check_labels, _head_kind, _load, load_selection
 from mtllm.training.loop import TrainingArgs, epoch_evals, set_seed, start_run, train
 
 logger = logging.getLogger(__name__)
@@ -72,7 +73,7 @@ def run_encoder_ft(model_settings: ModelSettings, task: TaskSettings, ft: Encode
     resume_from = start_run(args, "encoder-ft")  # before any work: the output folder may be refused
     set_seed(args.seed)
     spec, train_ex = _load(task, task.train_split, limit=task.max_train_examples)
-    _, val_ex = _load(task, task.eval_split)
+    _, val_ex, val_record = load_selection(task)
     if host is None:
         host = host_model(model_settings)
     check_content(host, train_ex + val_ex, path="encoder")  # before any work: every text has a content token
@@ -113,7 +114,7 @@ def run_encoder_ft(model_settings: ModelSettings, task: TaskSettings, ft: Encode
                    config_to_save={"model": asdict(model_settings), "task": asdict(task), "encoder_ft": asdict(ft),
                                    "training": asdict(args)})
     summary = {"best_dir": str(best_path), "best": best, "evals": epoch_evals(result.history), "steps": result.steps,
-               "seconds": round(result.seconds, 2), "n_train": len(train_ex), "n_val": len(val_ex),
+               "seconds": round(result.seconds, 2), "n_train": len(train_ex), **val_record,
                "trainable_parameters": trainable}
     atomic_write_json(out / "encoder_ft_summary.json", summary, indent=1)
     return summary

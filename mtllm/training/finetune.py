@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import json
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -18,14 +19,15 @@ from mtllm.modeling.model import MTLLMModel
 from mtllm.errors import DataError
 from mtllm.errors import UserError
 from mtllm.settings import EXISTING_DIR, NON_EMPTY, TASK, ModelSettings, Rule, at_least, check_settings
-from mtllm.tasks import (DATA_PREFIX, check_train_file, data_ref_problem, get_task, load_examples,
-                         load_training_data, resolve_data_dir)
+from mtllm.tasks import (DATA_PREFIX, Examples, check_train_file, data_ref_problem, get_task, load_examples,
+                         load_training_data, resolve_data_dir, sample_examples)
+from mtllm.tasks.files import TRAIN_SAMPLE_SEED
 from mtllm.training.loop import TrainingArgs, epoch_evals, set_seed, start_run, train
 from mtllm.modeling.objectives import classification_loss
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TaskSettings", "run_finetune", "TRAIN_FILE", "TRAIN_FILE_HELP"]
+__all__ = ["TaskSettings", "run_finetune", "load_selection", "TRAIN_FILE", "TRAIN_FILE_HELP"]
 
 
 def _train_file(value: str, settings: object) -> str | None:
@@ -66,8 +68,14 @@ class TaskSettings:
     train_file: str | None = field(default=None, metadata={"help": TRAIN_FILE_HELP, "check": TRAIN_FILE})
     train_split: str = field(default="train", metadata={"help": "Split to train on.", "check": NON_EMPTY})
     eval_split: str = field(default="validation", metadata={"help": "Split for model selection.", "check": NON_EMPTY})
-    max_train_examples: int | None = field(default=None, metadata={"help": "Use at most this many training "
-                                                                           "examples.", "check": at_least(1)})
+    max_train_examples: int | None = field(default=None, metadata={
+        "help": "Train on at most this many training examples: a fixed-seed random sample stratified by label (seed "
+                "0, the same examples in every stage and run), not the first rows. Default: all.",
+        "check": at_least(1)})
+    max_eval_examples: int | None = field(default=None, metadata={
+        "help": "Select the model (best epoch) on at most this many examples of eval_split: a fixed-seed random "
+                "sample stratified by label (seed 0, the same examples every epoch and in every stage). Default: "
+                "all of them.", "check": at_least(1)})
     eval_batch_size: int = field(default=32,
                                  metadata={"help": "Batch size for evaluation and pre-embedding.",
                                            "check": at_least(1)})
@@ -77,13 +85,37 @@ class TaskSettings:
 
 
 def _load(task: TaskSettings, split: str, lang: str | None = None, limit: int | None = None):
+    """``split`` of the task in ``lang`` (default: ``train_lang``); ``limit``: at most this many, a fixed-seed sample
+    stratified by label (:func:`mtllm.tasks.sampling.sample_examples`), not the first rows."""
     spec = get_task(task.task)
     if split == "train" and lang is None:  # the train_file, else e.g. English XNLI for AmericasNLI
         examples = load_training_data(spec, train_file=task.train_file, lang=task.train_lang, data_dir=task.data_dir,
                                       limit=limit)
     else:
-        examples = load_examples(spec, lang or task.train_lang, split, data_dir=task.data_dir, limit=limit)
+        examples = load_examples(spec, lang or task.train_lang, split, data_dir=task.data_dir)
+        if limit is not None and len(examples) > limit:
+            examples = Examples(sample_examples(examples, limit, seed=TRAIN_SAMPLE_SEED), report=examples.report)
     return spec, examples
+
+
+def load_selection(task: TaskSettings) -> tuple[Any, list[Any], dict[str, Any]]:
+    """The examples a stage selects its model on: ``eval_split`` in ``train_lang``, at most ``max_eval_examples``
+    of them (a fixed-seed sample stratified by label, the same every epoch). Returns ``(spec, examples, record)``;
+    ``record`` goes into the stage's summary: ``n_val`` (examples used), ``n_val_available`` (in the split),
+    ``max_eval_examples``, and when it cut the split the ``val_labels`` counts and ``val_sample`` (how)."""
+    spec, every = _load(task, task.eval_split)
+    examples = every
+    record: dict[str, Any] = {"n_val": len(every), "n_val_available": len(every),
+                              "max_eval_examples": task.max_eval_examples}
+    if task.max_eval_examples is not None and len(every) > task.max_eval_examples:
+        examples = Examples(sample_examples(every, task.max_eval_examples, seed=TRAIN_SAMPLE_SEED),
+                            report=every.report)
+        counts = Counter(e.label for e in examples)
+        record.update(n_val=len(examples), val_labels={str(k): counts[k] for k in sorted(counts)},
+                      val_sample=f"stratified by label, seed {TRAIN_SAMPLE_SEED}")
+        logger.info(f"model selection on {len(examples)} of the {len(every)} {task.train_lang} {task.eval_split} "
+                    f"examples (max_eval_examples; stratified by label, seed {TRAIN_SAMPLE_SEED})")
+    return spec, examples, record
 
 
 def _head_kind(spec) -> str:
@@ -104,7 +136,7 @@ def run_finetune(model_settings: ModelSettings, task: TaskSettings, args: Traini
     resume_from = start_run(args, "finetune")  # before any work: the output folder may be refused
     set_seed(args.seed)
     spec, train_ex = _load(task, task.train_split, limit=task.max_train_examples)
-    _, val_ex = _load(task, task.eval_split)
+    _, val_ex, val_record = load_selection(task)
     if model is None:
         model = MTLLMModel.llm_only(
             model_settings.llm, bidirectional=model_settings.bidirectional, lora=model_settings.lora(),
@@ -145,6 +177,6 @@ def run_finetune(model_settings: ModelSettings, task: TaskSettings, args: Traini
                    save_final=lambda m, d: m.save_pretrained(d),
                    config_to_save={"model": asdict(model_settings), "task": asdict(task), "training": asdict(args)})
     summary = {"best_dir": str(best_path), "best": best, "evals": epoch_evals(result.history), "steps": result.steps,
-               "seconds": round(result.seconds, 2), "n_train": len(train_ex), "n_val": len(val_ex)}
+               "seconds": round(result.seconds, 2), "n_train": len(train_ex), **val_record}
     atomic_write_json(out / "finetune_summary.json", summary, indent=1)
     return summary
