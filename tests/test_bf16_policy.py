@@ -211,7 +211,7 @@ def test_the_evaluation_key_holds_the_dtype_auto_resolves_to(monkeypatch, tmp_pa
     assert keys[True]["dtype"] == "bfloat16" and keys[False]["dtype"] == "float32"
     assert {**keys[True], "dtype": None} == {**keys[False], "dtype": None}  # nothing else differs
     PartialResults.open(tmp_path, keys[True]).add("eng_Latn", {"accuracy": 0.5}, data="d")
-    with pytest.raises(ConfigError, match="differs in: dtype"):
+    with pytest.raises(ConfigError, match=r"differs \(dtype: 'bfloat16' -> 'float32'\)"):
         PartialResults.open(tmp_path, keys[False])
     assert PartialResults.open(tmp_path, keys[True]).langs.keys() == {"eng_Latn"}
     PartialResults.open(tmp_path, {**keys[True], "dtype": "auto"}, overwrite=True).add("eng_Latn", {}, data="d")

@@ -516,12 +516,12 @@ def test_changed_input_other_settings_and_foreign_outputs_are_refused(model_dir,
     _write(src, rows)
     assert _predict(*args, "--output", out) == 2
     err = capsys.readouterr().err
-    assert "the input file changed" in err and "--overwrite" in err
+    assert "was started by a run that differs (input.sha256: " in err and "--overwrite" in err
     assert [g["id"] for g in _jsonl(out)] == ["r000", "r001", "r002", "r003"]  # untouched
     rows[10]["text"] = _rows(12)[10]["text"]
     _write(src, rows)  # the same input again, other settings
     assert _predict(*args, "--output", out, "--return_probs") == 2
-    assert "other settings (settings.return_probs: False -> True)" in capsys.readouterr().err
+    assert "differs (settings.return_probs: False -> True)" in capsys.readouterr().err
     assert _predict(*args, "--output", out, "--overwrite") == 0
     assert [g["id"] for g in _jsonl(out)] == [r["id"] for r in rows]
     foreign = tmp_path / "mine.jsonl"

@@ -214,7 +214,7 @@ def test_an_input_changed_while_predict_runs_is_not_marked_complete(model_dir, t
     assert record["complete"] is False
     monkeypatch.setattr(jobs._Job, "_chunk", real_chunk)
     err = _one_line_error(capsys, main(_predict(model_dir, texts, out)))  # the rerun sees the change
-    assert "the input file changed" in err
+    assert "differs (input.sha256: " in err
     assert main(_predict(model_dir, texts, out, "--overwrite", "true")) == 0
     assert json.loads(Path(f"{out}.progress.json").read_text())["complete"] is True
 

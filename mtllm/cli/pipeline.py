@@ -41,19 +41,19 @@ A run config is a flat preset (model and stage-1 keys, e.g. ``base: pocket.yaml`
 per later stage (``finetune:``, ``distill:``, ``evaluate:``, ``retrieval:``) holding that stage's
 keys; ``--section.key value`` overrides one of them (``--finetune.num_epochs 2``). Every stage's
 settings are built from the config, and so checked, before the first stage starts (:func:`plan_run`).
-Every stage writes ``stage.json`` with a hash of its inputs (its settings as written in the config and
-the hashes of the stages it reads); a finished stage with the same hash is skipped, an unfinished one
-resumes from its last checkpoint, and a stage whose inputs changed is redone (with everything
-downstream). A stage folder is only ever cleared of what mtllm wrote there (:mod:`mtllm.outputs`): one that
-holds files mtllm did not write, or a run that ``mtllm run`` did not start (no ``stage.json``), is refused
-before the first stage starts, unless ``--overwrite`` (which still keeps the files mtllm did not write).
+Every stage writes ``stage.json`` (a run record, :mod:`mtllm.records`) with a hash of its inputs (its settings as
+written in the config and the hashes of the stages it reads) and those inputs by name; a finished stage with the same
+hash is skipped, an unfinished one resumes from its last checkpoint, and a stage whose inputs changed is redone (with
+everything downstream), naming what changed. A stage folder is only ever cleared of what mtllm wrote there
+(:mod:`mtllm.outputs`): one that holds files mtllm did not write, or a run that ``mtllm run`` did not start (no
+``stage.json``, or one that cannot be read), is refused before the first stage starts, unless ``--overwrite`` (which
+still keeps the files mtllm did not write).
 Ctrl-C stops the current stage at a checkpoint; rerunning the same command continues from there.
 """
 from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -65,6 +65,7 @@ from mtllm.errors import ConfigError
 from mtllm.fingerprints import changed_files, json_digest, recording_reads
 from mtllm.locks import exclusive_output
 from mtllm.outputs import claim_output_dir, clear_outputs, foreign_entries
+from mtllm.records import RunRecord, differences
 from mtllm.data.languages import suggest_languages, validate_lang
 from mtllm.evaluation.evaluate import EvaluateSettings, evaluation_languages, run_evaluate
 from mtllm.settings import (EXISTING_DIR, NON_EMPTY, OUTPUT_DIR, SEED, TASK, ModelSettings, at_least, build_settings,
@@ -380,35 +381,46 @@ def _reads(plan: RunPlan, name: str) -> tuple[str, ...]:
     return UPSTREAM.get(kind, ()) + extra
 
 
-def _stage_inputs(plan: RunPlan, name: str, hashes: dict[str, str]) -> list[Any]:
-    """What stage ``name``'s hash covers: its settings (sections as written) and the hashes of the stages
-    it reads, when they ran earlier in this run. Settings added later (train_file, max_train_examples, another
-    evaluation task, the encoder-ft system) count only when set, so earlier runs keep their hashes."""
+def _stage_input_parts(plan: RunPlan, name: str, hashes: dict[str, str]) -> dict[str, Any]:
+    """What stage ``name``'s hash covers, each part by name: its settings (sections as written) and the hashes of
+    the stages it reads, when they ran earlier in this run. Settings added later (train_file, max_train_examples,
+    another evaluation task, the encoder-ft system) count only when set, so earlier runs keep their hashes. The hash
+    is over the values, in this order (:func:`_stage_inputs`); the names let a stage record say what changed."""
     s, data_dir, pipe = plan.sections, plan.data_dir, plan.pipe
     # a task file: its name and the hash of its files' bytes, not its path (moving it redoes nothing); a
     # registered task's hash stays what it always was
-    files = [plan.task_files] if plan.task_files is not None else []
+    files = {"task_files": plan.task_files} if plan.task_files is not None else {}
     task = plan.task_name if plan.task_files is not None else pipe.task
-    train = [plan.train_data] if plan.train_data else []  # the training file's bytes, not its place
+    train = {"train_data": plan.train_data} if plan.train_data else {}  # the training file's bytes, not its place
     if _kind(name) == "eval":
         evaluate = plan.evals[name]
         if name == "eval":
-            what = [task, *files]
+            what = {"task": task, **files}
         else:  # another task: its name (a task file: and its files' bytes)
             digest = plan.eval_files.get(name)
-            what = [plan.eval_names[name], *([digest] if digest is not None else [])]
-        ft = [hashes.get("encoder-ft")] if "encoder-ft" in evaluate.systems else []
-        return [hashes.get("distill"), hashes.get("teacher"), _args_key(s["evaluate"]), data_dir, *what, *train, *ft]
+            what = {"task": plan.eval_names[name], **({"task_files": digest} if digest is not None else {})}
+        ft = {"encoder-ft": hashes.get("encoder-ft")} if "encoder-ft" in evaluate.systems else {}
+        return {"distill": hashes.get("distill"), "teacher": hashes.get("teacher"),
+                "evaluate": _args_key(s["evaluate"]), "data_dir": data_dir, **what, **train, **ft}
     if name == "encoder-ft":  # the encoder and how its text is cut: not the LLM, which it never runs
         encoder = {k: v for k, v in asdict(plan.model).items() if k in ("encoder", "dtype", "max_seq_length")}
-        return [encoder, task, _args_key(s["encoder_ft"] or {}), data_dir, pipe.seed, *files, *train]
+        return {"encoder": encoder, "task": task, "encoder_ft": _args_key(s["encoder_ft"] or {}), "data_dir": data_dir,
+                "seed": pipe.seed, **files, **train}
     return {
-        "stage1": [asdict(plan.model), _stage1_key(plan.stage1), _args_key(plan.stage1_args)],
-        "retrieval": [hashes.get("stage1"), _args_key(s["retrieval"] or {}), data_dir],
-        "teacher": [asdict(plan.model), task, _args_key(s["finetune"]), data_dir, pipe.seed, *files, *train],
-        "distill": [hashes.get("stage1"), hashes.get("teacher"), _args_key(s["distill"]), data_dir, pipe.seed, *files,
-                    *train],
+        "stage1": {"model": asdict(plan.model), "stage1": _stage1_key(plan.stage1),
+                   "training": _args_key(plan.stage1_args)},
+        "retrieval": {"stage1": hashes.get("stage1"), "retrieval": _args_key(s["retrieval"] or {}),
+                      "data_dir": data_dir},
+        "teacher": {"model": asdict(plan.model), "task": task, "finetune": _args_key(s["finetune"]),
+                    "data_dir": data_dir, "seed": pipe.seed, **files, **train},
+        "distill": {"stage1": hashes.get("stage1"), "teacher": hashes.get("teacher"),
+                    "distill": _args_key(s["distill"]), "data_dir": data_dir, "seed": pipe.seed, **files, **train},
     }[name]
+
+
+def _stage_inputs(plan: RunPlan, name: str, hashes: dict[str, str]) -> list[Any]:
+    """What stage ``name``'s hash covers (:func:`_stage_input_parts`'s values, in order)."""
+    return list(_stage_input_parts(plan, name, hashes).values())
 
 
 # ---------------------------------------------------------------------------------------- the stages
@@ -490,14 +502,21 @@ STAGES: dict[str, tuple[str, Callable[[RunPlan, bool], StageResult]]] = {
 
 class _Stage:
     """Bookkeeping of one stage folder: skip when done with the same inputs, resume when interrupted with
-    them, else (re)run; the stage functions get ``overwrite=True``, since :meth:`check` has claimed the folder."""
+    them, else (re)run; the stage functions get ``overwrite=True``, since :meth:`check` has claimed the folder.
+
+    Its record is ``stage.json`` (:mod:`mtllm.records`), its identity the inputs hash; it also keeps the inputs
+    themselves (``inputs``, by name: :func:`_stage_input_parts`), so a redone stage says what changed."""
 
     def __init__(self, folder: Path, name: str, inputs_hash: str, overwrite: bool = False,
-                 upstream: tuple["_Stage", ...] = ()):
+                 upstream: tuple["_Stage", ...] = (), inputs: dict[str, Any] | None = None):
         self.dir, self.name, self.hash, self.overwrite = folder, name, inputs_hash, overwrite
         self.marker = self.dir / "stage.json"
+        self.record = RunRecord(self.marker, finished=("status", "done"))
         self.upstream = upstream  # the stages of this run whose outputs it reads
+        self.inputs = inputs  # what the hash covers, by name (None: not kept)
         self.why = ""  # why check() said redo
+        self.changes: list[str] = []  # what changed, when the earlier record kept its inputs
+        self.damaged: str | None = None  # why its stage.json cannot be read
 
     def _upstream_records(self) -> dict[str, str]:
         """The digest of what each upstream stage's outputs were computed from, as its record says now: its inputs
@@ -522,33 +541,31 @@ class _Stage:
         return None
 
     def _info(self) -> dict[str, Any] | None:
-        """The folder's ``stage.json``: None when there is none, ``{}`` when it cannot be read (inputs unknown)."""
-        if not self.marker.is_file():
-            return None
-        try:
-            info = json.loads(self.marker.read_text())
-        except (OSError, ValueError):
-            return {}
-        return info if isinstance(info, dict) else {}
+        """The folder's ``stage.json``: None when there is none or it cannot be read."""
+        return self.record.read()
 
     def done(self) -> dict[str, Any] | None:
-        info = self._info()
-        finished = info is not None and info.get("hash") == self.hash and info.get("status") == "done"
-        return info if finished and self.stale(info) is None else None
+        found = self.record.compare({"hash": self.hash})
+        return found.record if found.action == "complete" and self.stale(found.record) is None else None
 
     def check(self) -> str:
         """What :meth:`run` will do: ``skip`` (done with the same inputs), ``resume`` (interrupted with them),
         ``redo`` (an earlier ``mtllm run`` with other inputs) or ``fresh``. Raises :class:`ConfigError`, naming
         the files and ``--overwrite``, when the folder holds files mtllm did not write (``redo``) or anything
-        ``mtllm run`` did not start there (``fresh``: :func:`mtllm.outputs.claim_output_dir`)."""
-        info = self._info()
-        if info is not None and info.get("hash") == self.hash:
-            if info.get("status") != "done":
-                return "resume"
-            self.why = self.stale(info) or ""
+        ``mtllm run`` did not start there (``fresh``, also when its stage.json cannot be read:
+        :func:`mtllm.outputs.claim_output_dir`)."""
+        found = self.record.compare({"hash": self.hash})
+        if found.action == "continue":
+            return "resume"
+        if found.action == "complete":
+            self.why = self.stale(found.record) or ""
             if not self.why:
                 return "skip"
-        if info is not None:
+        elif found.action == "changed":
+            self.why = "inputs changed since the last run"
+            kept = found.record.get("inputs")
+            self.changes = differences(kept, self.inputs) if isinstance(kept, dict) and self.inputs else []
+        if found.action != "fresh":
             foreign = foreign_entries(self.dir)
             if foreign and not self.overwrite:
                 raise ConfigError(
@@ -556,38 +573,41 @@ class _Stage:
                     f"write ({', '.join(foreign[:5])}{' ...' if len(foreign) > 5 else ''}): move them away, or pass "
                     f"--overwrite to redo it anyway (those files are kept)")
             return "redo"
+        self.damaged = found.damaged
+        why = (f"its stage.json cannot be read: {found.damaged}" if found.damaged else
+               "it has no stage.json: not a stage of `mtllm run`")
         try:
             claim_output_dir(self.dir, overwrite=self.overwrite)
         except ConfigError as err:
-            raise ConfigError(f"{self.name}: {err} (it has no stage.json: not a stage of `mtllm run`)") from None
+            raise ConfigError(f"{self.name}: {err} ({why})") from None
         return "fresh"
 
     def begin(self, action: str) -> bool:
         """Prepare the folder for ``action`` (:meth:`check`); returns whether the stage resumes."""
         if action == "resume":
             return True
-        unreadable = self._info() == {}
         removed = clear_outputs(self.dir, keep=frozenset())  # only what mtllm wrote; other files stay
         kept = foreign_entries(self.dir)
         if action == "redo":
-            why = ("its stage.json is unreadable" if unreadable else self.why or "inputs changed since the last run")
-            print(f"[run] {self.name}: {why}; redoing it", flush=True)
+            print(f"[run] {self.name}: {self.why or 'inputs changed since the last run'}; redoing it", flush=True)
+            for change in self.changes:
+                print(f"[run]   {change}", flush=True)
         elif removed:
-            print(f"[run] {self.name}: removed {', '.join(removed)} from {self.dir}, left by a run without a "
-                  f"stage.json", flush=True)
+            whose = f"whose stage.json cannot be read ({self.damaged})" if self.damaged else "without a stage.json"
+            print(f"[run] {self.name}: removed {', '.join(removed)} from {self.dir}, left by a run {whose}", flush=True)
         if kept:
             print(f"[run] {self.name}: --overwrite: keeping the files mtllm did not write: {', '.join(kept)}",
                   flush=True)
         self.dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(self.marker, {"hash": self.hash, "status": "running"})
+        self.record.write({"hash": self.hash}, status="running", inputs=self.inputs)
         return False
 
     def finish(self, artefacts: dict[str, Any], seconds: float, summary: Any = None,
                data: dict[str, str] | None = None) -> dict[str, Any]:
-        info = {"hash": self.hash, "status": "done", "artefacts": artefacts, "seconds": round(seconds, 1),
-                "summary": summary, "data": data or {}, "upstream": self._upstream_records()}
-        atomic_write_json(self.marker, info, indent=1, default=str)
-        return info
+        info = {"status": "done", "artefacts": artefacts, "seconds": round(seconds, 1), "summary": summary,
+                "data": data or {}, "upstream": self._upstream_records(), "inputs": self.inputs}
+        self.record.write({"hash": self.hash}, **info)
+        return {"hash": self.hash, **info}
 
     def run(self, body: Callable[[RunPlan, bool], StageResult], plan: RunPlan) -> dict[str, Any]:
         """Skip when done, else run ``body(plan, resume)`` and record what it wrote."""
@@ -643,9 +663,9 @@ def run_pipeline(values: dict[str, Any]) -> dict[str, Any]:
     hashes: dict[str, str] = {}
     for name in plan.stages:  # in the order given: a stage's hash covers the hashes of those before it
         upstream = tuple(stages[u] for u in _reads(plan, name) if u in stages)
-        stages[name] = _Stage(plan.dirs[name], name, _hash(_stage_inputs(plan, name, hashes)),
-                              plan.stage1_args.overwrite,
-                              upstream)
+        inputs = _stage_input_parts(plan, name, hashes)
+        stages[name] = _Stage(plan.dirs[name], name, _hash(list(inputs.values())), plan.stage1_args.overwrite,
+                              upstream, inputs)
         hashes[name] = stages[name].hash
     with contextlib.ExitStack() as held:
         # one writer per stage folder (mtllm.locks): the folders this run writes (a stage not done, or one whose

@@ -4,33 +4,30 @@ it stopped instead of starting over.
 A pocket evaluation of 60 languages takes hours on a laptop CPU; a crash, ``kill -9`` or the end of a
 session at language 50 used to throw away all 50. After each language the evaluation now replaces
 ``<output_dir>/partial_results.json`` (atomically, fsynced) with everything measured so far, under a key
-that hashes every setting that changes the numbers and the saved models' own files
+that holds every setting that changes the numbers and the saved models' own files
 (:func:`mtllm.modeling.model.model_fingerprint`), each language with the digest of the examples it was
 scored on. A rerun with the same key skips the languages it finds there whose data is unchanged (a language
-whose file changed since is evaluated again); the file is removed once ``results.json`` is written. Settings that only
-change *how* it is
-computed (``batch_size``, ``device``, ``output_dir``) are not in the key, so a run that ran out of memory
-can continue with a smaller batch.
+whose file changed since is evaluated again); the file is removed once ``results.json`` is written. Settings that
+only change *how* it is computed (``batch_size``, ``device``, ``output_dir``) are not in the key, so a run that ran
+out of memory can continue with a smaller batch.
 
-A partial file with another key (other settings, or a model retrained since) is refused before any
-work, naming what differs; ``overwrite`` starts over. Models passed in memory (``run_evaluate(models=...)``)
-have no saved files to fingerprint, so such an evaluation keeps no partial results. ``mtllm run`` gets there only when a
-stage's inputs
-are unchanged (its stage folders are keyed by them), so it always continues.
+The file is a run record (:mod:`mtllm.records`), the key its identity: a partial file with another key (other
+settings, or a model retrained since) is refused before any work, naming what differs; ``overwrite`` starts over
+(with the same key too), and so does a file that cannot be read. Models passed in memory
+(``run_evaluate(models=...)``) have no saved files to fingerprint, so such an evaluation keeps no partial results.
+``mtllm run`` gets there only when a stage's inputs are unchanged (its stage folders are keyed by them), so it
+always continues.
 """
 from __future__ import annotations
 
 import logging
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mtllm._io import atomic_write_json, remove_path
-from mtllm.errors import ConfigError
-from mtllm.fingerprints import json_digest
 from mtllm.modeling.encoder_ft import encoder_ft_fingerprint
 from mtllm.modeling.model import model_fingerprint
+from mtllm.records import RunRecord
 from mtllm.settings import dtype_name
 from mtllm.tasks import train_file_digest
 
@@ -72,8 +69,10 @@ def evaluation_key(settings: Any) -> dict[str, Any]:
     return values
 
 
-def _digest(key: dict[str, Any]) -> str:
-    return json_digest(key, length=16)
+def _record(path: Path) -> RunRecord:
+    """The partial results as a run record: ``{"key": key, "langs": {...}}``; a key written before ``dtype`` was
+    resolved holds ``auto``, which continues with either."""
+    return RunRecord(path, identity_field="key", state={"langs": dict}, legacy={"dtype": ("auto",)})
 
 
 @dataclass
@@ -91,32 +90,19 @@ class PartialResults:
         """The partial results in ``output_dir`` for ``key`` (none yet: empty). Raises
         :class:`~mtllm.errors.ConfigError` when they were written with another key, unless ``overwrite``."""
         path = Path(output_dir) / PARTIAL_FILE
-        found = cls(path, key)
-        if not path.is_file():
-            return found
-        try:
-            saved = json.loads(path.read_text())
-            old_key, langs = saved["key"], saved["langs"]
-            assert isinstance(old_key, dict) and isinstance(langs, dict)
-        except (OSError, ValueError, KeyError, TypeError, AssertionError):
-            logger.info(f"[evaluate] {path} is unreadable; starting over")
-            return found
-        if old_key.get("dtype") == "auto" and "dtype" in key:  # written before the key resolved auto
-            old_key = {**old_key, "dtype": key["dtype"]}
-        if _digest(old_key) != _digest(key):
-            if overwrite:
-                logger.info(f"[evaluate] overwrite: discarding {len(langs)} languages of partial results in {path} "
-                      f"(other settings)")
-                return found
-            changed = sorted(k for k in set(key) | set(old_key) if key.get(k) != old_key.get(k))
-            raise ConfigError(
-                f"{path} holds {len(langs)} languages of an unfinished evaluation with other settings (differs in: "
-                f"{', '.join(changed)}): rerun with those settings to continue it, pass --overwrite to start "
-                f"over, or choose another output_dir")
-        found.langs, found.resumed = langs, tuple(langs)
-        if langs:
-            logger.info(f"[evaluate] continuing: {len(langs)} languages already done ({path})")
-        return found
+        partial = cls(path, key)
+        found = _record(path).check(key, overwrite=overwrite, what=lambda record: (
+            f"{path}, holding {len(record['langs'])} languages of an unfinished evaluation,"))
+        if found.damaged:
+            logger.info(f"[evaluate] {path} cannot be read ({found.damaged}); starting over")
+        elif found.action == "fresh" and found.record is not None:
+            logger.info(f"[evaluate] overwrite: discarding {len(found.record['langs'])} languages of partial results "
+                        f"in {path}")
+        elif found.action != "fresh":
+            partial.langs, partial.resumed = found.record["langs"], tuple(found.record["langs"])
+            if partial.langs:
+                logger.info(f"[evaluate] continuing: {len(partial.langs)} languages already done ({path})")
+        return partial
 
     @classmethod
     def off(cls) -> "PartialResults":
@@ -142,7 +128,7 @@ class PartialResults:
         record = {**record, "data": data}
         self.langs[lang] = record
         if self.path is not None:
-            atomic_write_json(self.path, {"key": self.key, "langs": self.langs}, fsync=True, default=str)
+            _record(self.path).write(self.key, langs=self.langs)
 
     def notes(self) -> list[str]:
         """The results.md note saying that part of the results came from an interrupted run (none otherwise)."""
@@ -154,4 +140,4 @@ class PartialResults:
     def finish(self) -> None:
         """Remove the file once the complete results are written."""
         if self.path is not None:
-            remove_path(self.path)
+            _record(self.path).remove()

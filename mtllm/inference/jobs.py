@@ -28,16 +28,15 @@ header, a quote that never closes) is an error in either mode.
 formats), and after each chunk a small sidecar ``<output>.progress.json``
 (:data:`~mtllm.inference.writers.PROGRESS_SUFFIX`) is replaced atomically: rows done, the output's byte offset (or
 part count), the input's size and sha256, the model's fingerprint and the settings that change the output
-(``dtype`` as the weights' dtype: ``auto`` resolved to bfloat16 or float32 on this device). Rerunning the same
-command after Ctrl-C or ``kill -9`` truncates the output to the recorded offset and continues with the next row: no
-row lost or written twice (the output equals an uninterrupted run's, byte for byte). A rerun with other settings,
-another model or a changed input is refused unless ``--overwrite``; a finished run (sidecar ``"complete": true``,
-kept with the counts) says it is done.
+(``dtype`` as the weights' dtype: ``auto`` resolved to bfloat16 or float32 on this device): a run record
+(:mod:`mtllm.records`). Rerunning the same command after Ctrl-C or ``kill -9`` truncates the output to the recorded
+offset and continues with the next row: no row lost or written twice (the output equals an uninterrupted run's, byte
+for byte). A rerun with other settings, another model or a changed input is refused, naming what differs, unless
+``--overwrite``; a finished run (sidecar ``"complete": true``, kept with the counts) says it is done.
 """
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -46,7 +45,7 @@ from typing import Any, Literal, Sequence
 
 import numpy as np
 
-from mtllm._io import atomic_write_json, file_sha256, remove_path, remove_stale_temporaries
+from mtllm._io import file_sha256, remove_path
 from mtllm.data.languages import validate_lang
 from mtllm.errors import ConfigError, DataError, UnknownLanguageError, UnsupportedLanguageError
 from mtllm.inference.rows import CHUNK_ROWS, INPUT_SUFFIXES, Row, _blank, _suffix, iter_rows
@@ -57,6 +56,7 @@ from mtllm.modeling.embed import embed_texts
 from mtllm.modeling.model import MTLLMModel
 from mtllm.modeling.predict import check_head, encoder_code, model_path, score_texts, softmax
 from mtllm.modeling.serialization import model_fingerprint
+from mtllm.records import RunRecord
 from mtllm.settings import (MODEL, InferenceDtype, Rule, at_least, check_settings, dtype_name, inference_device_field,
                             inference_dtype_field, parse_dtype)
 
@@ -203,15 +203,6 @@ def _model_fingerprint(ref: str) -> dict:
     return {"sha256": model_fingerprint(path)} if path.is_dir() else {"ref": ref}
 
 
-def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
-    if isinstance(old, dict) and isinstance(new, dict):
-        out = []
-        for k in sorted(set(old) | set(new), key=str):
-            out += _differences(old.get(k), new.get(k), f"{prefix}{k}.")
-        return out
-    return [] if old == new else [f"{prefix.rstrip('.')}: {old!r} -> {new!r}"]
-
-
 @dataclass
 class _Counts:
     rows: int = 0
@@ -240,6 +231,10 @@ class _Job:
         self.input = Path(s.input).expanduser()
         self.output = Path(s.output).expanduser()
         self.progress_path = self.output.with_name(self.output.name + PROGRESS_SUFFIX)
+        # the progress record (mtllm.records): identity at the top level; records from before the dtype was
+        # resolved hold "auto", which continues with either
+        self.record = RunRecord(self.progress_path, state={"rows_total": int, "rows_done": int},
+                                legacy={"settings.dtype": ("auto",)})
         self.pair_column = getattr(s, "pair_column", None)
         self.option_columns = list(getattr(s, "option_columns", []) or [])
         self.is_txt = _suffix(self.input) == ".txt"
@@ -316,41 +311,27 @@ class _Job:
         return n, "int" if all_int else "str"
 
     # ------------------------------------------------------------------ the sidecar
-    def _write_progress(self, record: dict) -> None:
-        atomic_write_json(self.progress_path, record, fsync=True, indent=1)
+    def _write_progress(self, n_rows: int, done: int, state: dict, counts: _Counts, complete: bool) -> None:
+        self.record.write(self.identity, rows_total=n_rows, rows_done=done, state=state, counts=counts.to_dict(),
+                          complete=complete)
 
     def claim(self, identity: dict) -> dict | None:
         """The progress record to resume from, ``None`` for a fresh run, or ``{"complete": True, ...}``; refuses
         a rerun with other settings/input/model, and an output it did not write, unless ``overwrite``."""
-        remove_stale_temporaries(self.progress_path)
-        if self.s.overwrite:  # what is there goes once the input has been read and the model loaded
+        found = self.record.check(identity, overwrite=self.s.overwrite, what=str(self.output))
+        if found.action == "complete" and not self.output.exists():  # finished, then the output was removed
+            self.record.remove()
             return None
-        if self.progress_path.is_file():
-            try:
-                record = json.loads(self.progress_path.read_text(encoding="utf-8"))
-            except (OSError, ValueError) as err:
-                raise ConfigError(f"{self.progress_path} cannot be read ({err}); rerun with --overwrite to start "
-                                  f"again") from None
-            old = {k: record.get(k) for k in identity}
-            if isinstance(old["settings"], dict) and old["settings"].get("dtype") == "auto":  # recorded unresolved
-                old["settings"] = {**old["settings"], "dtype": identity["settings"]["dtype"]}  # (older records)
-            diffs = _differences(old, identity)
-            if diffs:
-                what = "the input file changed" if any(d.startswith("input.") for d in diffs) else \
-                    "the model changed" if any(d.startswith("model.") for d in diffs) else "other settings"
-                raise ConfigError(f"{self.output} was {'written' if record.get('complete') else 'started'} by a run "
-                                  f"with {what} ({'; '.join(diffs[:4])}); rerun with the same settings and input to "
-                                  f"{'keep it' if record.get('complete') else 'continue it'}, or add --overwrite to "
-                                  f"start again (or choose another output)")
-            if record.get("complete") and not self.output.exists():  # finished, then the output was removed
-                remove_path(self.progress_path)
-                return None
-            return record
+        if found.action != "fresh":
+            return found.record
         present = [p for p in output_paths(self.output) if p.exists()]
-        if present:
-            raise ConfigError(f"{present[0]} exists, with no progress record ({self.progress_path.name}) of an mtllm "
-                              f"{self.kind} run that wrote it; choose another output, or add --overwrite to replace it")
-        return None
+        if self.s.overwrite or not present:  # --overwrite: what is there goes once the input is read, the model loaded
+            return None
+        if found.damaged:
+            raise ConfigError(f"{self.progress_path} cannot be read ({found.damaged}), so nothing says what "
+                              f"{self.output} holds; rerun with --overwrite to start again")
+        raise ConfigError(f"{present[0]} exists, with no progress record ({self.progress_path.name}) of an mtllm "
+                          f"{self.kind} run that wrote it; choose another output, or add --overwrite to replace it")
 
     # ------------------------------------------------------------------ run
     def run(self) -> dict:
@@ -397,8 +378,7 @@ class _Job:
         else:
             for p in output_paths(self.output):  # --overwrite: the earlier run's files (and only those)
                 remove_path(p)
-            self._write_progress({**self.identity, "rows_total": n_rows, "rows_done": 0, "state": {},
-                                  "counts": counts.to_dict(), "complete": False})
+            self._write_progress(n_rows, 0, {}, counts, complete=False)
         sink.open(record.get("state") if record is not None else None)
         from tqdm.auto import tqdm
 
@@ -420,8 +400,7 @@ class _Job:
             bar.close()
         self._check_input_unchanged()
         sink.finish()
-        self._write_progress({**self.identity, "rows_total": n_rows, "rows_done": done, "state": sink.state(),
-                              "counts": counts.to_dict(), "complete": True})
+        self._write_progress(n_rows, done, sink.state(), counts, complete=True)
         summary = {"output": str(self.output), **counts.to_dict(), "seconds": round(time.perf_counter() - t0, 1)}
         skipped = sum(counts.skipped.values())
         what = "predicted" if self.kind == "predict" else "embedded"
@@ -575,8 +554,7 @@ class _Job:
         start = chunk[0].number - 1
         sink.write(records, start)
         done = chunk[-1].number
-        self._write_progress({**self.identity, "rows_total": n_rows, "rows_done": done, "state": sink.state(),
-                              "counts": counts.to_dict(), "complete": False})
+        self._write_progress(n_rows, done, sink.state(), counts, complete=False)
         return done
 
     def _compute(self, model, chunk: list[Row], ok: list[int], texts, pairs, langs, bar, stats: dict) -> dict[int, Any]:
