@@ -339,11 +339,11 @@ def model_parts(model) -> dict[str, Part]:
     return parts
 
 
-def token_lengths(model, texts: Sequence[str], path: str) -> np.ndarray:
+def token_lengths(model, texts: Sequence[str], route: str) -> np.ndarray:
     out = np.zeros(len(texts), dtype=np.int64)
     for s in range(0, len(texts), 256):
-        mask = model.tokenize(list(texts[s:s + 256]), lang=LANG if path == "encoder" else None,
-                              path=path)["attention_mask"]
+        mask = model.tokenize(list(texts[s:s + 256]), lang=LANG if route == "encoder" else None,
+                              route=route)["attention_mask"]
         out[s:s + len(mask)] = mask.sum(1).numpy()
     return out
 
@@ -498,7 +498,7 @@ def stage1_run(model, texts: list[str], opts: Opts, args, workdir: Path, tok: di
             if targets is not None:
                 batch["targets"] = targets[idx]
             else:
-                b = model.tokenize([texts[i] for i in idx], path="llm")
+                b = model.tokenize([texts[i] for i in idx], route="llm")
                 batch.update(llm_input_ids=b["input_ids"], llm_attention_mask=b["attention_mask"])
             return batch
 
@@ -547,13 +547,13 @@ def distill_run(model, examples: list[Any], opts: Opts, args, workdir: Path, tok
     def collate(idx: list[int]) -> dict[str, Any]:
         seen.append(list(idx))
         exs = [examples[i] for i in idx]
-        batch = collate_examples(model, exs, path="encoder", lang=LANG)
+        batch = collate_examples(model, exs, route="encoder", lang=LANG)
         if enc_cache is not None:
             batch["encoder_hidden_states"] = enc_cache.states_for(idx, batch["attention_mask"])
         if targets is not None:
             batch["targets"] = torch.from_numpy(np.asarray(targets[np.asarray(idx)], dtype=np.float32))
         else:
-            t = collate_examples(model, exs, path="llm")
+            t = collate_examples(model, exs, route="llm")
             batch.update(llm_input_ids=t["llm_input_ids"], llm_attention_mask=t["llm_attention_mask"])
         return batch
 
@@ -630,7 +630,7 @@ def bench_inference(model, mt, mt_tok, mt_info: dict[str, Any], texts: list[str]
     cls_shapes = []
     for b in sorted_batches(len(translations), [len(t) for t in translations], bs):
         t1 = time.perf_counter()
-        batch = model.tokenize([translations[i] for i in b], path="llm")
+        batch = model.tokenize([translations[i] for i in b], route="llm")
         with torch.inference_mode():
             model(llm_input_ids=batch["input_ids"], llm_attention_mask=batch["attention_mask"]).logits.argmax(-1)
         t_cls += time.perf_counter() - t1

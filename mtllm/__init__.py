@@ -5,6 +5,8 @@ pair by self-distillation (Schmidt et al., arXiv 2406.12739).
 >>> model = MTLLMModel.from_pretrained("runs/pocket/stage1/final")      # doctest: +SKIP
 >>> model.encode(["Habari ya asubuhi"], lang="swh_Latn").shape          # doctest: +SKIP
 """
+from transformers import AutoConfig, AutoModel
+
 from mtllm.modeling.config import LoraSettings, MTLLMConfig
 from mtllm.modeling.model import MTLLMModel, MTLLMOutput
 from mtllm.modeling.pooling import cls_pool, eos_pool, mean_pool, span_mean_pool
@@ -15,8 +17,6 @@ __version__ = "0.1.0"
 def _register_with_transformers() -> None:
     """Make ``AutoConfig``/``AutoModel.from_pretrained(folder)`` load a saved MT-LLM (model type ``mtllm``)
     through :meth:`MTLLMModel.from_pretrained`: the one loading path, whichever entry point is used."""
-    from transformers import AutoConfig, AutoModel
-
     AutoConfig.register(MTLLMConfig.model_type, MTLLMConfig, exist_ok=True)
     AutoModel.register(MTLLMConfig, MTLLMModel, exist_ok=True)
 

@@ -1,4 +1,4 @@
-"""The project's exceptions, in one place.
+"""The project's exceptions, in one place (and :func:`renamed_keyword`, the warning for a renamed keyword).
 
 :class:`UserError` marks a mistake in what the user gave (a config, a data file, a language code, a
 path): the command line prints its message as one line and exits 2, because the message already says
@@ -6,9 +6,12 @@ what is wrong and how to fix it. Every other exception is a bug or a fault and k
 """
 from __future__ import annotations
 
+import warnings
+from typing import Any
+
 __all__ = ["UserError", "ConfigError", "CustomCodeError", "DataError", "UnknownLanguageError",
            "UnsupportedLanguageError",
-           "CheckpointError", "TrainingDiverged", "TrainingInterrupted"]
+           "CheckpointError", "TrainingDiverged", "TrainingInterrupted", "renamed_keyword"]
 
 
 class UserError(Exception):
@@ -50,3 +53,17 @@ class TrainingInterrupted(KeyboardInterrupt):
     def __init__(self, message: str, *, step: int, checkpoint: str):
         super().__init__(message)
         self.step, self.checkpoint = step, checkpoint
+
+
+def renamed_keyword(value: Any, old_value: Any, *, where: str, name: str, old_name: str, default: Any = None) -> Any:
+    """The value that the caller of ``where`` gave for the keyword ``name``, or what it gave as ``old_name``, the
+    keyword's old name (deprecated: a :class:`FutureWarning` naming ``name``, shown at the caller's line);
+    ``default`` when it gave neither. Both is a ``TypeError``. (``route=``, the encoder or LLM route through an
+    MT-LLM, was ``path=``.)"""
+    if old_value is None:
+        return default if value is None else value
+    if value is not None:
+        raise TypeError(f"{where}() got {name}= and {old_name}=, the old name of {name}=; give {name}= only")
+    warnings.warn(f"{where}({old_name}=...) is deprecated: the keyword is called {name}= now ({name}={old_value!r}); "
+                  f"{old_name}= will be removed", FutureWarning, stacklevel=3)
+    return old_value

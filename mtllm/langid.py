@@ -36,9 +36,11 @@ a short sentence with loanwords scores lower, a single word often very high.
 """
 from __future__ import annotations
 
+import csv
 import functools
 import unicodedata
 from collections import Counter
+from pathlib import Path
 from typing import Any, Iterable, Sequence, overload
 
 from mtllm.data.languages import FLORES200
@@ -115,7 +117,7 @@ for _dialect in ("acq_Arab", "aeb_Arab", "ajp_Arab", "apc_Arab", "ars_Arab", "ar
 @functools.lru_cache(maxsize=1)
 def _identifier() -> Any:
     try:
-        import heliport
+        import heliport  # optional: heliport (mtllm[langid])
     except ImportError:
         raise ConfigError(_INSTALL) from None
     return heliport.Identifier()
@@ -258,9 +260,6 @@ def evaluate(data_dir: str, *, split: str = "test", column: str = "text",
     """Accuracy of :func:`identify` on ``DATA_DIR/<FLORES code>/<split>.tsv`` (the ``column`` of each file):
     code -> ``{"n", "accuracy", "mean_confidence", "predicted"}`` (``predicted``: the three most frequent
     answers with their counts). What ``docs/langid.md`` reports, for SIB-200."""
-    import csv
-    from pathlib import Path
-
     root = Path(data_dir)
     codes = sorted(languages) if languages is not None else sorted(
         p.name for p in root.iterdir() if (p / f"{split}.tsv").is_file())

@@ -29,6 +29,8 @@ import threading
 from pathlib import Path
 from typing import Iterator
 
+from filelock import FileLock, Timeout
+
 from mtllm.errors import ConfigError
 
 __all__ = ["lock_file", "exclusive_output", "holder_of"]
@@ -68,8 +70,6 @@ def exclusive_output(output: str | Path, *, what: str = "output") -> Iterator[Pa
     Raises :class:`~mtllm.errors.ConfigError` at once (no waiting) when another process holds it, naming the
     holder; ``what`` names the output in that message. Creates the folder the lock file lives in (the output's
     parent), not the output. Re-entrant within a process. Yields the lock file."""
-    from filelock import FileLock, Timeout
-
     if int(os.environ.get("RANK", "0")) != 0:  # torchrun / accelerate launch: rank 0 holds it for the whole run
         yield lock_file(output)
         return

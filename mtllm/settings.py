@@ -15,10 +15,12 @@ which also writes ``--help``. An unknown key is a
 Beyond its type, a field says which values it takes with a :class:`Rule` in its metadata, next to its
 help (``field(default=16, metadata={"help": "LoRA rank.", "check": at_least(1)})``): ranges, non-empty
 lists, output folders that are not files, inputs that exist. :func:`check_settings` (each settings
-dataclass's ``__post_init__``) applies the rules and the ``Literal`` choices when a settings object is
-made; :func:`check_inputs` (called by :func:`build_settings`) applies those that look for input files
-and folders. Every mistake is so one :class:`ConfigError` naming the key, the value and the fix, raised
-before any model loads; ``--help`` prints each field's rule after its help.
+dataclass's ``__post_init__``) applies the ``Literal`` choices and the rules that need only the values when a
+settings object is made, which so does no I/O; :func:`build_settings` then applies, before any work, those
+that look at the file system or read a file (:func:`check_io`: output folders and files, task files) and
+those that look for input files and folders (:func:`check_inputs`). Every mistake is so one
+:class:`ConfigError` naming the key, the value and the fix, raised before any model loads; ``--help`` prints
+each field's rule after its help.
 
 Stage hashes (:mod:`mtllm.cli.pipeline`) are taken over the values as the user wrote them, which is why
 the overrides are kept as plain YAML values here and typed only when the settings objects are built.
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+from argparse import ArgumentError
 import functools
 import math
 import re
@@ -48,15 +51,15 @@ from mtllm.modeling.model import MTLLMModel
 from mtllm.sources import POCKET_PREFIX, TINY_PREFIX, looks_local
 from mtllm.sources.pocket import POCKET_MODELS
 from mtllm.sources.tiny import TINY_BUILDERS
-from mtllm.tasks import get_task
+from mtllm.tasks import get_task, is_task_file
 from mtllm.tasks.texts import source_problem
 
 __all__ = ["ConfigError", "load_yaml", "parse_overrides", "config_arg", "read_config", "string_keys",
            "MAX_YAML_DEPTH", "settings_parser", "check_keys",
            "build_settings", "Rule", "at_least", "above", "between", "FRACTION", "SEED", "NON_EMPTY", "OUTPUT_DIR",
            "EXISTING_DIR", "MODEL", "TASK", "TASK_OR_RETRIEVAL", "TEXT_SOURCE", "NAMED_MODELS", "each", "divides",
-           "required_if", "check_settings", "check_inputs", "parse_dtype", "dtype_name", "Dtype", "InferenceDtype",
-           "inference_dtype_field", "inference_device_field", "MIN_SEQ_LENGTH",
+           "required_if", "check_settings", "check_io", "check_inputs", "parse_dtype", "dtype_name", "Dtype",
+           "InferenceDtype", "inference_dtype_field", "inference_device_field", "MIN_SEQ_LENGTH",
            "ModelSettings"]
 
 
@@ -183,7 +186,7 @@ def settings_parser(classes: Sequence[type], sections: Mapping[str, Sequence[typ
     """A jsonargparse parser with one ``--key`` per field of ``classes`` (a key several classes share is
     one argument) and one ``--section.key`` per field of each section's classes; its help lists every
     key with type, default and the field's ``metadata["help"]``."""
-    from jsonargparse import ArgumentParser
+    from jsonargparse import ArgumentParser  # slow: jsonargparse (~20 ms), only when a parser is built
 
     parser = ArgumentParser(exit_on_error=False, default_env=False, **parser_kwargs)
     for prefix, group_classes in [("", classes), *((f"{name}.", cs) for name, cs in (sections or {}).items())]:
@@ -254,12 +257,11 @@ def _describe(hint: Any) -> str:
 def build_settings(classes: Sequence[type], values: Mapping[str, Any], *, where: str = "",
                    inputs: bool = True) -> list[Any]:
     """Instantiate each settings dataclass of ``classes`` from ``values`` (a key several classes share goes
-    to each), every value checked against its field's type and rules, and (with ``inputs``) its input files
-    and folders (:func:`check_inputs`): an unknown key or a bad value raises :class:`ConfigError` (prefixed
+    to each), every value checked against its field's type and rules: those that need only the values when
+    each object is made, then those that look at the file system (:func:`check_io`) and (with ``inputs``) its
+    input files and folders (:func:`check_inputs`): an unknown key or a bad value raises :class:`ConfigError` (prefixed
     by ``where``, e.g. ``"evaluate: "``). ``mtllm run`` builds its later stages with ``inputs=False``: their
     inputs are what the earlier stages write."""
-    from argparse import ArgumentError
-
     check_keys(values, classes, where=where)
     types_ = {k: v for cls in reversed(classes) for k, v in _field_types(cls).items()}
     given = {k: _normalise(v, types_[k]) for k, v in values.items()}
@@ -275,6 +277,7 @@ def build_settings(classes: Sequence[type], values: Mapping[str, Any], *, where:
     try:
         for cls in classes:
             built.append(cls(**{k: parsed[k] for k in _field_types(cls) if k in given}))
+            check_io(built[-1])
             if inputs:
                 check_inputs(built[-1])
     except ConfigError as err:
@@ -302,15 +305,18 @@ Problem = Callable[[Any, Any], "str | None"]
 @dataclass(frozen=True)
 class Rule:
     """What a setting's values must be, beyond their type: ``text`` completes "KEY must be ..." (errors and
-    ``--help``), ``problem`` tests a value. ``inputs`` rules look for input files and folders, which an
-    earlier stage of ``mtllm run`` may still have to write: :func:`check_inputs` applies them, not
-    :func:`check_settings`. ``null`` passes every rule (where the type allows it, it means "the default")
-    except those with ``on_null`` (:func:`required_if`)."""
+    ``--help``), ``problem`` tests a value. :func:`check_settings` (making a settings object) applies the rules
+    that need only the values; ``io`` rules look at the file system or read a file (an output folder that must
+    not be a file, a task file): :func:`check_io` applies them; ``inputs`` rules look for input files and
+    folders, which an earlier stage of ``mtllm run`` may still have to write: :func:`check_inputs` applies them.
+    :func:`build_settings` calls both, before any work. ``null`` passes every rule (where the type allows it,
+    it means "the default") except those with ``on_null`` (:func:`required_if`)."""
 
     text: str
     problem: Problem
     inputs: bool = False
     on_null: bool = False
+    io: bool = False
 
 
 def _number(value: Any) -> str | None:
@@ -349,9 +355,11 @@ def _first_existing(path: Path) -> Path | None:
     return next((p for p in (path, *path.parents) if p.exists()), None)
 
 
+def _folder_path(value: Any, _: Any) -> str | None:
+    return None if str(value).strip() else "give a folder path (an empty one would write into the current folder)"
+
+
 def _output_dir(value: Any, _: Any) -> str | None:
-    if not str(value).strip():
-        return "give a folder path (an empty one would write into the current folder)"
     path = Path(str(value)).expanduser()
     found = _first_existing(path)
     if found is None or found.is_dir():
@@ -359,8 +367,9 @@ def _output_dir(value: Any, _: Any) -> str | None:
     return f"{found} is a file, not a folder; choose a folder path (new or existing) for it"
 
 
-#: Where a command writes: a folder that may exist, never a file (nor a path through one).
-OUTPUT_DIR = Rule("a folder path", _output_dir)
+#: Where a command writes: a folder that may exist, never a file (nor a path through one); the second rule
+#: looks at the file system (``io``).
+OUTPUT_DIR = (Rule("a folder path", _folder_path), Rule("a folder path", _output_dir, io=True))
 
 
 def _existing_dir(value: Any, _: Any) -> str | None:
@@ -399,19 +408,34 @@ MODEL = Rule("a hub id, pocket:NAME, tiny:NAME or an existing model folder", _mo
 
 
 def _task(value: Any, _: Any, also: tuple[str, ...] = ()) -> str | None:
-    if value in also:
+    """A task name the registry does not have (in memory); a task file is :func:`_task_file`'s."""
+    if value in also or is_task_file(value):
         return None
     try:
-        get_task(value)  # a task file (my-task.yaml) is read and checked here: keys, languages, files, labels
+        get_task(value)
+    except UserError as err:
+        return " ".join(str(err).split())
+    return None
+
+
+def _task_file(value: Any, _: Any) -> str | None:
+    """A task file (``my-task.yaml``) that cannot be used: it is read and checked here (keys, languages,
+    files, labels), and registered."""
+    if not is_task_file(value):
+        return None
+    try:
+        get_task(value)
     except UserError as err:
         return " ".join(str(err).split())
     return None
 
 
 #: A registered task (:func:`mtllm.tasks.list_tasks`) or the path of a task file (``my-task.yaml``,
-#: :mod:`mtllm.tasks.files`); ``TASK_OR_RETRIEVAL`` also takes ``retrieval``.
-TASK = Rule("a task name", _task)
-TASK_OR_RETRIEVAL = Rule("a task name or 'retrieval'", lambda v, s: _task(v, s, ("retrieval",)))
+#: :mod:`mtllm.tasks.files`); ``TASK_OR_RETRIEVAL`` also takes ``retrieval``. A task file is read by the second
+#: rule (``io``).
+TASK = (Rule("a task name", _task), Rule("a task name", _task_file, io=True))
+TASK_OR_RETRIEVAL = (Rule("a task name or 'retrieval'", lambda v, s: _task(v, s, ("retrieval",))),
+                     Rule("a task name or 'retrieval'", _task_file, io=True))
 
 
 def _text_source(value: Any, settings: Any) -> str | None:
@@ -439,15 +463,18 @@ NAMED_MODELS = (Rule("a list of NAME=DIR", lambda v, s: next(
                     (f"{item!r}: {why}" for item in v if (why := _named_model(item, s))), None), inputs=True))
 
 
-def each(rule: Rule) -> Rule:
-    """``rule`` for every item of a list."""
+def each(rule: Rule | tuple[Rule, ...]) -> Rule | tuple[Rule, ...]:
+    """``rule`` for every item of a list (for a tuple of rules, each of them)."""
+    if isinstance(rule, tuple):
+        return tuple(each(r) for r in rule)
+
     def problem(values: Any, settings: Any) -> str | None:
         for item in values:
             if item is not None and (why := rule.problem(item, settings)) is not None:
                 return f"{item!r}: {why or f'must be {rule.text}'}"
         return None
 
-    return Rule(f"a list, each {rule.text}", problem, inputs=rule.inputs)
+    return Rule(f"a list, each {rule.text}", problem, inputs=rule.inputs, io=rule.io)
 
 
 def divides(other: str) -> Rule:
@@ -464,9 +491,11 @@ def required_if(other: str, value: Any, what: str) -> Rule:
 
 
 def _rules(f: dataclasses.Field) -> tuple[Rule, ...]:
-    """A field's rules: its ``metadata["check"]``, one :class:`Rule` or a tuple of them."""
+    """A field's rules: its ``metadata["check"]``, one :class:`Rule` or a tuple of them (and of tuples, such as
+    :data:`TASK`)."""
     check = f.metadata.get("check", ())
-    return check if isinstance(check, tuple) else (check,)
+    return tuple(r for item in (check if isinstance(check, tuple) else (check,))
+                 for r in (item if isinstance(item, tuple) else (item,)))
 
 
 def _rules_help(f: dataclasses.Field, hint: Any) -> str:
@@ -479,12 +508,15 @@ def _allows_none(hint: Any) -> bool:
     return typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in typing.get_args(hint)
 
 
-def _apply(settings: Any, *, inputs: bool) -> None:
+def _apply(settings: Any, *, inputs: bool, io: bool = False) -> None:
+    """Apply one kind of rules: ``inputs`` ones (:func:`check_inputs`), else ``io`` ones (:func:`check_io`), else
+    those that need only the values (:func:`check_settings`)."""
     hints = _field_types(type(settings))
     for f in dataclasses.fields(settings):
         value = getattr(settings, f.name)
         for rule in _rules(f):
-            if rule.inputs != inputs or (value is None and not rule.on_null):
+            kind = rule.inputs if inputs else not rule.inputs and rule.io == io
+            if not kind or (value is None and not rule.on_null):
                 continue
             why = rule.problem(value, settings)
             if why is None:
@@ -514,8 +546,9 @@ def _choice_read_as_bool(value: Any, hint: Any) -> str | None:
 
 def check_settings(settings: Any) -> None:
     """For every settings dataclass's ``__post_init__``: a field typed ``Literal[...]`` (or a list of them)
-    holding another value, or a value that breaks its field's rules (``metadata["check"]``, see :class:`Rule`),
-    raises :class:`ConfigError` naming the key, the value and the fix, when the settings object is made.
+    holding another value, or a value that breaks its field's rules (``metadata["check"]``, see :class:`Rule`;
+    those that need only the values: no I/O here, see :func:`check_io`), raises :class:`ConfigError` naming the
+    key, the value and the fix, when the settings object is made.
     A choice that YAML read as a boolean (``no`` -> False) is given back its word."""
     for f in dataclasses.fields(settings):
         value, hint = getattr(settings, f.name), _field_types(type(settings)).get(f.name, Any)
@@ -529,6 +562,13 @@ def check_settings(settings: Any) -> None:
             raise ConfigError(f"{f.name} must be {_describe(hint)}, not {value!r}")
     _apply(settings, inputs=False)
 
+
+
+def check_io(settings: Any) -> None:
+    """The rules that look at the file system or read a file (``Rule.io``: an output folder or file that must not
+    be what it is, a task file): a :class:`ConfigError` when one fails. :func:`build_settings` calls it for every
+    settings object it makes, before any work (and before :func:`check_inputs`)."""
+    _apply(settings, inputs=False, io=True)
 
 
 def check_inputs(settings: Any) -> None:

@@ -431,8 +431,8 @@ class Table:
 
     # ------------------------------------------------------------------ Parquet
     def _parquet(self) -> Any:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
+        import pyarrow as pa  # slow: pyarrow (~50 ms), only for Parquet
+        import pyarrow.parquet as pq  # slow: pyarrow (~50 ms), only for Parquet
 
         try:
             return pq.ParquetFile(self.path)
@@ -441,7 +441,7 @@ class Table:
                             f"convert it to .jsonl/.csv/.tsv)") from None
 
     def _parquet_rows(self) -> Iterator[TableRow]:
-        import pyarrow as pa
+        import pyarrow as pa  # slow: pyarrow (~50 ms), only for Parquet
 
         pf = self._parquet()
         names = pf.schema_arrow.names

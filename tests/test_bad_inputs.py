@@ -298,7 +298,7 @@ def test_max_examples_on_a_label_sorted_file_is_a_stratified_sample_said_in_resu
     real = mtllm.modeling.predict.predict
 
     def spy(model, examples, **kw):
-        seen.setdefault(kw["path"], []).append([e.id for e in examples])
+        seen.setdefault(kw["route"], []).append([e.id for e in examples])
         return real(model, examples, **kw)
 
     monkeypatch.setattr("mtllm.modeling.predict.predict", spy)
@@ -362,26 +362,26 @@ def model():
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(text=contentless_text, path=st.sampled_from(["encoder", "llm"]))
-def test_text_of_dropped_characters_has_no_content_on_either_path(model, text, path):
-    assert model.contentless([text, "ok " + text], path=path) == [0]
+@given(text=contentless_text, route=st.sampled_from(["encoder", "llm"]))
+def test_text_of_dropped_characters_has_no_content_on_either_path(model, text, route):
+    assert model.contentless([text, "ok " + text], route=route) == [0]
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(noise=contentless_text, word=st.text(st.characters(categories=["L", "N"]), min_size=1, max_size=5),
-       path=st.sampled_from(["encoder", "llm"]))
-def test_a_letter_or_digit_among_them_is_content(model, noise, word, path):
-    assert model.contentless([noise + word + noise], path=path) == []
+       route=st.sampled_from(["encoder", "llm"]))
+def test_a_letter_or_digit_among_them_is_content(model, noise, word, route):
+    assert model.contentless([noise + word + noise], route=route) == []
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(texts=st.lists(contentless_text, min_size=1, max_size=4), path=st.sampled_from(["encoder", "llm"]))
-def test_encode_refuses_them_before_any_work(model, texts, path):
+@given(texts=st.lists(contentless_text, min_size=1, max_size=4), route=st.sampled_from(["encoder", "llm"]))
+def test_encode_refuses_them_before_any_work(model, texts, route):
     calls = []
     hook = model.llm.register_forward_hook(lambda *a: calls.append(1))
     try:
         with pytest.raises(ValueError, match=r"made only of characters the .* tokenizer drops") as info:
-            model.encode(["fine", *texts], path=path)
+            model.encode(["fine", *texts], route=route)
     finally:
         hook.remove()
     assert f"indices {list(range(1, len(texts) + 1))[:10]}" in str(info.value)
@@ -390,8 +390,8 @@ def test_encode_refuses_them_before_any_work(model, texts, path):
 
 def test_punctuation_and_unknown_characters_are_content(model):
     # only blank pieces are dropped: '?!' tokenises to pieces, an unknown character to <unk> (something was there)
-    for path in ("encoder", "llm"):
-        assert model.contentless(["?!", "\U0001F600", "\u200b.\u200b"], path=path) == []
+    for route in ("encoder", "llm"):
+        assert model.contentless(["?!", "\U0001F600", "\u200b.\u200b"], route=route) == []
 
 
 def test_collation_names_the_examples_and_fields(model):
@@ -399,16 +399,16 @@ def test_collation_names_the_examples_and_fields(model):
 
     examples = [Example(id="r1", texts=("fine",), label=0), Example(id="r2", texts=("\u200b\u200d",), label=1),
                 Example(id="r3", texts=("\ufeff",), label=1)]
-    for path in ("encoder", "llm"):
+    for route in ("encoder", "llm"):
         with pytest.raises(DataError, match=r"2 text\(s\) .* example ids: 'r2' \(texts\[0\]\), 'r3' \(texts\[0\]\)"):
-            collate_examples(model, examples, path=path, lang="eng_Latn")
+            collate_examples(model, examples, route=route, lang="eng_Latn")
     pair = [Example(id="p1", texts=("a premise", "\x00"), label=0)]
     with pytest.raises(DataError, match=r"'p1' \(texts\[1\]\)"):
-        collate_examples(model, pair, path="encoder", lang="eng_Latn")
+        collate_examples(model, pair, route="encoder", lang="eng_Latn")
     mc = [Example(id="q1", texts=("passage", "question?"), label=0, options=("yes", "\u2060", "no", "maybe"))]
     with pytest.raises(DataError, match=r"'q1' \(options\[1\]\)"):
-        collate_examples(model, mc, path="llm")
-    assert collate_examples(model, examples[:1], path="encoder", lang="eng_Latn")["input_ids"].shape[0] == 1
+        collate_examples(model, mc, route="llm")
+    assert collate_examples(model, examples[:1], route="encoder", lang="eng_Latn")["input_ids"].shape[0] == 1
 
 
 def test_evaluation_refuses_a_contentless_row_before_any_model_runs(tmp_path, eval_models):

@@ -156,18 +156,18 @@ def test_models_take_an_empty_segment_never_an_all_blank_example(nli_models):
     model = nli_models["mtllm"]
     sep = model.config.pair_separator
     kept = [Example("a", ("", "He bought fresh bread."), 1), Example("b", ("Δεν υπάρχει γάτα.", ""), 2)]
-    for path, key in (("encoder", "input_ids"), ("llm", "llm_input_ids")):
-        check_content(model, kept, path=path)  # accepted
-        batch = collate_examples(model, kept, path=path, lang="eng_Latn")
+    for route, key in (("encoder", "input_ids"), ("llm", "llm_input_ids")):
+        check_content(model, kept, route=route)  # accepted
+        batch = collate_examples(model, kept, route=route, lang="eng_Latn")
         alone = model.tokenize(["" + sep + "He bought fresh bread.", "Δεν υπάρχει γάτα." + sep + ""],
-                               lang="eng_Latn" if path == "encoder" else None, path=path)
+                               lang="eng_Latn" if route == "encoder" else None, route=route)
         assert torch.equal(batch[key], alone["input_ids"])  # the empty side is just empty
         with torch.no_grad():
             logits = model(**{k: v for k, v in batch.items() if k not in ("labels", "n_truncated")}).logits
         assert logits.shape == (2, 3) and torch.isfinite(logits).all()
         for bad in (Example("c", ("", ""), 0), Example("d", ("\u200b", ""), 0), Example("e", ("",), 0)):
             with pytest.raises(DataError, match=rf"example ids: '{bad.id}'"):
-                check_content(model, [bad], path=path)
+                check_content(model, [bad], route=route)
 
 
 def test_evaluation_reports_bad_rows_in_json_and_markdown(tmp_path, nli_models, monkeypatch):

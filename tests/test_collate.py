@@ -35,13 +35,13 @@ def model():
 
 
 @settings(max_examples=40, deadline=None)
-@given(batch=st.lists(texts(), min_size=1, max_size=5), path=st.sampled_from(["encoder", "llm"]),
+@given(batch=st.lists(texts(), min_size=1, max_size=5), route=st.sampled_from(["encoder", "llm"]),
        pairs=st.booleans())
-def test_collation_shapes_masks_and_truncation(model, batch, path, pairs):
+def test_collation_shapes_masks_and_truncation(model, batch, route, pairs):
     examples = [Example(id=str(i), texts=(t, t[::-1]) if pairs else (t,), label=i % 7) for i, t in enumerate(batch)]
-    out = collate_examples(model, examples, path=path, lang="eng_Latn")
-    ids = out["input_ids"] if path == "encoder" else out["llm_input_ids"]
-    mask = out["attention_mask"] if path == "encoder" else out["llm_attention_mask"]
+    out = collate_examples(model, examples, route=route, lang="eng_Latn")
+    ids = out["input_ids"] if route == "encoder" else out["llm_input_ids"]
+    mask = out["attention_mask"] if route == "encoder" else out["llm_attention_mask"]
     assert ids.shape == mask.shape and ids.shape[0] == len(batch) and ids.shape[1] <= 48
     lengths = mask.sum(1)
     assert int(lengths.max()) == ids.shape[1]  # padded to the longest, no further
@@ -49,21 +49,21 @@ def test_collation_shapes_masks_and_truncation(model, batch, path, pairs):
         assert row[:n].all() and not row[n:].any()
     # each row is the tokenizer's own encoding of the text (pairs joined by the separator), cut to 48 tokens:
     # the encoder keeps its end-of-sequence token, the LLM its <bos>
-    tok = model.encoder_tokenizer if path == "encoder" else model.llm_tokenizer
+    tok = model.encoder_tokenizer if route == "encoder" else model.llm_tokenizer
     texts = [t + model.config.pair_separator + t[::-1] if pairs else t for t in batch]
     expected = []
     for text in texts:
         full = tok(text)["input_ids"]
-        if path == "llm" and full[:1] != [tok.bos_token_id]:
+        if route == "llm" and full[:1] != [tok.bos_token_id]:
             full = [tok.bos_token_id] + full
         expected.append(full)
     assert out["n_truncated"] == sum(len(full) > 48 for full in expected)
     for row, n, full in zip(ids, lengths.tolist(), expected):
-        cut = full if len(full) <= 48 else full[:47] + full[-1:] if path == "encoder" else full[:48]
+        cut = full if len(full) <= 48 else full[:47] + full[-1:] if route == "encoder" else full[:48]
         assert row[:n].tolist() == cut
         assert (row[n:] == tok.pad_token_id).all()
     assert out["labels"].tolist() == [i % 7 for i in range(len(batch))]
-    if path == "llm":
+    if route == "llm":
         assert (ids[:, 0] == model.llm_tokenizer.bos_token_id).all()
     with torch.no_grad():
         res = model(**{k: v for k, v in out.items() if k not in ("labels", "n_truncated")})

@@ -80,7 +80,7 @@ def test_pairs_and_multiple_choice_match_collate_examples(model, tmp_path):
         m = MTLLMModel.from_encoder_and_llm("tiny:xlmr", "tiny:gemma3", lora=None, max_seq_length=128).eval()
         m.set_head(head, ["a", "b"] if head == "classification" else ())
         cache = EncoderCache(m, encoder_input_texts(m, examples), cache_dir=tmp_path / head, lang="eng_Latn")
-        batch = collate_examples(m, examples, path="encoder", lang="eng_Latn")
+        batch = collate_examples(m, examples, route="encoder", lang="eng_Latn")
         inputs = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor) and k != "labels"}
         with torch.no_grad():
             ref = m(**inputs).logits

@@ -59,10 +59,10 @@ def test_all_systems_write_results(models, tmp_path, monkeypatch):
         english = examples if lang == "eng_Latn" else translate_examples(translator, examples, lang, progress=False)
         if lang != "eng_Latn":  # evaluate wrote the translations to the cache; this run only reads them
             assert (translator.last_stats.translated, translator.last_stats.cache_hits) == (0, 8)
-        preds = {"mtllm": predict(models["mtllm"], examples, path="encoder", lang=lang, batch_size=4),
-                 "llm": predict(models["teacher"], examples, path="llm", batch_size=4),
+        preds = {"mtllm": predict(models["mtllm"], examples, route="encoder", lang=lang, batch_size=4),
+                 "llm": predict(models["teacher"], examples, route="llm", batch_size=4),
                  "encoder": probe.predict(examples, lang=lang),
-                 "translate_test": predict(models["teacher"], english, path="llm", batch_size=4)}
+                 "translate_test": predict(models["teacher"], english, route="llm", batch_size=4)}
         for system, p in preds.items():
             assert data["systems"][system][lang] == float((p == labels).mean()), (system, lang)
     for system, per_lang in data["systems"].items():
@@ -92,7 +92,7 @@ def test_mtllm_and_encoder_share_one_encoder_pass(models, tmp_path):
         mt, enc, secs = predict_shared_encoder(mtllm, probe, examples, lang="fra_Latn", batch_size=3)
         assert len(calls) == 3  # 8 examples in batches of 3: the encoder ran once per batch, for both systems
         calls.clear()
-        separate_mt = predict(mtllm, examples, path="encoder", lang="fra_Latn", batch_size=3)
+        separate_mt = predict(mtllm, examples, route="encoder", lang="fra_Latn", batch_size=3)
         separate_enc = probe.predict(examples, lang="fra_Latn")
         assert len(calls) == 3 + 1  # separately: the MT-LLM's batches + the encoder baseline's own pass
     finally:
@@ -153,7 +153,7 @@ def test_retrieval_probe(models, tmp_path):
         return (hidden * mask).sum(1) / mask.sum(1)
 
     embed = {"mtllm": lambda texts, lang: mtllm.encode(texts, lang=lang),
-             "llm": lambda texts, lang: llm.encode(texts, path="llm"),
+             "llm": lambda texts, lang: llm.encode(texts, route="llm"),
              "encoder": encoder_alone}
     english = {e.id: e.texts[0] for e in load_examples("sib200", "eng_Latn", "test", data_dir=DATA)}
     for lang in ("fra_Latn", "swh_Latn"):

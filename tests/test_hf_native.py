@@ -20,7 +20,7 @@ LABELS = ["negative", "neutral", "positive"]
 
 
 def _ids(model: MTLLMModel, texts=("a short text", "another, longer text here")) -> dict:
-    batch = model.tokenize(list(texts), path="encoder")
+    batch = model.tokenize(list(texts), route="encoder")
     return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
 
 
@@ -227,7 +227,7 @@ def test_text_input_without_a_tokenizer_names_the_keyword(bare_folders, tmp_path
         model.encode(["Habari ya asubuhi"])
     assert str(bare_folders["xlmr"]) in str(info.value)
     with pytest.raises(ConfigError, match=r"no LLM tokenizer .* pass llm_tokenizer="):
-        model.tokenize(["hello"], path="llm")
+        model.tokenize(["hello"], route="llm")
     with pytest.raises(ConfigError, match="has no tokenizer files"):
         load_tokenizer(bare_folders["xlmr"])  # asked for on its own, a missing tokenizer is an error
     assert load_tokenizer(bare_folders["xlmr"], optional=True) is None
@@ -236,7 +236,7 @@ def test_text_input_without_a_tokenizer_names_the_keyword(bare_folders, tmp_path
                                        encoder_tokenizer=AutoTokenizer.from_pretrained(tiny_path("xlmr")),
                                        llm_tokenizer=AutoTokenizer.from_pretrained(tiny_path("gemma3")))
     assert given.encode(["Habari ya asubuhi", "hello"]).shape == (2, model.config.llm_hidden_size)
-    assert given.encode(["hello"], path="llm").shape == (1, model.config.llm_hidden_size)
+    assert given.encode(["hello"], route="llm").shape == (1, model.config.llm_hidden_size)
 
 
 def test_an_nllb_style_encoder_without_tokenizer_files_keeps_its_language_style(tmp_path):

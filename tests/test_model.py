@@ -38,7 +38,7 @@ def test_forward_shapes_and_pooling_mask(tiny_model):
 def test_attention_direction(causal_and_bidirectional, which):
     causal, bidir = causal_and_bidirectional
     model = causal if which == "causal" else bidir
-    ids = model.tokenize(["one two three four five"], path="llm")["input_ids"]
+    ids = model.tokenize(["one two three four five"], route="llm")["input_ids"]
     changed = ids.clone()
     changed[0, -1] = (changed[0, -1] + 7) % model.config.llm_vocab_size
     with torch.no_grad():
@@ -52,10 +52,24 @@ def test_attention_direction(causal_and_bidirectional, which):
 
 def test_bidirectional_right_padding_does_not_change_outputs(causal_and_bidirectional):
     _, bidir = causal_and_bidirectional
-    alone = bidir.encode(["hi there"], path="llm")
-    padded = bidir.encode(["hi there", "a much longer sentence that forces padding of the short one"], path="llm",
+    alone = bidir.encode(["hi there"], route="llm")
+    padded = bidir.encode(["hi there", "a much longer sentence that forces padding of the short one"], route="llm",
                           batch_size=2)[0]
     assert torch.allclose(alone[0], padded, atol=1e-5)
+
+
+def test_path_is_the_deprecated_old_name_of_route(tiny_model):
+    """``path=`` (the old name of ``route=``) still works on the public methods, with a FutureWarning naming
+    ``route=`` shown at the caller's line; giving both is a TypeError."""
+    with pytest.warns(FutureWarning, match=r"tokenize\(path=\.\.\.\) is deprecated: .*route='llm'") as caught:
+        old = tiny_model.tokenize(TEXTS, path="llm")
+    assert caught[0].filename == __file__
+    assert torch.equal(old["input_ids"], tiny_model.tokenize(TEXTS, route="llm")["input_ids"])
+    with pytest.warns(FutureWarning, match=r"encode\(path=\.\.\.\) is deprecated: .*route='encoder'"):
+        old = tiny_model.encode(TEXTS, path="encoder", lang="eng_Latn")
+    assert torch.equal(old, tiny_model.encode(TEXTS, route="encoder", lang="eng_Latn"))
+    with pytest.raises(TypeError, match=r"encode\(\) got route= and path="):
+        tiny_model.encode(TEXTS, route="llm", path="llm")
 
 
 def test_bidirectional_mask_is_padding_only():
@@ -191,7 +205,7 @@ def test_calibration_matches_embedding_rms(tiny_model):
     """After calibration the projection's outputs on real encoder tokens have the RMS of the LLM's own
     input embeddings of the same texts, both measured here independently of the returned stats."""
     model = tiny_model
-    llm = model.tokenize(TEXTS, path="llm")
+    llm = model.tokenize(TEXTS, route="llm")
     with torch.no_grad():
         target = _rms(model.base_llm.get_input_embeddings()(llm["input_ids"])[llm["attention_mask"].bool()])
         enc = model.tokenize(TEXTS)

@@ -430,16 +430,16 @@ def test_with_mtllm_tokenize_and_forward():
                 ("Die Katze schläft.", "Wer?", ["die Katze", "der Hund", "ድመቷ", "Кошка"])]
     formatted = [format_multiple_choice(*ex) for ex in examples]
     texts, chars = [t for t, _ in formatted], [c for _, c in formatted]
-    for path in ("llm", "encoder"):
-        enc = model.tokenize(texts, path=path, return_offsets=True)
+    for route in ("llm", "encoder"):
+        enc = model.tokenize(texts, route=route, return_offsets=True)
         spans = option_token_spans(enc["offset_mapping"], chars, attention_mask=enc["attention_mask"])
-        tok = model.llm_tokenizer if path == "llm" else model.encoder_tokenizer
+        tok = model.llm_tokenizer if route == "llm" else model.encoder_tokenizer
         for i in range(len(texts)):
             for k, (s, e) in enumerate(spans[i].tolist()):
                 piece = tok.decode(enc["input_ids"][i, s:e]).replace(" ", "")
                 assert examples[i][2][k].replace(" ", "") in piece or "<unk>" in piece
         with torch.no_grad():
-            if path == "llm":
+            if route == "llm":
                 out = model(llm_input_ids=enc["input_ids"], llm_attention_mask=enc["attention_mask"],
                             option_spans=spans)
             else:
@@ -448,12 +448,12 @@ def test_with_mtllm_tokenize_and_forward():
         # each option's vector is the mean of the LLM's states over its span (after the LLM's <bos> on the
         # encoder path, where the model prepends one)
         shift = out.last_hidden_state.shape[1] - enc["input_ids"].shape[1]
-        assert shift == (1 if path == "encoder" else 0)
+        assert shift == (1 if route == "encoder" else 0)
         for i in range(len(texts)):
             for k, (s, e) in enumerate(spans[i].tolist()):
                 torch.testing.assert_close(out.pooled[i, k], out.last_hidden_state[i, s + shift:e + shift].mean(0))
     # truncation through the model's tokenizer
-    enc = model.tokenize(texts, path="llm", return_offsets=True, max_length=12)
+    enc = model.tokenize(texts, route="llm", return_offsets=True, max_length=12)
     assert enc["n_truncated"] == 2
     with pytest.raises(OptionTruncatedError):
         option_token_spans(enc["offset_mapping"], chars, attention_mask=enc["attention_mask"])

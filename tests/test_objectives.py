@@ -67,7 +67,7 @@ def test_stats_follow_the_student_to_its_device():
 
 def test_stage1_loss_on_a_model_equals_the_formula(tiny_model, english_texts):
     model = tiny_model
-    batch = model.tokenize(english_texts[:4], path="encoder")
+    batch = model.tokenize(english_texts[:4], route="encoder")
     target_ND = torch.randn(4, model.config.llm_hidden_size, generator=torch.Generator().manual_seed(0))
     stats = O.target_stats(torch.cat([target_ND, target_ND + 1]))
     with torch.no_grad():

@@ -40,10 +40,10 @@ def _test_set(lang: str) -> tuple[list, np.ndarray]:
     return examples, np.array([e.label for e in examples])
 
 
-def _task_accuracy(model: MTLLMModel, lang: str, path: str) -> float:
+def _task_accuracy(model: MTLLMModel, lang: str, route: str) -> float:
     """``mean(predictions == labels)`` of ``model`` on the fixture's test split, computed here."""
     examples, labels = _test_set(lang)
-    return float((predict(model, examples, path=path, lang=lang if path == "encoder" else None) == labels).mean())
+    return float((predict(model, examples, route=route, lang=lang if route == "encoder" else None) == labels).mean())
 
 
 def _assert_eval_used_the_run_models(out: Path) -> dict:

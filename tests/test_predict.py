@@ -111,7 +111,7 @@ def test_predict_multiple_choice_returns_option_index():
     for p, q, o in zip(passages, questions, options):
         ex = types.SimpleNamespace(id="x", texts=(p, q), label=0, options=tuple(o))
         with torch.no_grad():
-            batch = collate_examples(model, [ex], path="encoder", lang="eng_Latn")
+            batch = collate_examples(model, [ex], route="encoder", lang="eng_Latn")
             logits = model(**{k: v for k, v in batch.items() if k not in ("labels", "n_truncated")}).logits[0]
         expected.append(int(logits.argmax()))
     assert picks == expected and all(isinstance(k, int) for k in picks)

@@ -241,6 +241,44 @@ def test_every_settings_class_checks_itself_and_every_number_has_a_range(monkeyp
         assert seen[-2:] == [(cls, False), (cls, False)], cls
 
 
+def test_making_settings_does_no_io_and_build_settings_checks_the_file_system(tmp_path, monkeypatch):
+    """A settings object's ``__post_init__`` applies only the rules that need the values (no stat, no file read);
+    the ones that look at the file system or read a task file run in build_settings (check_io), before any work."""
+    import builtins
+    import io
+    import os
+
+    afile = tmp_path / "results.txt"
+    afile.write_text("keep me", encoding="utf-8")
+    task_file = tmp_path / "my-task.yaml"  # not there
+
+    def no_io(*args, **kwargs):
+        raise AssertionError("I/O while a settings object was made")
+
+    made = {TrainingArgs: {"output_dir": str(afile)}, TaskSettings: {"task": str(task_file)},
+            PipelineSettings: {"task": str(task_file), "eval_tasks": [str(task_file)], "output_dir": str(afile)},
+            EvaluateSettings: {"task": str(task_file), "output_dir": str(afile)},
+            PredictFileSettings: {"model": "m", "input": "x.csv", "lang": "eng_Latn", "output": str(afile / "p.jsonl")},
+            EncodeFileSettings: {"model": "m", "input": "x.csv", "lang": "eng_Latn", "output": str(tmp_path / "e.npy")}}
+    with monkeypatch.context() as m:
+        for owner, name in ((os, "stat"), (os, "lstat"), (os, "pathconf"), (builtins, "open"), (io, "open")):
+            m.setattr(owner, name, no_io)
+        for cls in SETTINGS_CLASSES:
+            cls(**made.get(cls, {DistillSettings: {"objective": "ce"}}.get(cls, {})))
+    for cls, values, message in [
+        (TrainingArgs, {"output_dir": str(afile)}, f"output_dir must be a folder path, not {str(afile)!r}: {afile} "
+                                                   f"is a file, not a folder"),
+        (TaskSettings, {"task": str(task_file)}, f"task must be a task name, not {str(task_file)!r}: task file "
+                                                 f"{task_file} not found"),
+        (PredictFileSettings, {"model": "m", "input": "x.csv", "lang": "eng_Latn", "output": str(afile / "p.jsonl")},
+         f"output must be a .jsonl/.csv/.tsv/.parquet file path or null, not {str(afile / 'p.jsonl')!r}: {afile} "
+         f"is a file, not a folder"),
+    ]:
+        with pytest.raises(ConfigError) as err:
+            build_settings((cls,), values, inputs=False)
+        assert str(err.value).startswith(message) and "\n" not in str(err.value), str(err.value)
+
+
 def test_output_dir_that_is_a_file_and_config_that_is_a_folder(tmp_path, capsys):
     afile = tmp_path / "results.txt"
     afile.write_text("keep me", encoding="utf-8")

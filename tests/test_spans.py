@@ -126,8 +126,8 @@ def test_alignment_with_the_tiny_models_tokenizers_on_many_scripts(tiny_model):
 
     texts = list(SAMPLES.values())
     alignment = align_spans(tiny_model, texts)
-    llm = tiny_model.tokenize(texts, path="llm", return_offsets=True)
-    enc = tiny_model.tokenize(texts, path="encoder", return_offsets=True)
+    llm = tiny_model.tokenize(texts, route="llm", return_offsets=True)
+    enc = tiny_model.tokenize(texts, route="encoder", return_offsets=True)
     shift = len(tiny_model.encoder_prefix)
     for i, text in enumerate(texts):
         off_a = llm["offset_mapping"][i]
@@ -158,7 +158,7 @@ def test_teacher_span_targets_are_the_llms_word_means(tiny_model, tmp_path):
     spans = teacher_span_targets(tiny_model, texts, alignment, cache_dir=tmp_path, show_progress=False)
     assert spans.shape == (sum(alignment.n_units), tiny_model.config.llm_hidden_size) and spans.dtype == np.float16
     # by hand for the second text: the LLM (adapters disabled) on its own tokens, mean over each word's tokens
-    batch = tiny_model.tokenize(texts[1:2], path="llm")
+    batch = tiny_model.tokenize(texts[1:2], route="llm")
     with torch.no_grad(), tiny_model.adapters_disabled():
         hidden = tiny_model(llm_input_ids=batch["input_ids"],
                             llm_attention_mask=batch["attention_mask"]).last_hidden_state[0]

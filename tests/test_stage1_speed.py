@@ -46,14 +46,14 @@ def _history(out: Path) -> list[dict]:
 
 
 # ------------------------------------------------------------------------------------------ the layer-k student
-@pytest.mark.parametrize("path", ["encoder", "llm"])
-def test_the_layer_k_student_is_the_first_k_layers_of_the_full_model(tiny_model, path):
+@pytest.mark.parametrize("route", ["encoder", "llm"])
+def test_the_layer_k_student_is_the_first_k_layers_of_the_full_model(tiny_model, route):
     model = tiny_model.eval()
     texts = ["hello world, how are you", "a b c"]
     L = model.llm_num_layers
     with torch.no_grad():
-        if path == "llm":
-            batch = model.tokenize(texts, path="llm")
+        if route == "llm":
+            batch = model.tokenize(texts, route="llm")
             full = model.base_llm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                                   output_hidden_states=True)
             inputs = {"llm_input_ids": batch["input_ids"], "llm_attention_mask": batch["attention_mask"]}

@@ -55,7 +55,7 @@ def _val_accuracy(model_dir: Path) -> float:
 
     examples = load_examples("sib200", "eng_Latn", "validation", data_dir=DATA)
     labels = np.array([e.label for e in examples])
-    preds = predict(MTLLMModel.from_pretrained(model_dir), examples, path="llm", batch_size=8)
+    preds = predict(MTLLMModel.from_pretrained(model_dir), examples, route="llm", batch_size=8)
     return float((preds == labels).mean())
 
 
@@ -79,7 +79,7 @@ def test_pre_embedding_is_cached_and_invalidated(teacher_dir, tmp_path, monkeypa
     out, _ = teacher_dir
     teacher = MTLLMModel.from_pretrained(out / "best")
     examples = [Example(id=str(i), texts=(t,), label=0) for i, t in enumerate(["one text", "another text here", "x"])]
-    expected = teacher.encode([e.texts[0] for e in examples], path="llm").numpy()  # the teacher's pooled vectors
+    expected = teacher.encode([e.texts[0] for e in examples], route="llm").numpy()  # the teacher's pooled vectors
     calls = {"n": 0}
     real = MTLLMModel.forward
 
@@ -142,17 +142,17 @@ def test_distill_variants_ce_and_no_stage1(teacher_dir, tmp_path):
                     _args(tmp_path / "y", num_epochs=1))
 
 
-def _hand_option_scores(model: MTLLMModel, example: Example, path: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _hand_option_scores(model: MTLLMModel, example: Example, route: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Per option, by hand: the tokens whose character offsets overlap the option's text, the mean of the
     LLM's states over them ``(K, D)``, and the head applied to that mean ``(K,)``."""
     from mtllm.data.multiple_choice import format_multiple_choice
 
     assert model.config.encoder_text_prefix == ""  # tiny:xlmr: encoder offsets are offsets into the text
     text, char_spans = format_multiple_choice(example.texts[0], example.texts[1], example.options)
-    enc = model.tokenize([text], path=path, lang="eng_Latn" if path == "encoder" else None, return_offsets=True)
+    enc = model.tokenize([text], route=route, lang="eng_Latn" if route == "encoder" else None, return_offsets=True)
     offsets = enc["offset_mapping"][0]
     with torch.no_grad():
-        if path == "encoder":  # the LLM's states after its <bos>, one per encoder token
+        if route == "encoder":  # the LLM's states after its <bos>, one per encoder token
             hidden_LD = model(enc["input_ids"], enc["attention_mask"]).last_hidden_state[0, 1:]
         else:
             hidden_LD = model(llm_input_ids=enc["input_ids"],
@@ -179,13 +179,13 @@ def test_multiple_choice_scores_each_option_span(tmp_path):
                         options=("1923", "1932", "1952", "1992")),
                 Example(id="2", texts=("Η γέφυρα άνοιξε το 1932.", "Πότε άνοιξε;"), label=1,
                         options=("1923", "1932", "πλοία", "τρένα"))]
-    for path in ("encoder", "llm"):
-        hand = [_hand_option_scores(model, e, path) for e in examples]
-        batch = collate_examples(model, examples, path=path, lang="eng_Latn")
+    for route in ("encoder", "llm"):
+        hand = [_hand_option_scores(model, e, route) for e in examples]
+        batch = collate_examples(model, examples, route=route, lang="eng_Latn")
         with torch.no_grad():
             logits = model(**{k: v for k, v in batch.items() if k not in ("labels", "n_truncated")}).logits
         torch.testing.assert_close(logits, torch.stack([h[1] for h in hand]), atol=1e-4, rtol=1e-4)
-        preds = predict(model, examples, path=path, lang="eng_Latn")
+        preds = predict(model, examples, route=route, lang="eng_Latn")
         assert preds.tolist() == [int(h[1].argmax()) for h in hand]  # the best-scoring option, per example
     emb = pre_embed(model, examples, cache_dir=tmp_path, teacher_id="mc", show_progress=False)
     expected = np.stack([_hand_option_scores(model, e, "llm")[0].numpy() for e in examples])
@@ -199,7 +199,7 @@ def test_multiple_choice_scores_each_option_span(tmp_path):
     probe = EncoderClassifier(model)
     probe.fit(examples, [], lang="eng_Latn")
     mt, enc, _ = predict_shared_encoder(model, probe, examples, lang="eng_Latn", batch_size=1)
-    assert mt.tolist() == predict(model, examples, path="encoder", lang="eng_Latn", batch_size=1).tolist()
+    assert mt.tolist() == predict(model, examples, route="encoder", lang="eng_Latn", batch_size=1).tolist()
     assert enc.tolist() == probe.predict(examples, lang="eng_Latn").tolist()
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+import safetensors.torch
 import torch
 from torch import nn
 
@@ -50,7 +51,7 @@ class EncoderClassifier:
         device = module_device(self.model.encoder)
 
         def step(batch_examples: list[Any]) -> torch.Tensor:
-            batch = collate_examples(self.model, batch_examples, path="encoder", lang=lang)
+            batch = collate_examples(self.model, batch_examples, route="encoder", lang=lang)
             inputs = to_device(batch, device)
             hidden_NLE = self.model.encoder(input_ids=inputs["input_ids"],
                                             attention_mask=inputs["attention_mask"]).last_hidden_state
@@ -110,19 +111,15 @@ class EncoderClassifier:
         return self._logits(standardize(X, self.stats)).argmax(-1).numpy()
 
     def save(self, directory: str | Path) -> None:
-        from safetensors.torch import save_file
-
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
-        save_file({"weight": self.head.weight.detach().contiguous(), "bias": self.head.bias.detach().contiguous(),
-                   "mean": self.stats.mean_D.contiguous(), "std": self.stats.std_D.contiguous()},
-                  str(out / "encoder_head.safetensors"))
+        tensors = {"weight": self.head.weight.detach().contiguous(), "bias": self.head.bias.detach().contiguous(),
+                   "mean": self.stats.mean_D.contiguous(), "std": self.stats.std_D.contiguous()}
+        safetensors.torch.save_file(tensors, str(out / "encoder_head.safetensors"))
         (out / "encoder_head.json").write_text(json.dumps({"label_names": self.label_names}))
 
     def load(self, directory: str | Path) -> "EncoderClassifier":
-        from safetensors.torch import load_file
-
-        state = load_file(str(Path(directory) / "encoder_head.safetensors"))
+        state = safetensors.torch.load_file(str(Path(directory) / "encoder_head.safetensors"))
         self.label_names = json.loads((Path(directory) / "encoder_head.json").read_text())["label_names"]
         self.head = nn.Linear(state["weight"].shape[1], state["weight"].shape[0])
         self.head.load_state_dict({"weight": state["weight"], "bias": state["bias"]})

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import torch
+from filelock import FileLock
 
 from mtllm.data.languages import validate_lang
 from mtllm.device import module_device, place, to_device
@@ -194,7 +195,7 @@ class Translator:
                         device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> "Translator":
         """Load ``name_or_path`` (hub id, directory, ``pocket:``/``tiny:`` source) with its tokenizer, on
         ``device`` (:func:`mtllm.device.resolve_device`: ``$MTLLM_DEVICE``, else cuda, else mps, else cpu)."""
-        from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+        from transformers import AutoModelForSeq2SeqLM, AutoTokenizer  # slow: transformers' auto classes
 
         settings = settings or TranslateSettings(mt_model=str(name_or_path))
         kwargs = {**MODEL_LOAD_KWARGS, **({"dtype": dtype} if dtype is not None else {})}
@@ -238,8 +239,6 @@ class Translator:
         return cached
 
     def _append_cache(self, path: Path, records: Iterable[tuple[str, str]], src_lang: str) -> None:
-        from filelock import FileLock
-
         lines = "".join(json.dumps({"k": k, "t": t}, ensure_ascii=False) + "\n" for k, t in records)
         path.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(path) + ".lock"):

@@ -26,9 +26,11 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
-from mtllm.errors import ConfigError, UserError
+from mtllm.errors import ConfigError, TrainingInterrupted, UserError
 from mtllm.settings import (EXISTING_DIR, MODEL, NON_EMPTY, OUTPUT_DIR, TASK, Rule, at_least, build_settings,
-                            check_settings, config_arg, each, read_config, settings_parser, string_keys)
+                            ModelSettings, check_settings, config_arg, each, read_config, settings_parser,
+                            string_keys)
+from mtllm.sources.pocket import pocket_path
 
 __all__ = ["COMMANDS", "Command", "main"]
 
@@ -94,24 +96,23 @@ def _print_summary(summary: Mapping[str, Any], keys: Sequence[str]) -> None:
 # ------------------------------------------------------------------------------------------- commands
 # (b) Each command imports its settings and runner inside these functions, so that `mtllm --help` and
 # `mtllm COMMAND --help` load only the modules they need (mtllm/__init__ already loads torch and
-# transformers); the same holds for the other function-level imports in this module.
+# transformers); every function-level import in this module is tagged (b).
 def _adapt_settings() -> tuple[type, ...]:
-    from mtllm.settings import ModelSettings
-    from mtllm.training.loop import TrainingArgs
-    from mtllm.training.stage1 import Stage1Settings
+    from mtllm.training.loop import TrainingArgs  # (b)
+    from mtllm.training.stage1 import Stage1Settings  # (b)
 
     return ModelSettings, Stage1Settings, TrainingArgs
 
 
 def _writing(output_dir: str):
     """Hold ``output_dir``'s lock while a command writes it: a second process is refused (:mod:`mtllm.locks`)."""
-    from mtllm.locks import exclusive_output
+    from mtllm.locks import exclusive_output  # (b)
 
     return exclusive_output(output_dir, what="output_dir")
 
 
 def _adapt(values: dict[str, Any]) -> None:
-    from mtllm.training.stage1 import run_stage1
+    from mtllm.training.stage1 import run_stage1  # (b)
 
     settings = build_settings(_adapt_settings(), values)
     with _writing(settings[-1].output_dir):
@@ -120,15 +121,14 @@ def _adapt(values: dict[str, Any]) -> None:
 
 
 def _finetune_settings() -> tuple[type, ...]:
-    from mtllm.settings import ModelSettings
-    from mtllm.training.finetune import TaskSettings
-    from mtllm.training.loop import TrainingArgs
+    from mtllm.training.finetune import TaskSettings  # (b)
+    from mtllm.training.loop import TrainingArgs  # (b)
 
     return ModelSettings, TaskSettings, TrainingArgs
 
 
 def _finetune(values: dict[str, Any]) -> None:
-    from mtllm.training.finetune import run_finetune
+    from mtllm.training.finetune import run_finetune  # (b)
 
     settings = build_settings(_finetune_settings(), values)
     with _writing(settings[-1].output_dir):
@@ -137,16 +137,15 @@ def _finetune(values: dict[str, Any]) -> None:
 
 
 def _distill_settings() -> tuple[type, ...]:
-    from mtllm.settings import ModelSettings
-    from mtllm.training.distill import DistillSettings
-    from mtllm.training.finetune import TaskSettings
-    from mtllm.training.loop import TrainingArgs
+    from mtllm.training.distill import DistillSettings  # (b)
+    from mtllm.training.finetune import TaskSettings  # (b)
+    from mtllm.training.loop import TrainingArgs  # (b)
 
     return ModelSettings, TaskSettings, DistillSettings, TrainingArgs
 
 
 def _distill(values: dict[str, Any]) -> None:
-    from mtllm.training.distill import run_distill
+    from mtllm.training.distill import run_distill  # (b)
 
     settings = build_settings(_distill_settings(), values)
     with _writing(settings[-1].output_dir):
@@ -155,16 +154,15 @@ def _distill(values: dict[str, Any]) -> None:
 
 
 def _encoder_ft_settings() -> tuple[type, ...]:
-    from mtllm.settings import ModelSettings
-    from mtllm.training.encoder_ft import EncoderFTSettings
-    from mtllm.training.finetune import TaskSettings
-    from mtllm.training.loop import TrainingArgs
+    from mtllm.training.encoder_ft import EncoderFTSettings  # (b)
+    from mtllm.training.finetune import TaskSettings  # (b)
+    from mtllm.training.loop import TrainingArgs  # (b)
 
     return ModelSettings, TaskSettings, EncoderFTSettings, TrainingArgs
 
 
 def _encoder_ft(values: dict[str, Any]) -> None:
-    from mtllm.training.encoder_ft import run_encoder_ft
+    from mtllm.training.encoder_ft import run_encoder_ft  # (b)
 
     settings = build_settings(_encoder_ft_settings(), values)
     with _writing(settings[-1].output_dir):
@@ -173,15 +171,15 @@ def _encoder_ft(values: dict[str, Any]) -> None:
 
 
 def _evaluate_settings() -> tuple[type, ...]:
-    from mtllm.evaluation.evaluate import EvaluateSettings
+    from mtllm.evaluation.evaluate import EvaluateSettings  # (b)
 
     return (EvaluateSettings,)
 
 
 def _evaluate(values: dict[str, Any]) -> None:
-    from mtllm.evaluation.evaluate import run_evaluate
+    from mtllm.evaluation.evaluate import run_evaluate  # (b)
 
-    from mtllm.outputs import claim_output_dir
+    from mtllm.outputs import claim_output_dir  # (b)
 
     (settings,) = build_settings(_evaluate_settings(), values)
     with _writing(settings.output_dir):
@@ -190,15 +188,15 @@ def _evaluate(values: dict[str, Any]) -> None:
 
 
 def _translate_test_settings() -> tuple[type, ...]:
-    from mtllm.baselines.translate_test import TranslateSettings
+    from mtllm.baselines.translate_test import TranslateSettings  # (b)
 
     return TranslateTestSettings, TranslateSettings
 
 
 def _translate_test(values: dict[str, Any]) -> None:
-    from mtllm.evaluation.evaluate import EvaluateSettings, run_evaluate
+    from mtllm.evaluation.evaluate import EvaluateSettings, run_evaluate  # (b)
 
-    from mtllm.outputs import claim_output_dir
+    from mtllm.outputs import claim_output_dir  # (b)
 
     tt, tr = build_settings(_translate_test_settings(), values)
     with _writing(tt.output_dir):
@@ -210,52 +208,50 @@ def _translate_test(values: dict[str, Any]) -> None:
 
 
 def _run_settings() -> tuple[type, ...]:
-    from mtllm.cli.pipeline import PipelineSettings, STAGE1_SETTINGS
+    from mtllm.cli.pipeline import PipelineSettings, STAGE1_SETTINGS  # (b)
 
     return (PipelineSettings, *STAGE1_SETTINGS)
 
 
 def _run_sections() -> Mapping[str, tuple[type, ...]]:
-    from mtllm.cli.pipeline import SECTION_SETTINGS
+    from mtllm.cli.pipeline import SECTION_SETTINGS  # (b)
 
     return SECTION_SETTINGS
 
 
 def _run(values: dict[str, Any]) -> None:
-    from mtllm.cli.pipeline import run_pipeline
+    from mtllm.cli.pipeline import run_pipeline  # (b)
 
     run_pipeline(values)
 
 
 def _predict_settings() -> tuple[type, ...]:
-    from mtllm.inference.jobs import PredictFileSettings
+    from mtllm.inference.jobs import PredictFileSettings  # (b)
 
     return (PredictFileSettings,)
 
 
 def _predict(values: dict[str, Any]) -> None:
-    from mtllm.inference.jobs import predict_file
+    from mtllm.inference.jobs import predict_file  # (b)
 
     (settings,) = build_settings(_predict_settings(), values)
     print(json.dumps(predict_file(settings)))
 
 
 def _encode_settings() -> tuple[type, ...]:
-    from mtllm.inference.jobs import EncodeFileSettings
+    from mtllm.inference.jobs import EncodeFileSettings  # (b)
 
     return (EncodeFileSettings,)
 
 
 def _encode(values: dict[str, Any]) -> None:
-    from mtllm.inference.jobs import encode_file
+    from mtllm.inference.jobs import encode_file  # (b)
 
     (settings,) = build_settings(_encode_settings(), values)
     print(json.dumps(encode_file(settings)))
 
 
 def _convert(values: dict[str, Any]) -> None:
-    from mtllm.sources.pocket import pocket_path
-
     (convert,) = build_settings((ConvertSettings,), values)
     for name in convert.names:
         print(f"{name}: {pocket_path(name, force=convert.force)}")
@@ -443,8 +439,6 @@ def _disk_full(name: str, err: OSError) -> str:
 
 def _interrupted(name: str, err: KeyboardInterrupt) -> str:
     """What Ctrl-C left and how to go on, for command ``name``."""
-    from mtllm.errors import TrainingInterrupted
-
     what = f"interrupted: {err}" if isinstance(err, TrainingInterrupted) else "interrupted (Ctrl-C)"
     if name == "run":
         return (f"{what}; to continue, rerun the same command (finished stages are skipped, an interrupted one "

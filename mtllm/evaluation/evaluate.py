@@ -34,6 +34,7 @@ from typing import Any, Callable, Literal, Sequence
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from mtllm.baselines.encoder_probe import EncoderClassifier
 from mtllm.baselines.translate_test import TranslateSettings, Translator, translate_examples
@@ -287,9 +288,9 @@ def _run_task(s: EvaluateSettings, models: dict[str, Any], progress: bool, parti
         if (only := _single_class(spec, examples_of[lang])) is not None:
             single_class[lang] = only
         if on_encoder:
-            check_content(mtllm, examples_of[lang], path="encoder")
+            check_content(mtllm, examples_of[lang], route="encoder")
         if "llm" in s.systems:
-            check_content(teacher, examples_of[lang], path="llm")
+            check_content(teacher, examples_of[lang], route="llm")
 
     predictors: dict[str, Predictor] = {}
     seconds: dict[str, float] = {}
@@ -297,11 +298,11 @@ def _run_task(s: EvaluateSettings, models: dict[str, Any], progress: bool, parti
     # the mtllm and encoder systems share one encoder pass per batch (same encoder, same tokenisation)
     shared = "mtllm" in s.systems and "encoder" in s.systems
     if "mtllm" in s.systems and not shared:
-        predictors["mtllm"] = lambda ex, lang: predict_module.predict(mtllm, ex, path="encoder",
+        predictors["mtllm"] = lambda ex, lang: predict_module.predict(mtllm, ex, route="encoder",
                                                                       lang=mtllm.encoder_lang(lang, s.fallbacks),
                                                                       batch_size=s.batch_size)
     if "llm" in s.systems:
-        predictors["llm"] = lambda ex, lang: predict_module.predict(teacher, ex, path="llm", batch_size=s.batch_size)
+        predictors["llm"] = lambda ex, lang: predict_module.predict(teacher, ex, route="llm", batch_size=s.batch_size)
     if "encoder" in s.systems:
         t0 = time.perf_counter()
         probe = EncoderClassifier(mtllm)
@@ -330,8 +331,8 @@ def _run_task(s: EvaluateSettings, models: dict[str, Any], progress: bool, parti
 
         def translate_test(ex, lang):
             if lang == s.train_lang:
-                return predict_module.predict(teacher, ex, path="llm", batch_size=s.batch_size)
-            return predict_module.predict(teacher, translate_examples(translator, ex, lang), path="llm",
+                return predict_module.predict(teacher, ex, route="llm", batch_size=s.batch_size)
+            return predict_module.predict(teacher, translate_examples(translator, ex, lang), route="llm",
                                           batch_size=s.batch_size)
 
         predictors["translate_test"] = translate_test
@@ -364,8 +365,6 @@ def _run_task(s: EvaluateSettings, models: dict[str, Any], progress: bool, parti
 
     bar = langs
     if progress:
-        from tqdm.auto import tqdm
-
         bar = tqdm(langs, desc=f"evaluate {spec.name}", unit="lang")
     for lang in bar:
         n_examples[lang] = len(examples_of[lang])
@@ -455,7 +454,7 @@ def _run_retrieval(s: EvaluateSettings, models: dict[str, Any], progress: bool, 
                                                        else str(Path(s.model) / any_model.config.llm_name_or_path[2:]),
             lora=None, pooling=any_model.config.pooling, bidirectional=any_model.config.bidirectional,
             llm_adapters_to_merge=any_model.config.llm_adapters_to_merge, dtype=dtype, device=s.device)
-        embedders["llm"] = lambda texts, lang: llm.encode(texts, path="llm", batch_size=s.batch_size)
+        embedders["llm"] = lambda texts, lang: llm.encode(texts, route="llm", batch_size=s.batch_size)
     if "encoder" in s.systems:
         if any_model is None:
             raise ConfigError("the encoder system needs model (its encoder is used)")
@@ -484,8 +483,6 @@ def _run_retrieval(s: EvaluateSettings, models: dict[str, Any], progress: bool, 
     seconds: dict[str, float] = {}
     bar = langs
     if progress:
-        from tqdm.auto import tqdm
-
         bar = tqdm(langs, desc="retrieval", unit="lang")
     ids_all = list(english)
     pos = {i: k for k, i in enumerate(ids_all)}

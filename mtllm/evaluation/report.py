@@ -412,9 +412,9 @@ def plot_results(results: EvalResults, path: str | Path, *, sort_by: str | Calla
     and language, a line through the markers of the system the languages are sorted by. ``sort_by``: a
     system (default: the first), ``"lang"`` (alphabetical) or a key function of the language code.
     ``chance``: the dashed line's level (default: :meth:`EvalResults.chance_level`)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.lines import Line2D
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # slow: matplotlib (~0.5 s), only for a plot
+    from matplotlib.figure import Figure  # slow: as above
+    from matplotlib.lines import Line2D  # slow: as above
 
     path = Path(path)
     langs = sort_languages(results, sort_by)

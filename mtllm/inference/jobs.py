@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any, Literal, Sequence
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from mtllm._io import file_sha256, remove_path
 from mtllm.data.languages import validate_lang
@@ -54,7 +55,7 @@ from mtllm.inference.writers import (ENCODE_SUFFIXES, PREDICT_SUFFIXES, PROGRESS
 from mtllm.locks import exclusive_output
 from mtllm.modeling.embed import embed_texts
 from mtllm.modeling.model import MTLLMModel
-from mtllm.modeling.predict import check_head, encoder_code, model_path, score_texts, softmax
+from mtllm.modeling.predict import check_head, encoder_code, model_route, score_texts, softmax
 from mtllm.modeling.serialization import model_fingerprint
 from mtllm.records import RunRecord
 from mtllm.settings import (MODEL, InferenceDtype, Rule, at_least, check_settings, dtype_name, inference_device_field,
@@ -81,11 +82,15 @@ def _input_file(value: Any, _: Any) -> str | None:
     return None if path.is_file() else f"there is no file {path}"
 
 
-def _output_file(suffixes: Sequence[str]):
+def _output_file(suffixes: Sequence[str]) -> tuple[Rule, Rule]:
+    """The rules of an output file: its suffix, then (``io``) what the file system has there."""
+    def suffix(value: Any, _: Any) -> str | None:
+        if _suffix(Path(str(value)).expanduser()) not in suffixes:
+            return f"the output type is set by its suffix: {', '.join(suffixes)}"
+        return None
+
     def problem(value: Any, settings: Any) -> str | None:
         path = Path(str(value)).expanduser()
-        if _suffix(path) not in suffixes:
-            return f"the output type is set by its suffix: {', '.join(suffixes)}"
         if path.is_dir():
             return f"{path} is a folder; give a file path"
         parent = next((p for p in path.parents if p.exists()), None)
@@ -95,7 +100,9 @@ def _output_file(suffixes: Sequence[str]):
             return "it is the input file; write the output elsewhere"
         given = getattr(settings, "input", None)
         return output_problem(path, Path(str(given)).expanduser() if given else None)
-    return problem
+
+    text = f"a {'/'.join(suffixes)} file path"
+    return Rule(text, suffix), Rule(text, problem, io=True)
 
 
 def _lang_code(value: Any, _: Any) -> str | None:
@@ -170,8 +177,7 @@ class PredictFileSettings(_FileSettings):
     output: str | None = field(default=None, metadata={"help": "Predictions file: .jsonl, .csv, .tsv or .parquet (rows "
                                                                "in input order).",
                                                        "check": (_required("--output preds.jsonl"),
-                                                                 Rule(f"a {'/'.join(PREDICT_SUFFIXES)} file path",
-                                                                      _output_file(PREDICT_SUFFIXES)))})
+                                                                 *_output_file(PREDICT_SUFFIXES))})
     pair_column: str | None = field(default=None, metadata={"help": "Column holding the second text of a pair (an NLI "
                                                                     "hypothesis; a multiple-choice question)."})
     option_columns: list[str] = field(default_factory=list, metadata={"help": "Multiple-choice models: the columns "
@@ -191,8 +197,7 @@ class EncodeFileSettings(_FileSettings):
     output: str | None = field(default=None, metadata={"help": "Embeddings file: .npy (float32 (N, D), ids in "
                                                                "<stem>.ids.txt) or .parquet (id + embedding columns).",
                                                        "check": (_required("--output emb.npy"),
-                                                                 Rule(f"a {'/'.join(ENCODE_SUFFIXES)} file path",
-                                                                      _output_file(ENCODE_SUFFIXES)))})
+                                                                 *_output_file(ENCODE_SUFFIXES))})
     normalize: bool = field(default=False, metadata={"help": "Unit-length embeddings."})
 
 
@@ -365,7 +370,7 @@ class _Job:
         model = self._load_model()
         if self.s.lang not in (None, "auto"):
             self.s.lang = validate_lang(self.s.lang)
-            encoder_code(model, self.s.lang, model_path(model), self.enc_langs)  # uncovered: an error before any work
+            encoder_code(model, self.s.lang, model_route(model), self.enc_langs)  # uncovered: an error before any work
         identify = self._identify() if self.auto else None
         sink = self._sink(model, n_rows, id_kind)
         counts = _Counts(rows=n_rows)
@@ -380,8 +385,6 @@ class _Job:
                 remove_path(p)
             self._write_progress(n_rows, 0, {}, counts, complete=False)
         sink.open(record.get("state") if record is not None else None)
-        from tqdm.auto import tqdm
-
         bar = tqdm(total=n_rows, initial=done, unit="row", desc=f"{self.kind} {self.input.name}",
                    disable=not self.s.progress, dynamic_ncols=True)
         try:
@@ -441,7 +444,7 @@ class _Job:
         if suffix == ".npy":
             return _NpySink(self.output, n_rows, dim, self.progress_path)
         if suffix == ".parquet":
-            import pyarrow as pa
+            import pyarrow as pa  # slow: pyarrow (~50 ms), only for Parquet
 
             id_type = pa.int64() if (self.s.id_column is None or id_kind == "int") else pa.string()
             fields = [pa.field("id", id_type)]
@@ -469,7 +472,7 @@ class _Job:
 
     def _chunk(self, model, chunk: list[Row], sink, counts: _Counts, bar, identify, n_rows: int) -> int:
         """Score one chunk, write it, record it; returns the rows done."""
-        path = model_path(model)
+        route = model_route(model)
         fail = self.s.on_bad_row == "fail"
         problems: dict[int, tuple[str, str, str]] = {}
         for j, row in enumerate(chunk):
@@ -478,15 +481,15 @@ class _Job:
         texts = ["" if r.text is None else r.text for r in chunk]
         pairs = ["" if r.pair is None else r.pair for r in chunk] if self.pair_column else None
         # what the tokenizer sees: a text of only dropped characters (zero-width, control) is no text
-        empty_t = set(model.contentless(texts, path=path))
-        empty_p = set(model.contentless(pairs, path=path)) if pairs is not None else set(range(len(chunk)))
+        empty_t = set(model.contentless(texts, route=route))
+        empty_p = set(model.contentless(pairs, route=route)) if pairs is not None else set(range(len(chunk)))
         for j in sorted(empty_t & empty_p):
             problems.setdefault(j, ("no text", self.text_column + (f" / {self.pair_column}" if pairs else ""),
                                     "nothing the tokenizer reads"))
         if self.option_columns:
             flat = [o or "" for r in chunk for o in r.options]
             k = len(self.option_columns)
-            for i in model.contentless(flat, path=path):
+            for i in model.contentless(flat, route=route):
                 problems.setdefault(i // k, ("empty option", self.option_columns[i % k], "nothing the tokenizer reads"))
         langs: list[str | None] = [None] * len(chunk)
         confidence: list[float | None] = [None] * len(chunk)
@@ -515,7 +518,7 @@ class _Job:
                 continue
             if code not in self.uncovered:
                 try:
-                    encoder_code(model, code, path, self.enc_langs)
+                    encoder_code(model, code, route, self.enc_langs)
                     self.uncovered[code] = None
                 except UnsupportedLanguageError as err:
                     self.uncovered[code] = str(err)
@@ -574,13 +577,13 @@ class _Job:
                 k = int(np.argmax(x))
                 out[j] = (k if mc else names[k], softmax(x) if self.s.return_probs else None)
             return out
-        path = model_path(model)
+        route = model_route(model)
         groups: dict[Any, list[int]] = {}
         for j in ok:
-            groups.setdefault(encoder_code(model, langs[j], path, self.enc_langs), []).append(j)
+            groups.setdefault(encoder_code(model, langs[j], route, self.enc_langs), []).append(j)
         out = {}
         for lang, idx in groups.items():
-            emb = embed_texts(model, [texts[j] for j in idx], lang=lang, path=path, batch_size=self.s.batch_size,
+            emb = embed_texts(model, [texts[j] for j in idx], lang=lang, route=route, batch_size=self.s.batch_size,
                               normalize=self.s.normalize, on_batch=bar.update, stats=stats).numpy()
             for j, e in zip(idx, emb):
                 out[j] = e.tolist() if _suffix(self.output) == ".parquet" else e

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.lib.format import open_memmap
 
 from mtllm._io import atomic_path, remove_path
 from mtllm.errors import ConfigError
@@ -184,8 +185,8 @@ class _ParquetSink:
                 remove_path(part)
 
     def write(self, records: list[dict], start: int) -> None:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
+        import pyarrow as pa  # slow: pyarrow (~50 ms), only for Parquet
+        import pyarrow.parquet as pq  # slow: pyarrow (~50 ms), only for Parquet
 
         table = pa.Table.from_pylist(records, schema=self.schema)
         with atomic_path(self._part(self.n_parts), fsync=True) as tmp:
@@ -196,7 +197,7 @@ class _ParquetSink:
         return {"parts": self.n_parts}
 
     def finish(self) -> None:
-        import pyarrow.parquet as pq
+        import pyarrow.parquet as pq  # slow: pyarrow (~50 ms), only for Parquet
 
         if self.finished:
             return
@@ -221,8 +222,6 @@ class _NpySink:
         self.array = None
 
     def open(self, state: dict | None) -> None:
-        from numpy.lib.format import open_memmap
-
         self.offset = int((state or {}).get("ids_bytes", 0))
         if state and state.get("rows_written", 0) and not self.partial.is_file() and self.path.is_file():
             self.partial = self.path  # stopped after the final rename, before recording it

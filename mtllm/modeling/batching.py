@@ -13,6 +13,7 @@ from typing import Any, Callable, Sequence, TypeVar
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from mtllm.device import to_device
 
@@ -48,8 +49,6 @@ def run_batched(items: Sequence[T], step: Callable[[list[T]], Sequence[Any] | No
     results: list[Any] = [None] * len(items)
     bar = None
     if progress:
-        from tqdm.auto import tqdm
-
         bar = tqdm(total=len(items), desc=desc, unit=unit, leave=leave)
     try:
         for start in range(0, len(order), batch_size):

@@ -17,23 +17,23 @@ __all__ = ["embed_texts"]
 
 
 @torch.no_grad()
-def embed_texts(model, texts: Sequence[str], *, lang: str | None = None, path: str | None = None,
+def embed_texts(model, texts: Sequence[str], *, lang: str | None = None, route: str | None = None,
                 batch_size: int = 32, normalize: bool = False, show_progress: bool = False,
                 on_batch: Callable[[int], None] | None = None, stats: dict | None = None) -> torch.Tensor:
     """Pooled embeddings ``(N, D)`` (float32, on the CPU) of ``texts`` in language ``lang`` (a FLORES-200 code,
-    given to the encoder as it is), in input order. ``path``: ``encoder`` (the MT-LLM; the default when the model
+    given to the encoder as it is), in input order. ``route``: ``encoder`` (the MT-LLM; the default when the model
     has an encoder) or ``llm``. ``normalize``: unit length. ``on_batch(n)`` runs after each batch of ``n`` texts.
     Texts longer than ``max_seq_length`` tokens are truncated: a warning says how many, or, given ``stats``, their
     number is added to ``stats["truncated"]`` for the caller to report.
     A text with nothing to embed (empty, whitespace-only, only characters the tokenizer drops) is a
     :class:`~mtllm.errors.DataError` before any work."""
     texts = list(texts)
-    path = path or ("encoder" if model.encoder is not None else "llm")
-    empty = model.contentless(texts, path=path)
+    route = route or ("encoder" if model.encoder is not None else "llm")
+    empty = model.contentless(texts, route=route)
     if empty:
         raise DataError(f"{len(empty)} of {len(texts)} texts have nothing to embed (indices {empty[:10]}"
                         f"{' ...' if len(empty) > 10 else ''}): empty, whitespace-only, not strings, or made only "
-                        f"of characters the {path} tokenizer drops (zero-width, control or format characters), "
+                        f"of characters the {route} tokenizer drops (zero-width, control or format characters), "
                         f"so each would get the same embedding. Drop them (or replace them) before calling "
                         f"encode; nothing was computed.")
     was_training = model.training
@@ -43,9 +43,9 @@ def embed_texts(model, texts: Sequence[str], *, lang: str | None = None, path: s
 
     def step(batch_texts: list[str]) -> torch.Tensor:
         nonlocal n_truncated
-        batch = model.tokenize(batch_texts, lang=lang if path == "encoder" else None, path=path)
+        batch = model.tokenize(batch_texts, lang=lang if route == "encoder" else None, route=route)
         n_truncated += batch["n_truncated"]
-        pooled = model(**to_device(model_inputs(batch, path), device)).pooled.float()
+        pooled = model(**to_device(model_inputs(batch, route), device)).pooled.float()
         if normalize:
             pooled = nn.functional.normalize(pooled, dim=-1)
         if on_batch is not None:
@@ -61,5 +61,5 @@ def embed_texts(model, texts: Sequence[str], *, lang: str | None = None, path: s
         stats["truncated"] = stats.get("truncated", 0) + n_truncated
     elif n_truncated:
         warnings.warn(f"{n_truncated} of {len(texts)} texts were longer than {model.config.max_seq_length} tokens "
-                      f"({path} tokenizer) and were truncated; raise max_seq_length to keep them whole", stacklevel=3)
+                      f"({route} tokenizer) and were truncated; raise max_seq_length to keep them whole", stacklevel=3)
     return torch.stack(out) if out else torch.empty(0, model.config.llm_hidden_size)

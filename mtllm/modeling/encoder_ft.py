@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+import safetensors.torch
 import torch
 from torch import nn
 
@@ -97,8 +98,6 @@ class EncoderFT(nn.Module):
         """The model saved in ``directory`` (by :meth:`save`) on a copy of ``host``'s encoder, for inference
         (eval mode, no gradients). A host built on another encoder, or a folder whose tensors do not fit it, is a
         one-line :class:`~mtllm.errors.ConfigError`."""
-        from safetensors.torch import load_file
-
         root = Path(directory)
         missing = [name for name in FILES if not (root / name).is_file()]
         if missing:
@@ -116,7 +115,7 @@ class EncoderFT(nn.Module):
                               f"MT-LLM built on the same encoder")
         model = cls(copy.deepcopy(host.encoder), host, meta["head_kind"], meta["label_names"])
         model.info = dict(meta.get("info") or {})
-        state = load_file(str(root / FILES[1]))
+        state = safetensors.torch.load_file(str(root / FILES[1]))
         params = dict(model.named_parameters())
         wrong = [k for k, v in state.items() if k not in params or tuple(params[k].shape) != tuple(v.shape)]
         if wrong or not {"head.weight", "head.bias"} <= set(state):
@@ -131,15 +130,13 @@ class EncoderFT(nn.Module):
 
     def save(self, directory: str | Path, *, info: dict[str, Any] | None = None) -> None:
         """Write the trained encoder tensors (those with gradients on), the head and ``encoder_ft.json``."""
-        from safetensors.torch import save_file
-
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
         tensors = {f"encoder.{n}": p.detach().float().contiguous().cpu() for n, p in self.encoder.named_parameters()
                    if p.requires_grad}
         tensors.update({"head.weight": self.head.weight.detach().float().contiguous().cpu(),
                         "head.bias": self.head.bias.detach().float().contiguous().cpu()})
-        save_file(tensors, str(out / FILES[1]))
+        safetensors.torch.save_file(tensors, str(out / FILES[1]))
         frozen = [n for n, p in self.encoder.named_parameters() if not p.requires_grad]
         meta = {"format": _FORMAT, **_base_info(self.host), "head_kind": self.head_kind,
                 "label_names": self.label_names, "pooling": "mean",
@@ -159,7 +156,7 @@ class EncoderFT(nn.Module):
 
     def collate(self, examples: Sequence[Any], *, lang: str | None) -> dict[str, Any]:
         """A training or inference batch of ``examples`` (text in ``lang``, the encoder's code for it)."""
-        return collate_examples(self.host, examples, path="encoder", lang=lang)
+        return collate_examples(self.host, examples, route="encoder", lang=lang)
 
     @torch.no_grad()
     def logits(self, examples: Sequence[Any], *, lang: str | None, batch_size: int = 32) -> torch.Tensor:

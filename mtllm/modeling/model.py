@@ -2,7 +2,7 @@
 
 The same class also runs the LLM on its own tokens (``llm_input_ids``): that is the stage-1 teacher
 (with the adapters disabled), the stage-2 task teacher and the "LLM alone" baseline. A model built
-without an encoder (``MTLLMModel.llm_only``) has only that path.
+without an encoder (``MTLLMModel.llm_only``) has only that route (``route="llm"``).
 
 The saved folder's layout, its fingerprint and the checks a folder passes before it loads are in
 :mod:`mtllm.modeling.serialization` (``save_pretrained`` / ``from_pretrained`` / ``push_to_hub`` call into it); the
@@ -15,18 +15,20 @@ import contextlib
 import json
 import logging
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
+import safetensors.torch
 import torch
 from torch import nn
-from transformers import PreTrainedModel
-from transformers.utils import ModelOutput
+from transformers import AutoModel, BatchEncoding, PreTrainedModel
+from transformers.utils import ModelOutput, hub
 
 from mtllm.data.languages import resolve_encoder_lang, validate_lang
 from mtllm.device import module_device, place, resolve_device, to_device
-from mtllm.errors import ConfigError
+from mtllm.errors import ConfigError, renamed_keyword
 from mtllm.modeling.config import LoraSettings, MTLLMConfig
 from mtllm.modeling.pooling import get_pooler, span_mean_pool
 from mtllm.modeling.serialization import (ADAPTER_DIR, WEIGHTS_NAME, _base_model_hub_ids, _check_base_refs,
@@ -67,7 +69,7 @@ def bidirectional_attention_mask(attention_mask_NL: torch.Tensor, dtype: torch.d
 
 def _is_peft(model: nn.Module) -> bool:
     try:
-        from peft import PeftModel
+        from peft import PeftModel  # slow: peft (~0.2 s), only for a model with an adapter
     except ImportError:  # pragma: no cover - peft is a dependency
         return False
     return isinstance(model, PeftModel)
@@ -325,49 +327,54 @@ class MTLLMModel(PreTrainedModel):
         checks and character offsets all read it here."""
         return self.config.encoder_text_prefix if self.config.encoder_lang_style == "prefix" else ""
 
-    def contentless(self, texts: Sequence[Any], *, path: str = "encoder") -> list[int]:
-        """Indices of ``texts`` with nothing to embed on ``path``: not a string, empty, whitespace-only, or
-        no content token for that path's tokenizer (only characters it drops: zero-width, control or format
-        characters, ...). See :func:`no_content_texts`."""
-        if path not in ("encoder", "llm"):
-            raise ValueError(f"path must be 'encoder' or 'llm', not {path!r}")
-        if path == "encoder" and self.encoder is None:
-            raise ValueError("this model has no encoder (LLM only): use path='llm'")
-        return no_content_texts(self._text_tokenizer(path), texts)
+    def contentless(self, texts: Sequence[Any], *, route: str | None = None, path: str | None = None) -> list[int]:
+        """Indices of ``texts`` with nothing to embed on ``route`` (``"encoder"``, the default, or ``"llm"``;
+        ``path=`` is its old name, deprecated): not a string, empty, whitespace-only, or no content token for that
+        route's tokenizer (only characters it drops: zero-width, control or format characters, ...). See
+        :func:`no_content_texts`."""
+        route = renamed_keyword(route, path, where="contentless", name="route", old_name="path", default="encoder")
+        if route not in ("encoder", "llm"):
+            raise ValueError(f"route must be 'encoder' or 'llm', not {route!r}")
+        if route == "encoder" and self.encoder is None:
+            raise ValueError("this model has no encoder (LLM only): use route='llm'")
+        return no_content_texts(self._text_tokenizer(route), texts)
 
-    def _text_tokenizer(self, path: str) -> Any:
-        """The tokenizer of ``path``, or a :class:`~mtllm.errors.ConfigError` when the model was loaded without
+    def _text_tokenizer(self, route: str) -> Any:
+        """The tokenizer of ``route``, or a :class:`~mtllm.errors.ConfigError` when the model was loaded without
         one (its folder had no tokenizer files): text input needs it, token ids and hidden states do not."""
-        tok = self.encoder_tokenizer if path == "encoder" else self.llm_tokenizer
+        tok = self.encoder_tokenizer if route == "encoder" else self.llm_tokenizer
         if tok is None:
-            key = "encoder_tokenizer" if path == "encoder" else "llm_tokenizer"
-            source = self.config.encoder_name_or_path if path == "encoder" else self.config.llm_name_or_path
-            ids = "input_ids= or encoder_hidden_states=" if path == "encoder" else "llm_input_ids="
-            role = "encoder" if path == "encoder" else "LLM"
+            key = "encoder_tokenizer" if route == "encoder" else "llm_tokenizer"
+            source = self.config.encoder_name_or_path if route == "encoder" else self.config.llm_name_or_path
+            ids = "input_ids= or encoder_hidden_states=" if route == "encoder" else "llm_input_ids="
+            role = "encoder" if route == "encoder" else "LLM"
             raise ConfigError(f"this model has no {role} tokenizer (its {role} {source!r} has no tokenizer files), so "
                               f"it cannot read text: pass {key}=AutoTokenizer.from_pretrained(...) to MTLLMModel."
                               f"from_pretrained (or from_encoder_and_llm), or call the model on token ids ({ids})")
         return tok
 
     def tokenize(self, texts: Sequence[str], *, lang: str | None = None, pairs: Sequence[str] | None = None,
-                 path: str = "encoder", max_length: int | None = None, return_offsets: bool = False):
-        """Tokenise ``texts`` for ``path="encoder"`` (the MT-LLM input) or ``path="llm"`` (the LLM's own
-        tokens, with its ``<bos>`` guaranteed). ``pairs`` are joined to ``texts`` with
-        ``config.pair_separator``. Returns a ``BatchEncoding`` with ``input_ids``/``attention_mask``
-        ``(N, L)``, right-padded, and ``n_truncated`` (how many texts were cut at ``max_length``)."""
+                 route: str | None = None, max_length: int | None = None, return_offsets: bool = False,
+                 path: str | None = None):
+        """Tokenise ``texts`` for ``route="encoder"`` (the default: the MT-LLM input) or ``route="llm"`` (the
+        LLM's own tokens, with its ``<bos>`` guaranteed); ``path=`` is the old name of ``route=``, deprecated.
+        ``pairs`` are joined to ``texts`` with ``config.pair_separator``. Returns a ``BatchEncoding`` with
+        ``input_ids``/``attention_mask`` ``(N, L)``, right-padded, and ``n_truncated`` (how many texts were cut
+        at ``max_length``)."""
+        route = renamed_keyword(route, path, where="tokenize", name="route", old_name="path", default="encoder")
         texts = list(texts)
         if pairs is not None:
             texts = [a + self.config.pair_separator + b for a, b in zip(texts, pairs, strict=True)]
-        max_length = min(max_length or self.config.max_seq_length, self._max_tokens(path))
-        if path == "encoder":
+        max_length = min(max_length or self.config.max_seq_length, self._max_tokens(route))
+        if route == "encoder":
             if self.encoder is None:
-                raise ValueError("this model has no encoder (LLM only): tokenize with path='llm'")
-            tok = self._text_tokenizer(path)
+                raise ValueError("this model has no encoder (LLM only): tokenize with route='llm'")
+            tok = self._text_tokenizer(route)
             texts = self._encoder_texts(texts, lang)
-        elif path == "llm":
-            tok = self._text_tokenizer(path)
+        elif route == "llm":
+            tok = self._text_tokenizer(route)
         else:
-            raise ValueError(f"path must be 'encoder' or 'llm', not {path!r}")
+            raise ValueError(f"route must be 'encoder' or 'llm', not {route!r}")
         prev_side = tok.padding_side
         tok.padding_side = "right"
         if tok.pad_token is None:
@@ -377,17 +384,17 @@ class MTLLMModel(PreTrainedModel):
                        verbose=False)
         finally:
             tok.padding_side = prev_side
-        prepend_bos = path == "llm" and self._needs_bos(tok)
+        prepend_bos = route == "llm" and self._needs_bos(tok)
         limit = max_length - (1 if prepend_bos else 0)
         ids, offsets, n_truncated = [], [], 0
         for i, seq in enumerate(full["input_ids"]):
             if len(seq) > limit:
                 n_truncated += 1
-                seq = seq[:limit - 1] + seq[-1:] if path == "encoder" else seq[:limit]
+                seq = seq[:limit - 1] + seq[-1:] if route == "encoder" else seq[:limit]
             ids.append(([tok.bos_token_id] if prepend_bos else []) + list(seq))
             if return_offsets:
                 off = list(full["offset_mapping"][i])[:len(seq)]
-                if path == "encoder" and len(full["input_ids"][i]) > limit:
+                if route == "encoder" and len(full["input_ids"][i]) > limit:
                     off[-1] = (0, 0)  # the kept end-of-sequence token covers no text
                 offsets.append(([(0, 0)] if prepend_bos else []) + off)
         L = max(len(s) for s in ids) if ids else 0
@@ -397,18 +404,16 @@ class MTLLMModel(PreTrainedModel):
         for i, seq in enumerate(ids):
             input_ids[i, :len(seq)] = torch.tensor(seq, dtype=torch.long)
             attention_mask[i, :len(seq)] = 1
-        from transformers import BatchEncoding
-
         out = BatchEncoding({"input_ids": input_ids, "attention_mask": attention_mask})
         out["n_truncated"] = n_truncated
         if return_offsets:
             out["offset_mapping"] = offsets
         return out
 
-    def _max_tokens(self, path: str) -> int:
-        """The most tokens the model on ``path`` can take (position embeddings, tokenizer limit)."""
-        model = self.encoder if path == "encoder" else self.base_llm
-        tok = self.encoder_tokenizer if path == "encoder" else self.llm_tokenizer
+    def _max_tokens(self, route: str) -> int:
+        """The most tokens the model on ``route`` can take (position embeddings, tokenizer limit)."""
+        model = self.encoder if route == "encoder" else self.base_llm
+        tok = self.encoder_tokenizer if route == "encoder" else self.llm_tokenizer
         limits = [10 ** 9]
         n_pos = getattr(getattr(model, "config", None), "max_position_embeddings", None)
         if isinstance(n_pos, int):
@@ -517,14 +522,16 @@ class MTLLMModel(PreTrainedModel):
                        "hf_subset")
 
     def encode(self, texts: Sequence[str] | str, *, lang: str | None = None, batch_size: int = 32,
-               path: str | None = None, normalize: bool = False, show_progress: bool = False,
+               route: str | None = None, normalize: bool = False, show_progress: bool = False,
                normalize_embeddings: bool | None = None, show_progress_bar: bool | None = None,
                convert_to_numpy: bool | None = None, convert_to_tensor: bool = False, device: Any = None,
-               precision: str = "float32", output_value: str = "sentence_embedding", **kwargs: Any):
+               precision: str = "float32", output_value: str = "sentence_embedding", path: str | None = None,
+               **kwargs: Any):
         """Pooled embeddings ``(N, D)`` of ``texts`` (in language ``lang``, a FLORES-200 code), a float32
         tensor on the CPU (one text: ``(D,)``).
 
-        ``path`` defaults to ``encoder`` (the MT-LLM) when the model has an encoder, else ``llm``.
+        ``route`` defaults to ``encoder`` (the MT-LLM) when the model has an encoder, else ``llm`` (``path=`` is its
+        old name, deprecated).
         Batches are formed from length-sorted texts and returned in the input order.
 
         It also takes sentence-transformers' keywords, so that the model drops into retrieval and MTEB-style
@@ -536,6 +543,7 @@ class MTLLMModel(PreTrainedModel):
         ``hf_subset``) are accepted and ignored. Any other keyword is a ``TypeError``."""
         from mtllm.modeling.embed import embed_texts  # (c) cycle: mtllm.modeling.embed imports this module
 
+        route = renamed_keyword(route, path, where="encode", name="route", old_name="path")
         unknown = sorted(set(kwargs) - set(self._ENCODE_IGNORED))
         if unknown:
             raise TypeError(f"encode() got unexpected keyword argument(s) {unknown}")
@@ -547,7 +555,7 @@ class MTLLMModel(PreTrainedModel):
             raise ValueError(f"encode(device={device!r}) but the model is on {module_device(self)}: move the model "
                              f"(model.to(...)) or set MTLLM_DEVICE before loading it")
         single = isinstance(texts, str)
-        result = embed_texts(self, [texts] if single else texts, lang=lang, path=path, batch_size=batch_size,
+        result = embed_texts(self, [texts] if single else texts, lang=lang, route=route, batch_size=batch_size,
                              normalize=normalize if normalize_embeddings is None else normalize_embeddings,
                              show_progress=show_progress if show_progress_bar is None else show_progress_bar)
         if single:
@@ -588,8 +596,6 @@ class MTLLMModel(PreTrainedModel):
         adapter of ``llm_adapters_to_merge``). ``for_hub=True`` prepares the folder for the hub (what
         :meth:`push_to_hub` uploads): a base model still recorded as a local path is a
         :class:`~mtllm.errors.ConfigError` naming it, since no one else could load it."""
-        from safetensors.torch import save_file
-
         if self.adapters_merged and not full:
             raise ValueError("this model's LoRA adapter was merged into the LLM (merge_adapters), so saving only the "
                              "adapter would lose it: call save_pretrained(..., full=True) to save the merged LLM, or "
@@ -619,8 +625,8 @@ class MTLLMModel(PreTrainedModel):
             tensors.update({f"projection.{k}": v for k, v in self.projection.state_dict().items()})
         if self.head is not None:
             tensors.update({f"head.{k}": v for k, v in self.head.state_dict().items()})
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(out / WEIGHTS_NAME),
-                  metadata={"format": "pt"})
+        safetensors.torch.save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()},
+                                    str(out / WEIGHTS_NAME), metadata={"format": "pt"})
         if _is_peft(self.llm):
             self.llm.save_pretrained(str(out / ADAPTER_DIR))
             # the adapter names its base as config.json does (PEFT writes the loaded folder's path), so a load
@@ -637,8 +643,6 @@ class MTLLMModel(PreTrainedModel):
                 state = {k: v for k, v in self.base_llm.state_dict().items() if "lora_" not in k}
             state = {k.replace(".base_layer.", "."): v for k, v in state.items()}
             fresh_cfg = self.base_llm.config
-            from transformers import AutoModel
-
             clean = AutoModel.from_config(fresh_cfg)
             clean.load_state_dict(state, strict=True)
             clean.save_pretrained(path)
@@ -658,10 +662,6 @@ class MTLLMModel(PreTrainedModel):
         (or uploaded with ``full=True``); otherwise a :class:`~mtllm.errors.ConfigError` names it. The
         folder is written and checked before anything is sent. transformers' ``PushToHubMixin`` steps
         otherwise; returns the hub's commit info."""
-        import tempfile
-
-        from transformers.utils import hub
-
         with tempfile.TemporaryDirectory() as tmp:
             self.save_pretrained(tmp, full=full, base_model_ids=base_model_ids, for_hub=True)
             saved = read_json_file(Path(tmp) / "config.json", fix="save the model again")
@@ -697,8 +697,6 @@ class MTLLMModel(PreTrainedModel):
         if merge_adapters and is_trainable:
             raise ValueError("merge_adapters=True is for inference; a trainable model keeps its LoRA adapter "
                              "separate (drop one of is_trainable / merge_adapters)")
-        from safetensors.torch import load_file
-
         root = _mtllm_folder(pretrained_model_name_or_path)
         if config is None:
             config = MTLLMConfig.from_pretrained(root)  # mtllm's own config class: no code from the folder
@@ -742,11 +740,11 @@ class MTLLMModel(PreTrainedModel):
             _check_size("LLM vocabulary", config.llm_vocab_size, base.get_input_embeddings().num_embeddings,
                         config.llm_name_or_path)
         if (root / ADAPTER_DIR).exists():
-            from peft import PeftModel
+            from peft import PeftModel  # slow: peft (~0.2 s), only for a saved adapter
 
             base = PeftModel.from_pretrained(base, str(root / ADAPTER_DIR), is_trainable=is_trainable)
         model = cls(config, llm=base, encoder=enc, llm_tokenizer=llm_tokenizer, encoder_tokenizer=encoder_tokenizer)
-        state = load_file(str(root / WEIGHTS_NAME))  # checked complete by _mtllm_folder
+        state = safetensors.torch.load_file(str(root / WEIGHTS_NAME))  # checked complete by _mtllm_folder
         model.to(device=module_device(base))
         if model.projection is not None:
             model.projection.load_state_dict({k[len("projection."):]: v for k, v in state.items()
@@ -774,11 +772,11 @@ class MTLLMModel(PreTrainedModel):
         if self.projection is None:
             raise ValueError("this model has no encoder/projection to calibrate")
         emb = self.base_llm.get_input_embeddings()
-        ids = to_device(self.tokenize(list(texts)[:256], path="llm"), module_device(emb))
+        ids = to_device(self.tokenize(list(texts)[:256], route="llm"), module_device(emb))
         target = emb(ids["input_ids"])[ids["attention_mask"].bool()].float().pow(2).mean().sqrt().item()
         sq, count = 0.0, 0
         for start in range(0, min(len(texts), 256), batch_size):
-            batch = to_device(self.tokenize(list(texts)[start:start + batch_size], lang=lang, path="encoder"),
+            batch = to_device(self.tokenize(list(texts)[start:start + batch_size], lang=lang, route="encoder"),
                               module_device(self.encoder))
             with torch.no_grad():
                 enc = self.encoder(input_ids=batch["input_ids"],
@@ -828,7 +826,7 @@ def _first_layers(llm: nn.Module, k: int | None) -> Iterator[None]:
 
 
 def _add_lora(llm: nn.Module, lora: dict) -> nn.Module:
-    from peft import get_peft_model
+    from peft import get_peft_model  # slow: peft (~0.2 s), only when LoRA is added
 
     settings = LoraSettings(**lora)
     return get_peft_model(llm, settings.to_peft())

@@ -11,6 +11,7 @@ group per (language, number of options), and :func:`predict_texts` is the checke
 from __future__ import annotations
 
 import time
+import warnings
 from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
@@ -20,11 +21,11 @@ from mtllm.data.collate import collate_examples, example_lengths
 from mtllm.data.languages import validate_lang
 from mtllm.data.multiple_choice import OptionTruncatedError
 from mtllm.device import module_device
-from mtllm.errors import ConfigError, DataError
+from mtllm.errors import ConfigError, DataError, renamed_keyword
 from mtllm.modeling.batching import forward_inputs, run_batched
 from mtllm.modeling.model import MTLLMModel
 
-__all__ = ["predict", "example_logits", "score_texts", "predict_texts", "softmax", "check_head", "model_path",
+__all__ = ["predict", "example_logits", "score_texts", "predict_texts", "softmax", "check_head", "model_route",
            "encoder_code", "accuracy", "predict_shared_encoder"]
 
 
@@ -35,13 +36,13 @@ def check_head(model: MTLLMModel) -> None:
                           "(finetune's DIR/best or distill's DIR/final), or use encode for embeddings")
 
 
-def model_path(model: MTLLMModel) -> str:
-    """The path texts take through ``model``: ``encoder`` (the MT-LLM) when it has an encoder, else ``llm``."""
+def model_route(model: MTLLMModel) -> str:
+    """The route texts take through ``model``: ``encoder`` (the MT-LLM) when it has an encoder, else ``llm``."""
     return "encoder" if model.encoder is not None else "llm"
 
 
 @torch.no_grad()
-def example_logits(model: MTLLMModel, examples: Sequence[Any], *, path: str, lang: str | None = None,
+def example_logits(model: MTLLMModel, examples: Sequence[Any], *, route: str, lang: str | None = None,
                    batch_size: int = 32, show_progress: bool = False,
                    on_batch: Callable[[int], None] | None = None, stats: dict | None = None) -> np.ndarray:
     """The head's logits ``(N, C)`` (``(N, K)`` for multiple choice) of ``examples`` (objects with ``id``,
@@ -55,7 +56,7 @@ def example_logits(model: MTLLMModel, examples: Sequence[Any], *, path: str, lan
     device = module_device(model)
 
     def step(batch_examples: list[Any]) -> np.ndarray:
-        batch = collate_examples(model, batch_examples, path=path, lang=lang)
+        batch = collate_examples(model, batch_examples, route=route, lang=lang)
         if stats is not None:
             stats["truncated"] = stats.get("truncated", 0) + batch["n_truncated"]
         logits = model(**forward_inputs(batch, device)).logits.float().cpu().numpy()
@@ -72,10 +73,15 @@ def example_logits(model: MTLLMModel, examples: Sequence[Any], *, path: str, lan
     return np.array(logits, dtype=np.float32).reshape(len(logits), n_out)
 
 
-def predict(model: MTLLMModel, examples: Sequence[Any], *, path: str, lang: str | None = None,
-            batch_size: int = 32, show_progress: bool = False) -> np.ndarray:
-    """Predicted label indices for ``examples`` (the argmax of :func:`example_logits`)."""
-    logits = example_logits(model, examples, path=path, lang=lang, batch_size=batch_size, show_progress=show_progress)
+def predict(model: MTLLMModel, examples: Sequence[Any], *, route: str | None = None, lang: str | None = None,
+            batch_size: int = 32, show_progress: bool = False, path: str | None = None) -> np.ndarray:
+    """Predicted label indices for ``examples`` (the argmax of :func:`example_logits`) on ``route`` (``"encoder"``
+    or ``"llm"``, required; ``path=`` is its old name, deprecated)."""
+    route = renamed_keyword(route, path, where="predict", name="route", old_name="path")
+    if route is None:
+        raise TypeError("predict() missing keyword argument route ('encoder' or 'llm')")
+    logits = example_logits(model, examples, route=route, lang=lang, batch_size=batch_size,
+                            show_progress=show_progress)
     return logits.argmax(-1).astype(np.int64) if len(logits) else np.zeros(0, dtype=np.int64)
 
 
@@ -95,10 +101,10 @@ class _Item(NamedTuple):
     options: tuple[str, ...]
 
 
-def encoder_code(model: MTLLMModel, lang: str | None, path: str, cache: dict) -> str | None:
+def encoder_code(model: MTLLMModel, lang: str | None, route: str, cache: dict) -> str | None:
     """The code the encoder gets for text in ``lang`` (its explicit, warned fallback where it does not cover
     ``lang``; see :meth:`mtllm.MTLLMModel.encoder_lang`), once per language; ``None`` on the LLM path."""
-    if lang is None or path != "encoder":
+    if lang is None or route != "encoder":
         return lang
     if lang not in cache:
         cache[lang] = model.encoder_lang(lang)
@@ -120,12 +126,12 @@ def score_texts(model: MTLLMModel, texts: Sequence[str], *, langs: Sequence[str 
     with that segment empty. ``stats``: see :func:`example_logits`. Inputs are not checked here (see
     :func:`predict_texts`)."""
     n = len(texts)
-    path = model_path(model)
+    route = model_route(model)
     sep = model.config.pair_separator
     blank: set[int] = set()
     if options is not None:  # multiple choice: an empty passage or question is left out of the layout
         segments = list(texts) + (list(pairs) if pairs is not None else [])
-        blank = set(model.contentless(segments, path=path))
+        blank = set(model.contentless(segments, route=route))
     items = []
     for i in range(n):
         opts = tuple(options[i]) if options is not None else ()
@@ -138,11 +144,11 @@ def score_texts(model: MTLLMModel, texts: Sequence[str], *, langs: Sequence[str 
     cache = {} if encoder_langs is None else encoder_langs
     groups: dict[tuple[str | None, int], list[int]] = {}
     for i in range(n):
-        groups.setdefault((encoder_code(model, langs[i], path, cache), len(items[i].options)), []).append(i)
+        groups.setdefault((encoder_code(model, langs[i], route, cache), len(items[i].options)), []).append(i)
     out: list[Any] = [None] * n
     for (lang, _), idx in groups.items():
         try:
-            logits = example_logits(model, [items[i] for i in idx], path=path, lang=lang, batch_size=batch_size,
+            logits = example_logits(model, [items[i] for i in idx], route=route, lang=lang, batch_size=batch_size,
                                     show_progress=show_progress, on_batch=on_batch, stats=stats)
         except OptionTruncatedError as err:
             raise DataError(f"an answer option was cut off: the passage, question and options are longer than "
@@ -197,16 +203,16 @@ def predict_texts(model: MTLLMModel, texts: Sequence[str] | str, *, lang: str | 
                             f"one per text")
     checked = {code: validate_lang(code) for code in set(langs) if code is not None}
     langs = [checked[c] if c is not None else None for c in langs]
-    path = model_path(model)
-    if path == "encoder" and model.config.encoder_lang_style == "nllb" and any(c is None for c in langs):
+    route = model_route(model)
+    if route == "encoder" and model.config.encoder_lang_style == "nllb" and any(c is None for c in langs):
         raise ConfigError("this model's encoder (NLLB-style) needs the language of the texts: pass lang='xxx_Xxxx' "
                           "(a FLORES-200 code such as 'eng_Latn'), or one code per text")
     encoder_langs: dict = {}
     for code in checked.values():
-        encoder_code(model, code, path, encoder_langs)  # an uncovered language fails here, before any work
-    empty = set(model.contentless(texts, path=path))
+        encoder_code(model, code, route, encoder_langs)  # an uncovered language fails here, before any work
+    empty = set(model.contentless(texts, route=route))
     if pairs is not None:
-        empty &= set(model.contentless(pairs, path=path))
+        empty &= set(model.contentless(pairs, route=route))
     if empty:
         rows = sorted(empty)
         raise DataError(f"{len(rows)} of {n} texts have nothing to read (indices {_listed(rows)}): empty, "
@@ -217,8 +223,6 @@ def predict_texts(model: MTLLMModel, texts: Sequence[str] | str, *, lang: str | 
     logits = score_texts(model, texts, langs=langs, pairs=pairs, options=options, batch_size=batch_size,
                          show_progress=show_progress, encoder_langs=encoder_langs, stats=stats)
     if stats.get("truncated"):
-        import warnings
-
         warnings.warn(f"{stats['truncated']} of {n} texts were longer than {model.config.max_seq_length} tokens and "
                       f"were truncated; raise max_seq_length to keep them whole", stacklevel=3)
     if mc:
@@ -257,7 +261,7 @@ def predict_shared_encoder(model: Any, probe: Any, examples: Sequence[Any], *, l
 
     def step(batch_examples: list[Any]) -> list[tuple[int, torch.Tensor]]:
         t0 = time.perf_counter()
-        batch = collate_examples(model, batch_examples, path="encoder", lang=lang)
+        batch = collate_examples(model, batch_examples, route="encoder", lang=lang)
         inputs = forward_inputs(batch, device)
         t1 = time.perf_counter()
         hidden_NLE = model.encoder(input_ids=inputs["input_ids"],

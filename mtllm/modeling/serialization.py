@@ -12,6 +12,10 @@ import re
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import huggingface_hub
+from safetensors import safe_open
+from transformers import AutoConfig
+
 from mtllm.errors import ConfigError, CustomCodeError, UserError
 from mtllm.fingerprints import folder_fingerprint
 from mtllm.modeling.config import MTLLMConfig
@@ -49,9 +53,8 @@ def _mtllm_folder(ref: str | os.PathLike) -> Path:
         if looks_local(text):
             raise ConfigError(f"{text}: no such model folder (it looks like a local path, so the hub is not asked); "
                               f"check the path, e.g. a run's DIR/final or DIR/best")
-        from huggingface_hub import snapshot_download
-
-        root = Path(from_hub(text, "MT-LLM", lambda p: p if Path(p).is_dir() else snapshot_download(p)))
+        root = Path(from_hub(text, "MT-LLM",
+                             lambda p: p if Path(p).is_dir() else huggingface_hub.snapshot_download(p)))
     if not root.is_dir():
         raise ConfigError(f"{root} is a file, not a model folder: give the folder save_pretrained wrote (config.json, "
                           f"{WEIGHTS_NAME}), e.g. a run's DIR/final or DIR/best")
@@ -111,8 +114,6 @@ def _check_saved_folder(root: Path, config: MTLLMConfig, *, encoder_ref: str | N
     sizes and types in their ``config.json`` (``encoder_ref`` / ``llm_ref``: ``None`` for instances passed in,
     checked after), the shapes in ``model.safetensors`` (up-projection, head) against ``config.json``, and the
     LoRA adapter's base model, rank and input sizes."""
-    from transformers import AutoConfig
-
     for role, ref, size, kind in (("encoder", encoder_ref, config.encoder_hidden_size,
                                    config.to_dict().get("encoder_model_type")),
                                   ("LLM", llm_ref, config.llm_hidden_size, config.to_dict().get("llm_model_type"))):
@@ -180,8 +181,6 @@ def _same_base(recorded: str, name: str | None, resolved: str | None) -> bool:
 
 def _tensor_shapes(path: Path) -> dict[str, list[int]]:
     """Name -> shape of every tensor in a safetensors file, from its header alone (no weights are read)."""
-    from safetensors import safe_open
-
     with safe_open(str(path), framework="pt") as fh:
         return {key: list(fh.get_slice(key).get_shape()) for key in fh.keys()}
 

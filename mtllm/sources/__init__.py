@@ -25,8 +25,14 @@ import os
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
+import huggingface_hub
 import torch
+from huggingface_hub import constants
+from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+from huggingface_hub.utils import get_session
 from torch import nn
+from transformers import AutoConfig, AutoModel
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 from mtllm._io import atomic_path
 from mtllm.errors import ConfigError, CustomCodeError, DataError, UserError
@@ -115,8 +121,6 @@ def refuse_custom_code(path: Path, name: str, kind: str) -> None:
     data = read_json_file(path / "config.json", fix="copy or save the model folder again")
     model_type = data.get("model_type") if isinstance(data, dict) else None
     if model_type is not None:
-        from transformers.models.auto.configuration_auto import CONFIG_MAPPING
-
         if model_type not in CONFIG_MAPPING:
             raise CustomCodeError(f"{name}: its config.json has model_type {str(model_type)[:60]!r}, which this "
                               f"transformers does not know (custom code, or a newer transformers); mtllm never runs "
@@ -190,8 +194,6 @@ def _env_true(name: str) -> bool:
 @functools.lru_cache(maxsize=None)
 def _probe_hub(endpoint: str, timeout: float) -> str | None:
     try:
-        from huggingface_hub.utils import get_session
-
         get_session().head(endpoint, timeout=timeout)
     except Exception as err:  # no DNS, refused, timed out, proxy error, ...
         return f"no connection to {endpoint}: {type(err).__name__}"
@@ -203,8 +205,6 @@ def hub_unreachable(timeout: float = 5.0) -> str | None:
     quick request to the endpoint fails), or ``None`` when it can. The probe runs once per process."""
     if _env_true("HF_HUB_OFFLINE") or _env_true("TRANSFORMERS_OFFLINE"):
         return "HF_HUB_OFFLINE is set"
-    from huggingface_hub import constants
-
     if constants.HF_HUB_OFFLINE:
         return "HF_HUB_OFFLINE is set"
     return _probe_hub(os.environ.get("HF_ENDPOINT", constants.ENDPOINT).rstrip("/"), timeout)
@@ -212,8 +212,6 @@ def hub_unreachable(timeout: float = 5.0) -> str | None:
 
 def _hub_error_kind(err: BaseException) -> str | None:
     """``"missing"``/``"gated"`` when ``err`` (or its cause) says the hub has no such repo / denies it."""
-    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
-
     seen = 0
     while err is not None and seen < 5:
         if isinstance(err, GatedRepoError):
@@ -243,10 +241,8 @@ def from_hub(ref: str, what: str, load: Callable[[str], _T]) -> _T:
                                   f"check the id (or the path; a local path looks like ./{ref}), or log in "
                                   f"(`hf auth login`) if it is private") from None
             raise
-    from huggingface_hub import snapshot_download
-
     try:
-        return load(snapshot_download(ref, local_files_only=True))
+        return load(huggingface_hub.snapshot_download(ref, local_files_only=True))
     except UserError:  # the cached copy was found; what it holds is wrong, and the error says so
         raise
     except (OSError, ValueError):
@@ -304,8 +300,8 @@ def _quantization(load_in_4bit: bool, dtype: torch.dtype | None) -> dict[str, An
         raise ValueError("load_in_4bit=True needs a CUDA GPU (bitsandbytes NF4 kernels); this machine has "
                          "none. Set load_in_4bit: false (the default) to load the LLM in full precision.")
     try:
-        from transformers import BitsAndBytesConfig
-        import bitsandbytes  # noqa: F401
+        from transformers import BitsAndBytesConfig  # optional: 4-bit loading, with bitsandbytes
+        import bitsandbytes  # noqa: F401  # optional: bitsandbytes (mtllm[gpu])
     except ImportError as err:
         raise ImportError("load_in_4bit=True needs bitsandbytes: pip install 'mtllm[gpu]'") from err
     return {"quantization_config": BitsAndBytesConfig(
@@ -327,13 +323,11 @@ def load_encoder(source: str | Path | nn.Module, *, dtype: torch.dtype | None = 
 
 
 def _load_encoder(path: str, *, dtype: torch.dtype | None) -> nn.Module:
-    from transformers import AutoConfig, AutoModel
-
     config = AutoConfig.from_pretrained(path, trust_remote_code=False)
     kwargs: dict[str, Any] = {**MODEL_LOAD_KWARGS, **({"dtype": dtype} if dtype is not None else {})}
     if getattr(config, "is_encoder_decoder", False):
         if config.model_type in ("t5", "mt5", "umt5"):
-            from transformers import T5EncoderModel, UMT5EncoderModel
+            from transformers import T5EncoderModel, UMT5EncoderModel  # slow: the T5 classes (~80 ms)
 
             cls = UMT5EncoderModel if config.model_type == "umt5" else T5EncoderModel
             return cls.from_pretrained(path, **kwargs)
@@ -351,8 +345,6 @@ def load_llm(source: str | Path | nn.Module, *, dtype: torch.dtype | None = None
     if isinstance(source, nn.Module):
         model = source
     else:
-        from transformers import AutoModel
-
         kwargs: dict[str, Any] = {**MODEL_LOAD_KWARGS, **_quantization(load_in_4bit, dtype)}
         if dtype is not None:
             kwargs["dtype"] = dtype
@@ -364,7 +356,7 @@ def load_llm(source: str | Path | nn.Module, *, dtype: torch.dtype | None = None
         if decoder is not None and decoder is not model:
             model = decoder
     for adapter in adapters_to_merge:
-        from peft import PeftModel
+        from peft import PeftModel  # slow: peft (~0.2 s), only to merge an adapter
 
         logger.info("merging adapter %s into the LLM", adapter)
         model = load_source(adapter, "adapter to merge", lambda path: PeftModel.from_pretrained(model, path),
@@ -401,7 +393,7 @@ def load_tokenizer(source: str | Path, *, optional: bool = False, what: str = "t
     ``optional=True`` that gives ``None`` (the model then takes token ids or hidden states, and text input
     asks for a tokenizer), else a :class:`~mtllm.errors.ConfigError`. Such a folder is never given to
     ``AutoTokenizer``, which would build an empty tokenizer that turns every text into ``<unk>``."""
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # slow: transformers' tokenizer classes, only when one loads
 
     def load(path: str):
         local = Path(path).is_dir()

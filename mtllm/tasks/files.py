@@ -55,6 +55,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Iterator, Mapping, Sequence
 
+import yaml
+
 from mtllm._io import file_sha256, read_text_file
 from mtllm._yaml import Refused, load_document
 from mtllm.data.languages import UnknownLanguageError, validate_lang
@@ -387,8 +389,6 @@ def _blank_value(value: Any) -> bool:
 def load_task_file(path: str | os.PathLike) -> FileTask:
     """The :class:`FileTask` a task YAML describes (module docstring); paths in it are relative to its
     folder. Not registered (see :func:`task_from_file` / :func:`~mtllm.tasks.register_task`)."""
-    import yaml
-
     path = Path(path).expanduser()
     if not path.is_file():
         raise ConfigError(f"task file {path} not found; give the path of a task YAML (relative to the current "

@@ -28,7 +28,9 @@ import shutil
 from pathlib import Path
 from typing import Any, Iterator
 
+import safetensors.torch
 import torch
+from accelerate.utils import RNG_STATE_NAME, DistributedType, broadcast_object_list
 from torch import nn
 
 from mtllm._io import atomic_path, file_sha256
@@ -92,8 +94,6 @@ def _trainables_only(accelerator, model: nn.Module) -> Iterator[None]:
 
     Under FSDP, DeepSpeed or Megatron-LM, Accelerate saves and loads the (sharded) models itself, before
     these hooks run; they then do nothing."""
-    from accelerate.utils import DistributedType
-
     unwrapped = accelerator.unwrap_model(model)
     sharded = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED,
                                                DistributedType.MEGATRON_LM)
@@ -103,17 +103,13 @@ def _trainables_only(accelerator, model: nn.Module) -> Iterator[None]:
             return
         weights.clear()
         if accelerator.is_main_process:
-            from safetensors.torch import save_file
-
-            save_file(_trainable_tensors(unwrapped), str(Path(output_dir) / TRAINABLES))
+            safetensors.torch.save_file(_trainable_tensors(unwrapped), str(Path(output_dir) / TRAINABLES))
 
     def load_hook(models: list[nn.Module], input_dir: str) -> None:
-        from safetensors.torch import load_file
-
         if sharded:
             return
         models.clear()
-        saved = load_file(str(Path(input_dir) / TRAINABLES))
+        saved = safetensors.torch.load_file(str(Path(input_dir) / TRAINABLES))
         params = {name: p for name, p in unwrapped.named_parameters() if p.requires_grad}
         missing = sorted(set(params) - set(saved))
         if missing:
@@ -154,8 +150,6 @@ def save_checkpoint(accelerator, model: nn.Module, scheduler, path: Path, state:
 
     Raises :class:`CheckpointError` when it cannot be written (e.g. a full disk); earlier checkpoints are
     untouched and no temporary is left behind."""
-    from accelerate.utils import broadcast_object_list
-
     path = Path(path)
     try:
         if accelerator.is_main_process:
@@ -179,8 +173,6 @@ def load_checkpoint(accelerator, model: nn.Module, scheduler, path: Path) -> dic
 
     Call it after ``accelerator.prepare``. A checkpoint from another number of processes loads too; processes
     with no saved random states keep theirs (the run continues, but not bit-identical to an uninterrupted one)."""
-    from accelerate.utils import RNG_STATE_NAME
-
     path = Path(path)
     verify_checkpoint(path)
     with _trainables_only(accelerator, model):

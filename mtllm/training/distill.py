@@ -92,7 +92,7 @@ def pre_embed(teacher: MTLLMModel, examples: Sequence[Any], *, cache_dir: str | 
     teacher.eval()
 
     def step(batch_examples: list[Any]) -> np.ndarray:
-        batch = collate_examples(teacher, batch_examples, path="llm")
+        batch = collate_examples(teacher, batch_examples, route="llm")
         return teacher(**forward_inputs(batch, device)).pooled.float().cpu().numpy().astype(np.float16)
 
     with torch.inference_mode():
@@ -128,7 +128,7 @@ def run_distill(model_settings: ModelSettings, task: TaskSettings, distill: Dist
                                                  dtype=model_settings.torch_dtype())
         else:
             student = model_settings.build()
-    check_content(student, train_ex + val_ex, path="encoder")  # before any work: every text has a content token
+    check_content(student, train_ex + val_ex, route="encoder")  # before any work: every text has a content token
     targets = None
     if distill.objective == "distill":
         if not distill.teacher_model:
@@ -137,7 +137,7 @@ def run_distill(model_settings: ModelSettings, task: TaskSettings, distill: Dist
         teacher = MTLLMModel.from_pretrained(distill.teacher_model, dtype=model_settings.torch_dtype())
         if teacher.head is None:
             raise ConfigError(f"{distill.teacher_model} has no task head: is it the output of `mtllm finetune`?")
-        check_content(teacher, train_ex, path="llm")
+        check_content(teacher, train_ex, route="llm")
         student.set_head(teacher.config.head_kind, teacher.config.label_names, init_from=teacher.head)
         targets = pre_embed(teacher, train_ex, cache_dir=out / "cache",
                             teacher_id=model_fingerprint(distill.teacher_model),
@@ -174,7 +174,7 @@ def run_distill(model_settings: ModelSettings, task: TaskSettings, distill: Dist
                                  batch_size=task.eval_batch_size, show_progress=args.progress)
 
     def collate(indices: list[int]) -> dict[str, Any]:
-        batch = collate_examples(student, [train_ex[i] for i in indices], path="encoder", lang=lang)
+        batch = collate_examples(student, [train_ex[i] for i in indices], route="encoder", lang=lang)
         if enc_cache is not None:
             batch["encoder_hidden_states"] = enc_cache.states_for(indices, batch["attention_mask"])
         if targets is not None:
@@ -182,7 +182,7 @@ def run_distill(model_settings: ModelSettings, task: TaskSettings, distill: Dist
         return batch
 
     def on_epoch_end(m: nn.Module, epoch: int, step: int) -> dict[str, float]:
-        acc = accuracy(m, val_ex, path="encoder", lang=lang, batch_size=task.eval_batch_size)
+        acc = accuracy(m, val_ex, route="encoder", lang=lang, batch_size=task.eval_batch_size)
         logger.info(f"[distill] epoch {epoch} step {step}: {lang} {task.eval_split} accuracy {acc:.4f}")
         return {"val_accuracy": acc}
 

@@ -76,7 +76,7 @@ def run_encoder_ft(model_settings: ModelSettings, task: TaskSettings, ft: Encode
     _, val_ex, val_record = load_selection(task)
     if host is None:
         host = host_model(model_settings)
-    check_content(host, train_ex + val_ex, path="encoder")  # before any work: every text has a content token
+    check_content(host, train_ex + val_ex, route="encoder")  # before any work: every text has a content token
     model = EncoderFT.from_host(host, _head_kind(spec), spec.label_names, train_embeddings=ft.train_embeddings)
     _check_labels(train_ex, len(spec.label_names) if spec.kind != "multiple_choice" else len(train_ex[0].options),
                   "train")

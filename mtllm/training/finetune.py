@@ -144,7 +144,7 @@ def run_finetune(model_settings: ModelSettings, task: TaskSettings, args: Traini
             dtype=model_settings.torch_dtype(), llm_adapters_to_merge=model_settings.llm_adapters_to_merge,
             max_seq_length=model_settings.max_seq_length, attn_implementation=model_settings.attn_implementation)
     model.set_head(_head_kind(spec), spec.label_names)
-    check_content(model, train_ex + val_ex, path="llm")  # before any work: every text has a content token
+    check_content(model, train_ex + val_ex, route="llm")  # before any work: every text has a content token
     _check_labels(train_ex, len(spec.label_names) if spec.kind != "multiple_choice" else len(train_ex[0].options),
                   "train")
     out = Path(args.output_dir)
@@ -154,7 +154,7 @@ def run_finetune(model_settings: ModelSettings, task: TaskSettings, args: Traini
     best = json.loads(best_file.read_text()) if resume_from is not None and best_file.exists() else {"accuracy": -1.0}
 
     def on_epoch_end(m: nn.Module, epoch: int, step: int) -> dict[str, float]:
-        acc = accuracy(m, val_ex, path="llm", batch_size=task.eval_batch_size)
+        acc = accuracy(m, val_ex, route="llm", batch_size=task.eval_batch_size)
         logger.info(f"[finetune] epoch {epoch} step {step}: {task.train_lang} {task.eval_split} accuracy {acc:.4f}"
               + (" (best so far)" if acc > best["accuracy"] else ""))
         if acc > best["accuracy"]:
@@ -165,7 +165,7 @@ def run_finetune(model_settings: ModelSettings, task: TaskSettings, args: Traini
         return {"val_accuracy": acc}
 
     def collate(indices: list[int]) -> dict[str, Any]:
-        return collate_examples(model, [train_ex[i] for i in indices], path="llm")
+        return collate_examples(model, [train_ex[i] for i in indices], route="llm")
 
     head_params = list(model.head.parameters())
     head_ids = {id(p) for p in head_params}

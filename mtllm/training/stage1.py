@@ -143,7 +143,7 @@ def teacher_targets(model: MTLLMModel, texts: Sequence[str], *, batch_size: int 
     if cache is not None and (hit := cache.load(["targets"], mmap=False, rows=len(texts))) is not None:
         return torch.from_numpy(hit[0]["targets"])
     with model.adapters_disabled():
-        targets = model.encode(texts, path="llm", batch_size=batch_size, show_progress=show_progress)
+        targets = model.encode(texts, route="llm", batch_size=batch_size, show_progress=show_progress)
     if cache is not None:
         cache.save({"targets": targets.float().numpy()}, {"n_texts": len(texts), "llm": model.config.llm_name_or_path})
     return targets
@@ -183,8 +183,8 @@ def align_spans(model: MTLLMModel, texts: Sequence[str], *, lang: str | None = N
     llm_units, enc_units, n_units = [], [], []
     for start in range(0, len(texts), batch_size):
         chunk = list(texts[start:start + batch_size])
-        llm = model.tokenize(chunk, path="llm", return_offsets=True)
-        enc = model.tokenize(chunk, path="encoder", lang=lang, return_offsets=True)
+        llm = model.tokenize(chunk, route="llm", return_offsets=True)
+        enc = model.tokenize(chunk, route="encoder", lang=lang, return_offsets=True)
         for text, off_l, off_e in zip(chunk, llm["offset_mapping"], enc["offset_mapping"]):
             units_l, units_e, n = align_units(text, off_l, off_e, shift_b=shift)
             llm_units.append(units_l)
@@ -211,7 +211,7 @@ def teacher_span_targets(model: MTLLMModel, texts: Sequence[str], alignment: Spa
     pooled_cache = ArrayCache(cache_dir, "teacher", _targets_key(model, texts)) if cache_dir is not None else None
 
     def step(batch_idx: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        batch = model.tokenize([texts[i] for i in batch_idx], path="llm")
+        batch = model.tokenize([texts[i] for i in batch_idx], route="llm")
         units_NL, counts = alignment.batch_units(batch_idx, "llm", batch["input_ids"].shape[1])
         inputs = to_device({"llm_input_ids": batch["input_ids"], "llm_attention_mask": batch["attention_mask"]}, device)
         out = model(**inputs)
@@ -304,7 +304,7 @@ def run_stage1(model_settings: ModelSettings, stage1: Stage1Settings, args: Trai
     texts = list(texts)
     # texts with no content token (only characters the tokenizers drop: zero-width, control, ...) are skipped
     # like empty ones: each would be the same input on both paths
-    dropped = set(model.contentless(texts, path="encoder")) | set(model.contentless(texts, path="llm"))
+    dropped = set(model.contentless(texts, route="encoder")) | set(model.contentless(texts, route="llm"))
     if dropped:
         texts = [t for i, t in enumerate(texts) if i not in dropped]
         if not texts:
@@ -466,7 +466,7 @@ class _HeldOut:
         was_training = model.training
         model.eval()
         with self.autocast():  # the training steps' precision (bf16 where it is fast): a fraction of the step budget
-            student_ND = model.encode(self.texts, lang=self.enc_lang, path="encoder",
+            student_ND = model.encode(self.texts, lang=self.enc_lang, route="encoder",
                                       batch_size=self.stage1.teacher_batch_size)
         model.train(was_training)
         fvu = alignment_fvu(torch.as_tensor(student_ND), self.teacher_ND)
