@@ -1177,9 +1177,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     model = build_model(args)
     texts, examples, label_names, data_desc = load_data(args, model)
     model.set_head("classification", label_names)
+    from mtllm.training.stage1 import calibrate_projection
+
     # the projection starts as run_stage1 starts it (projection_init: rms_match), in both paths
     with torch.no_grad():
-        model.calibrate_projection(texts[:256])
+        calibrate_projection(model, texts[:256])
     set_distill_trainables(model)
     ctx: dict[str, Any] = {"model": model, "texts": texts, "examples": examples, "init": snapshot(model)}
     ctx["parts"] = model_parts(model)

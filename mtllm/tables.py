@@ -49,7 +49,7 @@ field may hold line breaks (its row's line is the one where the row starts).
 
 Row numbers (``TableRow.number``) count the data rows from 1, malformed ones included, blank lines not.
 
-**Callers**: task data and task files (:func:`mtllm.tasks.base._read_rows`, strict: any malformed row is a
+**Callers**: task data and task files (:func:`mtllm.tasks.readers._read_rows`, strict: any malformed row is a
 :class:`~mtllm.tasks.TaskDataError`; blank *fields* are then the :class:`~mtllm.tasks.LoadReport`'s business),
 stage-1 text sources (:func:`mtllm.tasks.texts.iter_texts`, strict; ``.json`` arrays are read whole, the only
 format that is not streamed) and ``mtllm predict`` / ``encode`` inputs (:func:`mtllm.inference.rows.iter_rows`:

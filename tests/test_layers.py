@@ -40,7 +40,7 @@ def test_the_package_keeps_its_layers():
 
 @pytest.mark.parametrize("module,imports", [
     ("errors.py", "import mtllm.cli"),                                # the ground importing the top, at module level
-    ("tasks/base.py", "def _f():\n    from mtllm.tasks.files import FileTask\n"),  # a function-level import counts
+    ("tasks/registry.py", "def _f():\n    from mtllm.tasks.files import FileTask\n"),  # a function-level import counts
     ("modeling/model.py", "def _g():\n    from mtllm.evaluation import evaluate\n"),
 ])
 def test_a_reversed_import_breaks_the_check(tmp_path, module, imports):

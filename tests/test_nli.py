@@ -260,14 +260,14 @@ def test_a_task_file_trains_and_builtin_tasks_evaluate(tmp_path, capsys, monkeyp
 @pytest.fixture
 def task_registry():
     """Leave the registered tasks as they were (reading a task file registers it)."""
-    from mtllm.tasks import base, files
+    from mtllm.tasks import files, registry
 
-    tasks, aliases = dict(base.TASKS), dict(base._ALIASES)
+    tasks, aliases = dict(registry.TASKS), dict(registry._ALIASES)
     yield
-    base.TASKS.clear()
-    base.TASKS.update(tasks)
-    base._ALIASES.clear()
-    base._ALIASES.update(aliases)
+    registry.TASKS.clear()
+    registry.TASKS.update(tasks)
+    registry._ALIASES.clear()
+    registry._ALIASES.update(aliases)
     files._LOADED.clear()
 
 

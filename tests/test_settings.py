@@ -465,14 +465,14 @@ def test_a_stage_hash_covers_the_hashes_of_the_stages_it_reads(tiny_run):
 @pytest.fixture
 def task_registry():
     """Leave the registered tasks as they were (planning a run with a task file registers it)."""
-    from mtllm.tasks import base, files
+    from mtllm.tasks import files, registry
 
-    tasks, aliases = dict(base.TASKS), dict(base._ALIASES)
+    tasks, aliases = dict(registry.TASKS), dict(registry._ALIASES)
     yield files._LOADED.clear
-    base.TASKS.clear()
-    base.TASKS.update(tasks)
-    base._ALIASES.clear()
-    base._ALIASES.update(aliases)
+    registry.TASKS.clear()
+    registry.TASKS.update(tasks)
+    registry._ALIASES.clear()
+    registry._ALIASES.update(aliases)
     files._LOADED.clear()
 
 
@@ -480,7 +480,7 @@ def test_a_task_file_hashes_its_files_bytes_not_its_place(tiny_run, task_registr
     """A task given as a YAML file: its data files' bytes are in the hashes of the stages that read the task
     (teacher, distill, eval); rewriting the same bytes, or moving the task's folder (seen by a new process),
     redoes nothing."""
-    from mtllm.tasks import base
+    from mtllm.tasks import registry
 
     task = tmp_path / "task"
     (task / "en").mkdir(parents=True)
@@ -495,7 +495,7 @@ def test_a_task_file_hashes_its_files_bytes_not_its_place(tiny_run, task_registr
     test_file.write_bytes(test_file.read_bytes())
     assert _stage_hashes("--task", str(task / "t.yaml")) == base_hashes
     moved = task.rename(tmp_path / "elsewhere")
-    base.TASKS.pop("tiny-sentiment")  # as in a new process: the name is free for the task file's new place
+    registry.TASKS.pop("tiny-sentiment")  # as in a new process: the name is free for the task file's new place
     task_registry()
     assert _stage_hashes("--task", str(moved / "t.yaml")) == base_hashes
     (moved / "en" / "test.csv").write_text("id,text,label\n1,good,positive\n2,awful,negative\n", encoding="utf-8")

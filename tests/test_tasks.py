@@ -315,7 +315,7 @@ def test_hub_columns_are_checked(hub):
 
 
 def test_hub_row_without_text_is_dropped_and_counted_naming_the_row(hub):
-    # the bad-row policy (mtllm.tasks.base; more in tests/test_bad_rows.py): no text -> dropped, counted
+    # the bad-row policy (mtllm.tasks.readers; more in tests/test_bad_rows.py): no text -> dropped, counted
     hub(lambda p, n, s: _ds({"index_id": [1, 2], "category": ["health", "travel"], "text": ["ok", "  "]}))
     examples = load_examples("sib200", "eng_Latn", "test")
     assert examples == [Example("1", ("ok",), get_task("sib200").label_names.index("health"))]
@@ -483,14 +483,14 @@ def test_kardes_columns_checked(tmp_path):
 @pytest.fixture
 def registry():
     """Restores the registry after a test that registers tasks."""
-    from mtllm.tasks import base
+    from mtllm.tasks import registry as tasks_registry
 
-    tasks, aliases = dict(base.TASKS), dict(base._ALIASES)
+    tasks, aliases = dict(tasks_registry.TASKS), dict(tasks_registry._ALIASES)
     yield
-    base.TASKS.clear()
-    base.TASKS.update(tasks)
-    base._ALIASES.clear()
-    base._ALIASES.update(aliases)
+    tasks_registry.TASKS.clear()
+    tasks_registry.TASKS.update(tasks)
+    tasks_registry._ALIASES.clear()
+    tasks_registry._ALIASES.update(aliases)
 
 
 TOY_LABELS = ("negative", "positive")

@@ -35,7 +35,7 @@ stage hashes only when set or used, so earlier runs keep their hashes.
 stage folders are named by the task's ``name:`` (``teacher-my-sentiment``), its hashes cover the bytes of
 every file it names (changing a file redoes the stages that read it), and the splits and languages the
 stages use are checked before the first stage starts. The teacher and distillation stages print the bad
-rows (kept with a blank segment, dropped without text: :mod:`mtllm.tasks.base`) of their training data.
+rows (kept with a blank segment, dropped without text: :mod:`mtllm.tasks.readers`) of their training data.
 
 A run config is a flat preset (model and stage-1 keys, e.g. ``base: pocket.yaml``) plus one section
 per later stage (``finetune:``, ``distill:``, ``evaluate:``, ``retrieval:``) holding that stage's

@@ -74,7 +74,7 @@ def collate_examples(model: Any, examples: Sequence[Any], *, route: str | None =
 def _fields(example: Any) -> list[tuple[str, Any]]:
     """``(name, text)`` of every text an example feeds the model that must have content: ``texts[i]`` and
     ``options[j]``, except a segment that is exactly ``""`` while another segment has text (a pair with one
-    blank side, which the task loaders keep: :mod:`mtllm.tasks.base`)."""
+    blank side, which the task loaders keep: :mod:`mtllm.tasks.readers`)."""
     texts = list(example.texts)
     keep_blank = len(texts) > 1 and any(isinstance(t, str) and t != "" for t in texts)
     return ([(f"texts[{i}]", t) for i, t in enumerate(texts) if not (keep_blank and t == "")]

@@ -27,7 +27,7 @@ from transformers import AutoModel, BatchEncoding, PreTrainedModel
 from transformers.utils import ModelOutput, hub
 
 from mtllm.data.languages import resolve_encoder_lang, validate_lang
-from mtllm.device import module_device, place, resolve_device, to_device
+from mtllm.device import module_device, place, resolve_device
 from mtllm.errors import ConfigError, renamed_keyword
 from mtllm.modeling.config import LoraSettings, MTLLMConfig
 from mtllm.modeling.pooling import get_pooler, span_mean_pool
@@ -759,36 +759,6 @@ class MTLLMModel(PreTrainedModel):
         if merge_adapters:
             model.merge_adapters()
         return place(model, device)
-
-    # ------------------------------------------------------------------ projection calibration
-    @torch.no_grad()
-    def calibrate_projection(self, texts: Sequence[str], *, lang: str | None = None, batch_size: int = 16) -> dict:
-        """Rescale the up-projection so its outputs have the RMS of the LLM's own input embeddings.
-
-        ``inputs_embeds`` bypasses whatever the LLM's embedding layer does (Gemma multiplies by
-        sqrt(d)); a default-initialised projection then feeds the LLM vectors of the wrong scale,
-        and nothing trains. Returns the RMS before and after and the target.
-        """
-        if self.projection is None:
-            raise ValueError("this model has no encoder/projection to calibrate")
-        emb = self.base_llm.get_input_embeddings()
-        ids = to_device(self.tokenize(list(texts)[:256], route="llm"), module_device(emb))
-        target = emb(ids["input_ids"])[ids["attention_mask"].bool()].float().pow(2).mean().sqrt().item()
-        sq, count = 0.0, 0
-        for start in range(0, min(len(texts), 256), batch_size):
-            batch = to_device(self.tokenize(list(texts)[start:start + batch_size], lang=lang, route="encoder"),
-                              module_device(self.encoder))
-            with torch.no_grad():
-                enc = self.encoder(input_ids=batch["input_ids"],
-                                   attention_mask=batch["attention_mask"]).last_hidden_state
-            out = self.projection(enc.to(self.projection.weight.dtype))[batch["attention_mask"].bool()]
-            sq += out.float().pow(2).sum().item()
-            count += out.numel()
-        before = (sq / max(count, 1)) ** 0.5
-        scale = target / max(before, 1e-12)
-        self.projection.weight.mul_(scale)
-        self.projection.bias.mul_(scale)
-        return {"rms_before": before, "rms_after": before * scale, "target_rms": target}
 
 
 # ---------------------------------------------------------------------- helpers

@@ -28,10 +28,12 @@ Bad input fails loudly, naming the file (and line) and the fix: unknown task or 
 missing columns, non-UTF-8 text, a label outside ``TaskSpec.label_names`` or a blank one. Blank text is not
 an error: a row with one blank segment of a pair is kept (the segment ``""``), a row with no text at all is
 dropped, and both are counted in the ``report`` of what :func:`load_examples` returns (see
-:mod:`mtllm.tasks.base`); nothing is dropped silently.
+:mod:`mtllm.tasks.readers`); nothing is dropped silently.
 
 Each benchmark is one module (``sib200``, ``nusax``, ``xnli``, ``americasnli``, ``kardes_nlu``, ``belebele``)
-defining a :class:`TaskSpec` subclass and registering it; what they share is in :mod:`mtllm.tasks.base`.
+defining a :class:`TaskSpec` subclass and registering it; what they share is in :mod:`mtllm.tasks.examples`
+(the example, the bad-row report, the errors), :mod:`mtllm.tasks.readers` (file and hub readers, row mappers),
+:mod:`mtllm.tasks.spec` (:class:`TaskSpec`), :mod:`mtllm.tasks.registry` and :mod:`mtllm.tasks.loading`.
 A task of your own needs no change here::
 
     from mtllm.tasks import TaskSpec, register_task, load_examples
@@ -48,11 +50,12 @@ the task's kind (``KIND_COLUMNS``: text, label | premise, hypothesis, label | Be
 :class:`TaskSpec` and override ``read_local`` / ``read_hub`` / ``local_languages`` for another layout.
 """
 
-from mtllm.tasks.base import (DATA_DIR_ENV, KIND_COLUMNS, KINDS, SPLITS, TASKS, DataNotFoundError,
-                              DataUnavailableError, Example, Examples, LoadReport, TaskDataError, TaskSpec,
-                              DATA_PREFIX, available_languages, check_transfer, data_ref_problem, get_task,
-                              is_task_file, list_tasks, load_examples, load_train_examples, register_task,
-                              resolve_data_dir, resolve_data_ref)
+from mtllm.tasks.examples import (DATA_DIR_ENV, KINDS, SPLITS, DataNotFoundError, DataUnavailableError, Example,
+                                  Examples, LoadReport, TaskDataError)
+from mtllm.tasks.spec import KIND_COLUMNS, TaskSpec
+from mtllm.tasks.registry import TASKS, check_transfer, get_task, is_task_file, list_tasks, register_task
+from mtllm.tasks.loading import (DATA_PREFIX, available_languages, data_ref_problem, load_examples, load_train_examples,
+                                 resolve_data_dir, resolve_data_ref)
 # the benchmarks: importing each registers it
 from mtllm.tasks import americasnli, belebele, kardes_nlu, nusax, sib200, xnli  # noqa: F401
 from mtllm.tasks.files import (FileTask, check_train_file, load_task_file, load_train_file, load_training_data,

@@ -8,8 +8,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterator
 
-from mtllm.tasks.base import (SPLITS, Example, TaskSpec, _must_exist, _normalise_split, _read_rows,
-                              _require_columns, register_task)
+from mtllm.tasks.examples import SPLITS, Example, _normalise_split
+from mtllm.tasks.readers import _must_exist, _read_rows, _require_columns
+from mtllm.tasks.spec import TaskSpec
+from mtllm.tasks.registry import register_task
 
 __all__ = ["BELEBELE"]
 

@@ -25,7 +25,7 @@ Labels: ``labels`` as given, else the distinct values of the label column of the
 when ``labels`` is given and none of its names is a number, integer values are indices into it (the hub's
 ``ClassLabel`` style). A value in any file that is not a label (one the training data never has) is a
 :class:`mtllm.errors.DataError` naming the unseen and the known labels; blank rows follow the policy of
-:mod:`mtllm.tasks.base` (a blank segment kept as ``""``, a row without text dropped, both counted).
+:mod:`mtllm.tasks.readers` (a blank segment kept as ``""``, a row without text dropped, both counted).
 
 Everything is checked when the task is read (keys, languages, files, columns, labels: every file is
 read once), so ``mtllm run --task my-task.yaml`` fails in one line before any model loads. The task is a
@@ -43,7 +43,7 @@ inside the data directory) gives a task, built-in or from a file, other English 
 its kind (pair: premise, hypothesis, label; an id column optional). :func:`check_train_file` reads it once and
 refuses, in one line naming the file, a file of another kind (single texts for a pair task) and labels that are not
 the task's label names (naming both sets); :func:`load_train_file` reads its examples under the bad-row policy of
-:mod:`mtllm.tasks.base`; :func:`load_training_data` is the one rule of what a model trained for a task learns
+:mod:`mtllm.tasks.readers`; :func:`load_training_data` is the one rule of what a model trained for a task learns
 from (the training file, else the task's training data). Columns of other names: a task file.
 """
 from __future__ import annotations
@@ -62,10 +62,12 @@ from mtllm._yaml import Refused, load_document
 from mtllm.data.languages import UnknownLanguageError, validate_lang
 from mtllm.errors import ConfigError, DataError
 from mtllm.fingerprints import json_digest
-from mtllm.tasks.base import (set_task_file_loader, SPLITS, TASKS, DataNotFoundError, Example, Examples, LoadReport,
-                              TaskDataError, TaskSpec, get_task, load_examples, load_train_examples,
-                              resolve_data_ref, _ALIASES, _blank_label, _limit_iter, _normalise_split,
-                              _read_rows, _recording, _require_columns, _segments, _task_key, _text, register_task)
+from mtllm.tasks.examples import (SPLITS, DataNotFoundError, Example, Examples, LoadReport, TaskDataError,
+                                  _normalise_split, _recording)
+from mtllm.tasks.readers import _blank_label, _read_rows, _require_columns, _segments, _text
+from mtllm.tasks.spec import TaskSpec, _task_key
+from mtllm.tasks.registry import TASKS, get_task, register_task, set_task_file_loader, _ALIASES
+from mtllm.tasks.loading import load_examples, load_train_examples, resolve_data_ref, _limit_iter
 from mtllm.tasks.sampling import sample_examples
 
 __all__ = ["FileTask", "load_task_file", "task_from_dict", "task_from_file", "TASK_KEYS", "FILE_KINDS",
@@ -541,7 +543,7 @@ def load_train_file(task: str | TaskSpec, ref: str | os.PathLike, data_dir: str 
                     lang: str | None = None, limit: int | None = None) -> Examples:
     """The examples of the training file ``ref`` (:func:`check_train_file`) for ``task``, labels as the task's
     indices; ``lang`` (default: the task's training language) is what the report says. Bad rows follow
-    :mod:`mtllm.tasks.base` (a pair with a blank segment kept and counted, a row without text dropped and
+    :mod:`mtllm.tasks.readers` (a pair with a blank segment kept and counted, a row without text dropped and
     counted: the :class:`Examples`' ``report``). ``limit``: the first ``limit`` examples."""
     spec = get_task(task)
     path = check_train_file(spec, ref, data_dir)
@@ -580,4 +582,4 @@ def load_training_data(task: str | TaskSpec, *, train_file: str | os.PathLike | 
     return Examples(sample_examples(examples, limit, seed=seed), report=examples.report)
 
 
-set_task_file_loader(task_from_file)  # get_task reads task YAMLs with it (mtllm.tasks.base sits below this module)
+set_task_file_loader(task_from_file)  # get_task reads task YAMLs with it (mtllm.tasks.registry sits below this module)

@@ -10,7 +10,10 @@ from pathlib import Path
 from typing import Iterator
 
 from mtllm.data.languages import UnknownLanguageError, validate_lang
-from mtllm.tasks.base import Example, TaskSpec, _must_exist, _pairs, _read_rows, _require_columns, register_task
+from mtllm.tasks.examples import Example
+from mtllm.tasks.readers import _must_exist, _pairs, _read_rows, _require_columns
+from mtllm.tasks.spec import TaskSpec
+from mtllm.tasks.registry import register_task
 from mtllm.tasks.xnli import NLI_LABELS
 
 __all__ = ["KARDES_NLU"]

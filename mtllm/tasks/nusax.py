@@ -8,7 +8,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterator
 
-from mtllm.tasks.base import Example, TaskSpec, _must_exist, _read_rows, _require_columns, _single, register_task
+from mtllm.tasks.examples import Example
+from mtllm.tasks.readers import _must_exist, _read_rows, _require_columns, _single
+from mtllm.tasks.spec import TaskSpec
+from mtllm.tasks.registry import register_task
 
 __all__ = ["NUSAX"]
 

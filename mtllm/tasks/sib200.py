@@ -8,8 +8,10 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from mtllm.data.languages import SIB200_CODES
-from mtllm.tasks.base import (Example, TaskDataError, TaskSpec, _hub_columns, _hub_rows, _must_exist, _read_lines,
-                              _read_rows, _require_columns, _single, register_task)
+from mtllm.tasks.examples import Example, TaskDataError
+from mtllm.tasks.readers import _hub_columns, _hub_rows, _must_exist, _read_lines, _read_rows, _require_columns, _single
+from mtllm.tasks.spec import TaskSpec
+from mtllm.tasks.registry import register_task
 
 __all__ = ["SIB200_LABELS", "SIB200"]
 

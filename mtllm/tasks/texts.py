@@ -12,7 +12,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 from mtllm.errors import DataError  # noqa: F401 (raised here, re-exported)
 from mtllm.tables import Table
-from mtllm.tasks.base import DATA_PREFIX, data_ref_problem, load_examples, resolve_data_dir
+from mtllm.tasks.loading import DATA_PREFIX, data_ref_problem, load_examples, resolve_data_dir
 
 logger = logging.getLogger(__name__)
 
@@ -142,7 +142,7 @@ def iter_texts(sources: str | Sequence[str], *, text_field: str = "text", data_d
 
 
 TASK_PREFIX = "task:"
-# ``data:PATH`` (DATA_PREFIX, defined in mtllm.tasks.base): a file or folder inside the local data directory, e.g.
+# ``data:PATH`` (DATA_PREFIX, defined in mtllm.tasks.loading): a file or folder inside the local data directory, e.g.
 # ``data:english-wordnet/texts.txt`` (155k English WordNet definitions and examples in ``../shared/data``).
 
 

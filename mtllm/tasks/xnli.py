@@ -9,8 +9,10 @@ import csv
 from pathlib import Path
 from typing import Iterator
 
-from mtllm.tasks.base import (Example, TaskSpec, _must_exist, _pairs, _read_rows, _require_columns,
-                              register_task)
+from mtllm.tasks.examples import Example
+from mtllm.tasks.readers import _must_exist, _pairs, _read_rows, _require_columns
+from mtllm.tasks.spec import TaskSpec
+from mtllm.tasks.registry import register_task
 
 __all__ = ["NLI_LABELS", "XNLI"]
 

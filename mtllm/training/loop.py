@@ -28,7 +28,11 @@ from typing import Any, Callable, Literal, Sequence
 
 import numpy as np
 import torch
+from accelerate import Accelerator
+from accelerate.optimizer import AcceleratedOptimizer
+from accelerate.utils import LoggerType
 from torch import nn
+from tqdm.auto import tqdm
 
 from mtllm import device as device_policy  # fast_bf16 looked up at each call (tests patch mtllm.device.fast_bf16)
 from mtllm._io import atomic_path, atomic_write_json, atomic_write_text
@@ -96,8 +100,6 @@ class TrainingArgs:
     progress: bool = field(default=True, metadata={"help": "Show a tqdm progress bar."})
 
     def __post_init__(self) -> None:
-        from accelerate.utils import LoggerType
-
         check_settings(self)
         trackers = ["auto", "none", *(t.value for t in LoggerType)]
         if self.report_to not in trackers:
@@ -229,8 +231,6 @@ def make_accelerator(args: TrainingArgs):
     is asked for the CPU exactly when the policy says CPU, picks the GPU itself otherwise (``cuda:LOCAL_RANK``
     per process under ``torchrun``/``accelerate launch``), and a disagreement is a ConfigError. On the
     CPU, several processes use DDP over gloo."""
-    from accelerate import Accelerator
-
     device = resolve_device()
     if device.type == "cuda":
         torch.cuda.set_device(device)  # a single process's "cuda" in Accelerate is the current device
@@ -281,7 +281,7 @@ def train(
     run tells it the same indices an uninterrupted one would). With ``args.resume``, the run continues
     from ``resume_from`` (what :func:`start_run` returned; by default the newest valid checkpoint).
     """
-    from transformers import get_linear_schedule_with_warmup
+    from transformers import get_linear_schedule_with_warmup  # slow: transformers.optimization, only when training
 
     out = Path(args.output_dir)
     accelerator = accelerator or make_accelerator(args)
@@ -329,8 +329,6 @@ def train(
 
     bar = None
     if args.progress and accelerator.is_main_process:
-        from tqdm.auto import tqdm
-
         bar = tqdm(total=max_steps, initial=step, desc=stage, unit="step", dynamic_ncols=True)
     t0 = time.perf_counter()
     model.train()
@@ -459,8 +457,6 @@ def _save_checkpoint(accelerator, model, optimizer, scheduler, out: Path, step: 
 
     ``model`` and ``optimizer`` are the ones ``accelerator.prepare`` returned: Accelerate saves the optimizers
     it prepared, so an optimizer it does not know would silently be left out."""
-    from accelerate.optimizer import AcceleratedOptimizer
-
     if not isinstance(optimizer, AcceleratedOptimizer):
         raise TypeError("pass the optimizer returned by accelerator.prepare: only that one is checkpointed")
     accelerator.wait_for_everyone()

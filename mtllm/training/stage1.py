@@ -22,6 +22,7 @@ from typing import Any, Literal, Sequence
 
 import numpy as np
 import torch
+from transformers import AutoConfig
 
 from mtllm._io import atomic_path, atomic_write_json
 from mtllm.data.spans import align_units
@@ -246,8 +247,6 @@ def span_target_stats(spans_UD: np.ndarray, *, standardize: bool = True, max_row
 
 def llm_layers(source: str) -> int:
     """How many decoder layers the LLM ``source`` has, from its ``config.json`` alone (no weights load)."""
-    from transformers import AutoConfig
-
     config = load_source(source, "LLM", lambda path: AutoConfig.from_pretrained(path, trust_remote_code=False))
     text = getattr(config, "get_text_config", lambda: config)()
     return int(text.num_hidden_layers)
@@ -282,6 +281,38 @@ def _freeze_upper_layers(model: MTLLMModel, k: int | None) -> int:
                 p.requires_grad_(False)
                 frozen += 1
     return frozen
+
+
+@torch.no_grad()
+def calibrate_projection(model: MTLLMModel, texts: Sequence[str], *, lang: str | None = None,
+                         batch_size: int = 16) -> dict:
+    """Rescale ``model``'s up-projection so its outputs have the RMS of the LLM's own input embeddings
+    (``projection_init: rms_match``; the first 256 texts).
+
+    ``inputs_embeds`` bypasses whatever the LLM's embedding layer does (Gemma multiplies by
+    sqrt(d)); a default-initialised projection then feeds the LLM vectors of the wrong scale,
+    and nothing trains. Returns the RMS before and after and the target.
+    """
+    if model.projection is None:
+        raise ValueError("this model has no encoder/projection to calibrate")
+    emb = model.base_llm.get_input_embeddings()
+    ids = to_device(model.tokenize(list(texts)[:256], route="llm"), module_device(emb))
+    target = emb(ids["input_ids"])[ids["attention_mask"].bool()].float().pow(2).mean().sqrt().item()
+    sq, count = 0.0, 0
+    for start in range(0, min(len(texts), 256), batch_size):
+        batch = to_device(model.tokenize(list(texts)[start:start + batch_size], lang=lang, route="encoder"),
+                          module_device(model.encoder))
+        with torch.no_grad():
+            enc = model.encoder(input_ids=batch["input_ids"],
+                                attention_mask=batch["attention_mask"]).last_hidden_state
+        out = model.projection(enc.to(model.projection.weight.dtype))[batch["attention_mask"].bool()]
+        sq += out.float().pow(2).sum().item()
+        count += out.numel()
+    before = (sq / max(count, 1)) ** 0.5
+    scale = target / max(before, 1e-12)
+    model.projection.weight.mul_(scale)
+    model.projection.bias.mul_(scale)
+    return {"rms_before": before, "rms_after": before * scale, "target_rms": target}
 
 
 def run_stage1(model_settings: ModelSettings, stage1: Stage1Settings, args: TrainingArgs, *,
@@ -362,7 +393,7 @@ def run_stage1(model_settings: ModelSettings, stage1: Stage1Settings, args: Trai
     calibration = None
     calibration_file = out / CALIBRATION_FILE
     if stage1.projection_init == "rms_match" and resume_from is None:  # else the checkpoint holds the projection
-        calibration = model.calibrate_projection(texts[:256])
+        calibration = calibrate_projection(model, texts[:256])
         if accelerator.is_main_process:
             atomic_write_json(calibration_file, calibration)  # so a resumed run reports it too
             logger.info(f"[stage1] projection RMS {calibration['rms_before']:.3g} -> {calibration['rms_after']:.3g} "
