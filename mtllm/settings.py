@@ -407,27 +407,24 @@ def _model(value: Any, _: Any) -> str | None:
 MODEL = Rule("a hub id, pocket:NAME, tiny:NAME or an existing model folder", _model, inputs=True)
 
 
-def _task(value: Any, _: Any, also: tuple[str, ...] = ()) -> str | None:
-    """A task name the registry does not have (in memory); a task file is :func:`_task_file`'s."""
-    if value in also or is_task_file(value):
-        return None
+def _lookup_problem(value: Any) -> str | None:
+    """Why the registry cannot give task ``value`` (one line), or None."""
     try:
         get_task(value)
     except UserError as err:
         return " ".join(str(err).split())
     return None
+
+
+def _task(value: Any, _: Any, also: tuple[str, ...] = ()) -> str | None:
+    """A task name the registry does not have (in memory); a task file is :func:`_task_file`'s."""
+    return None if value in also or is_task_file(value) else _lookup_problem(value)
 
 
 def _task_file(value: Any, _: Any) -> str | None:
     """A task file (``my-task.yaml``) that cannot be used: it is read and checked here (keys, languages,
     files, labels), and registered."""
-    if not is_task_file(value):
-        return None
-    try:
-        get_task(value)
-    except UserError as err:
-        return " ".join(str(err).split())
-    return None
+    return _lookup_problem(value) if is_task_file(value) else None
 
 
 #: A registered task (:func:`mtllm.tasks.list_tasks`) or the path of a task file (``my-task.yaml``,
