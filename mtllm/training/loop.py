@@ -28,7 +28,7 @@ from typing import Any, Callable, Literal, Sequence
 
 import numpy as np
 import torch
-from accelerate import Accelerator
+import accelerate
 from accelerate.optimizer import AcceleratedOptimizer
 from accelerate.utils import LoggerType
 from torch import nn
@@ -238,7 +238,7 @@ def make_accelerator(args: TrainingArgs):
     if mixed_precision == "auto":
         mixed_precision = "bf16" if device_policy.fast_bf16(device) else "no"
         logger.info(f"[train] mixed_precision auto -> {mixed_precision!r} on {device}")
-    accelerator = Accelerator(mixed_precision=mixed_precision, log_with=_trackers(args.report_to) or None,
+    accelerator = accelerate.Accelerator(mixed_precision=mixed_precision, log_with=_trackers(args.report_to) or None,
                               project_dir=str(args.output_dir), cpu=device.type == "cpu")
     if resolve_device(accelerator.device) != device:
         raise ConfigError(f"the device policy says {device} ($MTLLM_DEVICE={os.environ.get('MTLLM_DEVICE')!r}), "
