@@ -21,6 +21,7 @@ copy retrieval results.json results.md stage.json
 for task in sib200 nusax; do
   copy teacher-$task metrics.jsonl finetune_summary.json finetune_config.json stage.json
   copy distill-$task metrics.jsonl distill_summary.json distill_config.json stage.json
+  copy encoder-ft-$task metrics.jsonl encoder_ft_summary.json encoder_ft_config.json stage.json
   copy eval-$task results.json results.md stage.json
 done
 # each `mtllm run` rewrites RUN/run_summary.json: keep the SIB-200 job's as run_summary.json, others by task
