@@ -42,7 +42,8 @@ def main(argv=None) -> None:
         n = sum(sy["mtllm"][lang] >= max(sy[b][lang] for b in group) for lang in x)
         print(f"\nmtllm ≥ max({', '.join(group)}) on {n} of {len(x)} non-English languages")
     print(f"mtllm > llm on {sum(sy['mtllm'][lang] > sy['llm'][lang] for lang in x)} of {len(x)}")
-    print(f"English: mtllm {100 * sy['mtllm']['eng_Latn']:.1f}, teacher (llm on English) {100 * sy['llm']['eng_Latn']:.1f}")
+    print(f"English: mtllm {100 * sy['mtllm']['eng_Latn']:.1f}, "
+          f"teacher (llm on English) {100 * sy['llm']['eng_Latn']:.1f}")
 
 
 if __name__ == "__main__":
