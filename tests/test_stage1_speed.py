@@ -45,6 +45,22 @@ def _history(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
+def _interrupted_then_resumed(out: Path, stage1: dict, monkeypatch, *, crash_after: int, **args) -> None:
+    """Run stage 1 into ``out``, pre-empted right after its step-``crash_after`` checkpoint, then resume it."""
+    real_save = loop._save_checkpoint
+
+    def save_then_crash(*a, **kw):
+        real_save(*a, **kw)
+        if a[5] == crash_after:  # the step
+            raise KeyboardInterrupt(f"simulated pre-emption after the step-{crash_after} checkpoint")
+
+    monkeypatch.setattr(loop, "_save_checkpoint", save_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        run_stage1(*_settings(out, stage1, **args))
+    monkeypatch.setattr(loop, "_save_checkpoint", real_save)
+    run_stage1(*_settings(out, stage1, resume=True, **args))
+
+
 # ------------------------------------------------------------------------------------------ the layer-k student
 @pytest.mark.parametrize("route", ["encoder", "llm"])
 def test_the_layer_k_student_is_the_first_k_layers_of_the_full_model(tiny_model, route):
@@ -122,18 +138,7 @@ def test_patience_stops_early_and_says_so(tmp_path, held_out, monkeypatch):
 def test_stop_on_evidence_resumes_exactly(tmp_path, held_out, monkeypatch):
     stage1 = {"eval_data": [held_out], "eval_steps": 3, "eval_patience": 3}
     run_stage1(*_settings(tmp_path / "full", stage1, max_steps=12, save_steps=3))
-    real_save = loop._save_checkpoint
-
-    def save_then_crash(*args, **kwargs):
-        real_save(*args, **kwargs)
-        if args[5] == 6:
-            raise KeyboardInterrupt("simulated pre-emption after the step-6 checkpoint")
-
-    monkeypatch.setattr(loop, "_save_checkpoint", save_then_crash)
-    with pytest.raises(KeyboardInterrupt):
-        run_stage1(*_settings(tmp_path / "cut", stage1, max_steps=12, save_steps=3))
-    monkeypatch.setattr(loop, "_save_checkpoint", real_save)
-    run_stage1(*_settings(tmp_path / "cut", stage1, max_steps=12, save_steps=3, resume=True))
+    _interrupted_then_resumed(tmp_path / "cut", stage1, monkeypatch, crash_after=6, max_steps=12, save_steps=3)
     full, cut = _history(tmp_path / "full"), _history(tmp_path / "cut")
     assert [r.get("heldout_fvu") for r in cut] == pytest.approx([r.get("heldout_fvu") for r in full], abs=1e-6)
     assert (json.loads((tmp_path / "cut" / "best_score.json").read_text())["step"]
@@ -207,18 +212,8 @@ def test_a_full_depth_phase_trains_every_layer_and_resumes_exactly(tmp_path, mon
     run_stage1(*_settings(tmp_path / "full", stage1, max_steps=10, save_steps=3))
     weights = load_file(str(tmp_path / "full" / "final" / "adapter" / "adapter_model.safetensors"))
     assert any(weights[k].abs().max() > 0 for k in weights if ".layers.1." in k and "lora_B" in k)
-    real_save = loop._save_checkpoint
-
-    def save_then_crash(*args, **kwargs):
-        real_save(*args, **kwargs)
-        if args[5] == 6:  # a checkpoint in the layer-k phase; the run resumes into the switch at step 7
-            raise KeyboardInterrupt("simulated pre-emption")
-
-    monkeypatch.setattr(loop, "_save_checkpoint", save_then_crash)
-    with pytest.raises(KeyboardInterrupt):
-        run_stage1(*_settings(tmp_path / "cut", stage1, max_steps=10, save_steps=3))
-    monkeypatch.setattr(loop, "_save_checkpoint", real_save)
-    run_stage1(*_settings(tmp_path / "cut", stage1, max_steps=10, save_steps=3, resume=True))
+    # pre-empted after a checkpoint of the layer-k phase: the resumed run switches at step 7 as the full run did
+    _interrupted_then_resumed(tmp_path / "cut", stage1, monkeypatch, crash_after=6, max_steps=10, save_steps=3)
     full, cut = _history(tmp_path / "full"), _history(tmp_path / "cut")
     assert [r["loss"] for r in cut] == pytest.approx([r["loss"] for r in full], rel=1e-5)
     assert max_weight_diff(tmp_path / "full" / "final", tmp_path / "cut" / "final") <= 1e-6
