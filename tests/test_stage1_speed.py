@@ -15,7 +15,7 @@ from mtllm.settings import ModelSettings
 from mtllm.training import loop
 from mtllm.training.checkpoint import latest_valid_checkpoint
 from mtllm.training.loop import TrainingArgs
-from mtllm.training.stage1 import Stage1Settings, evaluations_without_progress, run_stage1
+from mtllm.training.stage1 import Stage1Settings, _targets_key, evaluations_without_progress, run_stage1
 from saved_run import max_weight_diff
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -225,3 +225,19 @@ def test_full_depth_steps_without_student_layers_is_one_line(tmp_path):
     with pytest.raises(ConfigError, match="needs student_layers"):
         run_stage1(*_settings(tmp_path / "run", {"full_depth_steps": 3}))
     assert not (tmp_path / "run").exists()
+
+
+# ------------------------------------------------------------------------------------------ teacher-target cache
+def test_teacher_target_cache_keys_name_the_compute_precision(tiny_model):
+    """Targets computed under bf16 autocast (the held-out ones, where bf16 is fast) must not be served to a later
+    fp32 run from the same cache folder: the key records the autocast precision, and the depth."""
+    texts = HELD_OUT[:2]
+    fp32 = _targets_key(tiny_model, texts)
+    assert _targets_key(tiny_model, texts) == fp32  # deterministic
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16 = _targets_key(tiny_model, texts)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=False):
+        assert _targets_key(tiny_model, texts) == fp32  # autocast off is fp32
+    with tiny_model.llm_depth(1):
+        cut = _targets_key(tiny_model, texts)
+    assert len({fp32, bf16, cut}) == 3
