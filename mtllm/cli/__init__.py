@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import difflib
 import errno
+import importlib
 import json
 import logging
 import os
@@ -97,13 +98,6 @@ def _print_summary(summary: Mapping[str, Any], keys: Sequence[str]) -> None:
 # (b) Each command imports its settings and runner inside these functions, so that `mtllm --help` and
 # `mtllm COMMAND --help` load only the modules they need (mtllm/__init__ already loads torch and
 # transformers); every function-level import in this module is tagged (b).
-def _adapt_settings() -> tuple[type, ...]:
-    from mtllm.training.loop import TrainingArgs  # (b)
-    from mtllm.training.stage1 import Stage1Settings  # (b)
-
-    return ModelSettings, Stage1Settings, TrainingArgs
-
-
 def _writing(output_dir: str):
     """Hold ``output_dir``'s lock while a command writes it: a second process is refused (:mod:`mtllm.locks`)."""
     from mtllm.locks import exclusive_output  # (b)
@@ -111,63 +105,30 @@ def _writing(output_dir: str):
     return exclusive_output(output_dir, what="output_dir")
 
 
-def _adapt(values: dict[str, Any]) -> None:
-    from mtllm.training.stage1 import run_stage1  # (b)
-
-    settings = build_settings(_adapt_settings(), values)
-    with _writing(settings[-1].output_dir):
-        summary = run_stage1(*settings)
-    _print_summary(summary, ("final_dir", "steps", "seconds", "n_texts"))
+def _named(target: str) -> Any:
+    """``"module:name"`` -> that object, imported now (b): the training commands name their settings and runner
+    this way, so that declaring a command imports nothing."""
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
-def _finetune_settings() -> tuple[type, ...]:
-    from mtllm.training.finetune import TaskSettings  # (b)
-    from mtllm.training.loop import TrainingArgs  # (b)
+def _training_command(help: str, settings: tuple[str, ...], runner: str, shown: tuple[str, ...]) -> Command:
+    """A training command: ``ModelSettings`` plus ``settings`` (``"module:Class"``, the output dir in the last),
+    run by ``runner`` under the output folder's lock, then the summary's ``shown`` keys printed."""
 
-    return ModelSettings, TaskSettings, TrainingArgs
+    def settings_classes() -> tuple[type, ...]:
+        return (ModelSettings, *(_named(name) for name in settings))
 
+    def run(values: dict[str, Any]) -> None:
+        built = build_settings(settings_classes(), values)
+        with _writing(built[-1].output_dir):
+            summary = _named(runner)(*built)
+        _print_summary(summary, shown)
 
-def _finetune(values: dict[str, Any]) -> None:
-    from mtllm.training.finetune import run_finetune  # (b)
-
-    settings = build_settings(_finetune_settings(), values)
-    with _writing(settings[-1].output_dir):
-        summary = run_finetune(*settings)
-    _print_summary(summary, ("best_dir", "best", "steps", "seconds"))
-
-
-def _distill_settings() -> tuple[type, ...]:
-    from mtllm.training.distill import DistillSettings  # (b)
-    from mtllm.training.finetune import TaskSettings  # (b)
-    from mtllm.training.loop import TrainingArgs  # (b)
-
-    return ModelSettings, TaskSettings, DistillSettings, TrainingArgs
+    return Command(help, settings_classes, run)
 
 
-def _distill(values: dict[str, Any]) -> None:
-    from mtllm.training.distill import run_distill  # (b)
-
-    settings = build_settings(_distill_settings(), values)
-    with _writing(settings[-1].output_dir):
-        summary = run_distill(*settings)
-    _print_summary(summary, ("final_dir", "steps", "seconds", "trainable", "objective"))
-
-
-def _encoder_ft_settings() -> tuple[type, ...]:
-    from mtllm.training.encoder_ft import EncoderFTSettings  # (b)
-    from mtllm.training.finetune import TaskSettings  # (b)
-    from mtllm.training.loop import TrainingArgs  # (b)
-
-    return ModelSettings, TaskSettings, EncoderFTSettings, TrainingArgs
-
-
-def _encoder_ft(values: dict[str, Any]) -> None:
-    from mtllm.training.encoder_ft import run_encoder_ft  # (b)
-
-    settings = build_settings(_encoder_ft_settings(), values)
-    with _writing(settings[-1].output_dir):
-        summary = run_encoder_ft(*settings)
-    _print_summary(summary, ("best_dir", "best", "steps", "seconds", "n_train", "n_val"))
+_TASK_SETTINGS, _TRAINING_ARGS = "mtllm.training.finetune:TaskSettings", "mtllm.training.loop:TrainingArgs"
 
 
 def _evaluate_settings() -> tuple[type, ...]:
@@ -258,13 +219,23 @@ def _convert(values: dict[str, Any]) -> None:
 
 
 COMMANDS: dict[str, Command] = {
-    "adapt": Command("stage 1: self-distil the MT-LLM on unlabelled English text", _adapt_settings, _adapt),
-    "finetune": Command("stage 2a: fine-tune the LLM alone (fresh LoRA + head) on an English task",
-                        _finetune_settings, _finetune),
-    "distill": Command("stage 2b: distil the fine-tuned teacher into the MT-LLM", _distill_settings, _distill),
-    "encoder-ft": Command("the encoder-ft baseline: fine-tune the encoder + a head on an English task (embeddings "
-                          "frozen; evaluate it with --systems '[encoder-ft]' --encoder_ft DIR/best)",
-                          _encoder_ft_settings, _encoder_ft),
+    "adapt": _training_command("stage 1: self-distil the MT-LLM on unlabelled English text",
+                               ("mtllm.training.stage1:Stage1Settings", _TRAINING_ARGS),
+                               "mtllm.training.stage1:run_stage1",
+                               ("final_dir", "steps", "seconds", "n_texts")),
+    "finetune": _training_command("stage 2a: fine-tune the LLM alone (fresh LoRA + head) on an English task",
+                                  (_TASK_SETTINGS, _TRAINING_ARGS), "mtllm.training.finetune:run_finetune",
+                                  ("best_dir", "best", "steps", "seconds")),
+    "distill": _training_command("stage 2b: distil the fine-tuned teacher into the MT-LLM",
+                                 (_TASK_SETTINGS, "mtllm.training.distill:DistillSettings", _TRAINING_ARGS),
+                                 "mtllm.training.distill:run_distill",
+                                 ("final_dir", "steps", "seconds", "trainable", "objective")),
+    "encoder-ft": _training_command("the encoder-ft baseline: fine-tune the encoder + a head on an English task "
+                                    "(embeddings frozen; evaluate it with --systems '[encoder-ft]' --encoder_ft "
+                                    "DIR/best)",
+                                    (_TASK_SETTINGS, "mtllm.training.encoder_ft:EncoderFTSettings", _TRAINING_ARGS),
+                                    "mtllm.training.encoder_ft:run_encoder_ft",
+                                    ("best_dir", "best", "steps", "seconds", "n_train", "n_val")),
     "evaluate": Command("zero-shot evaluation of mtllm/llm/encoder/encoder-ft/translate_test on many languages, or "
                         "retrieval", _evaluate_settings, _evaluate),
     "translate-test": Command("translate-test baseline: MT to English, then the English teacher",
