@@ -286,3 +286,19 @@ def fp32_auto(monkeypatch):
     from mtllm import device as device_mod
 
     monkeypatch.setattr(device_mod, "fast_bf16", lambda device=None: False)
+
+
+@pytest.fixture
+def task_registry():
+    """The built-in tasks, left as they were: registering a task (or reading a task file, which registers it) in a
+    test does not leak into the next one. Loaded task files are forgotten before and after."""
+    from mtllm.tasks import files, registry  # the package under test: imported when a test asks for the fixture
+
+    tasks, aliases = dict(registry.TASKS), dict(registry._ALIASES)
+    files._LOADED.clear()
+    yield
+    registry.TASKS.clear()
+    registry.TASKS.update(tasks)
+    registry._ALIASES.clear()
+    registry._ALIASES.update(aliases)
+    files._LOADED.clear()

@@ -25,19 +25,9 @@ needs_nusax = pytest.mark.skipif(not SHARED_NUSAX.is_dir(), reason="../shared/da
 
 
 @pytest.fixture(autouse=True)
-def registry(monkeypatch):
+def registry(monkeypatch, task_registry):
     """Each test starts from the built-in tasks and leaves them so (get_task(path) registers file tasks)."""
-    from mtllm.tasks import files, registry
-
     monkeypatch.delenv(T.DATA_DIR_ENV, raising=False)
-    tasks, aliases = dict(registry.TASKS), dict(registry._ALIASES)
-    files._LOADED.clear()
-    yield
-    registry.TASKS.clear()
-    registry.TASKS.update(tasks)
-    registry._ALIASES.clear()
-    registry._ALIASES.update(aliases)
-    files._LOADED.clear()
 
 
 def _yaml(path: Path, text: str) -> Path:

@@ -257,20 +257,6 @@ def test_a_task_file_trains_and_builtin_tasks_evaluate(tmp_path, capsys, monkeyp
 
 
 # ------------------------------------------------------------------------------------------------ encoder-ft
-@pytest.fixture
-def task_registry():
-    """Leave the registered tasks as they were (reading a task file registers it)."""
-    from mtllm.tasks import files, registry
-
-    tasks, aliases = dict(registry.TASKS), dict(registry._ALIASES)
-    yield
-    registry.TASKS.clear()
-    registry.TASKS.update(tasks)
-    registry._ALIASES.clear()
-    registry._ALIASES.update(aliases)
-    files._LOADED.clear()
-
-
 def _toy_task(root: Path) -> Path:
     """A task a tiny encoder can learn: the animal in the text ('cat' or 'dog') is the label."""
     rng = random.Random(0)

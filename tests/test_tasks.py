@@ -481,16 +481,8 @@ def test_kardes_columns_checked(tmp_path):
 
 # ------------------------------------------------------------------------------------------ your own tasks
 @pytest.fixture
-def registry():
-    """Restores the registry after a test that registers tasks."""
-    from mtllm.tasks import registry as tasks_registry
-
-    tasks, aliases = dict(tasks_registry.TASKS), dict(tasks_registry._ALIASES)
-    yield
-    tasks_registry.TASKS.clear()
-    tasks_registry.TASKS.update(tasks)
-    tasks_registry._ALIASES.clear()
-    tasks_registry._ALIASES.update(aliases)
+def registry(task_registry):
+    """Restores the registry after a test that registers tasks (conftest's ``task_registry``)."""
 
 
 TOY_LABELS = ("negative", "positive")
