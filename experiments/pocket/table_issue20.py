@@ -1,6 +1,7 @@
-"""The pocket SIB-200 main job's table per language with every system (issue 20/21), from results.json files.
+"""The pocket main job's table per language with every system (issue 20/21), from results.json files.
 
-    python experiments/pocket/table_issue20.py [--run experiments/pocket] [--before experiments/pocket/before-issue-20]
+    python experiments/pocket/table_issue20.py [--task sib200|nusax] [--run experiments/pocket]
+                                               [--before experiments/pocket/before-issue-20]
 
 Prints markdown: per language mtllm, llm, encoder, encoder-ft (where evaluated), whether mtllm is at or above the
 best baseline, and the previous main job's mtllm; then the averages and the target counts. Only reads files.
@@ -17,11 +18,13 @@ HERE = Path(__file__).resolve().parent
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--task", default="sib200", help="sib200 (the main job) or nusax (pocket-nusax.yaml)")
     p.add_argument("--run", default=str(HERE))
     p.add_argument("--before", default=str(HERE / "before-issue-20"))
     args = p.parse_args(argv)
-    sy = json.loads((Path(args.run) / "eval-sib200" / "results.json").read_text())["systems"]
-    before = json.loads((Path(args.before) / "eval-sib200" / "results.json").read_text())["systems"]["mtllm"]
+    folder = f"eval-{args.task}"
+    sy = json.loads((Path(args.run) / folder / "results.json").read_text())["systems"]
+    before = json.loads((Path(args.before) / folder / "results.json").read_text())["systems"]["mtllm"]
     systems = [s for s in ("mtllm", "llm", "encoder", "encoder-ft") if s in sy]
     baselines = [s for s in systems if s != "mtllm"]
     langs = sorted(sy["mtllm"])
