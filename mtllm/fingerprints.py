@@ -1,10 +1,10 @@
 """Digests that identify what a result was computed from: settings, data, files, models. The one home of them.
 
 Every digest of a JSON-able value is :func:`json_digest` (sorted keys, so two equal dicts always give one
-digest); a file's is :func:`mtllm._io.file_sha256`; a saved model folder's, :func:`folder_fingerprint` (over its
-own files: :func:`mtllm.modeling.serialization.model_fingerprint` names them); a model in memory,
-:func:`module_fingerprint`. Resume records (partial evaluation results, ``mtllm run``'s
-stage records, predict/encode progress) compare these to decide whether earlier work still stands.
+digest), with texts appended :func:`cache_key`; a file's is :func:`mtllm._io.file_sha256`; a saved model
+folder's, :func:`folder_fingerprint` (over its own files: :func:`mtllm.modeling.serialization.model_fingerprint`
+names them); a model in memory, :func:`module_fingerprint`. Resume records (partial evaluation results,
+``mtllm run``'s stage records, predict/encode progress) compare these to decide whether earlier work still stands.
 """
 from __future__ import annotations
 
@@ -18,14 +18,24 @@ from typing import Any, Iterable, Iterator, Mapping
 
 from mtllm._io import file_sha256
 
-__all__ = ["json_digest", "examples_digest", "folder_fingerprint", "module_fingerprint", "recording_reads",
-           "note_read", "changed_files"]
+__all__ = ["json_digest", "cache_key", "examples_digest", "folder_fingerprint", "module_fingerprint",
+           "recording_reads", "note_read", "changed_files"]
 
 
 def json_digest(value: Any, *, length: int = 64) -> str:
     """Hex sha256 of ``value`` as JSON with sorted keys (non-JSON values by ``str``), cut to ``length``."""
     text = json.dumps(value, sort_keys=True, default=str)  # ASCII: non-ASCII text (and lone surrogates) escaped
     return hashlib.sha256(text.encode("ascii")).hexdigest()[:length]
+
+
+def cache_key(settings: Any, texts: Iterable[str] = (), *, length: int = 20) -> str:
+    """Hex sha256 of ``settings`` (as :func:`json_digest` encodes it: sorted keys) and every text, in order, each
+    ended by a NUL: the key of a cache of per-text outputs (:class:`mtllm.training.caches.ArrayCache`)."""
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
+    for text in texts:
+        digest.update(text.encode("utf-8"))
+        digest.update(b"\0")
+    return digest.hexdigest()[:length]
 
 
 def examples_digest(examples: Iterable[Any]) -> str:

@@ -36,7 +36,7 @@ from filelock import FileLock
 from mtllm.data.languages import validate_lang
 from mtllm.device import module_device, place, to_device
 from mtllm.errors import UnsupportedLanguageError  # noqa: F401 (raised here, re-exported)
-from mtllm.fingerprints import module_fingerprint
+from mtllm.fingerprints import json_digest, module_fingerprint
 from mtllm.modeling.batching import run_batched
 from mtllm.settings import MODEL, OUTPUT_DIR, at_least, check_settings
 from mtllm.sources import MODEL_LOAD_KWARGS, load_source
@@ -217,7 +217,7 @@ class Translator:
         key = {"format": _CACHE_FORMAT, "model": self.fingerprint, "src_lang": src_lang,
                "target_lang": s.target_lang, "num_beams": s.num_beams, "max_new_tokens": s.max_new_tokens,
                "max_source_length": s.max_source_length}
-        digest = _sha1(json.dumps(key, sort_keys=True))[:16]
+        digest = json_digest(key, length=16)
         safe = lambda code: "".join(c if c.isalnum() or c in "_-" else "_" for c in str(code))  # noqa: E731
         return s.resolved_cache_dir() / f"{safe(src_lang)}-{safe(s.target_lang)}-{digest}.jsonl"
 

@@ -15,7 +15,6 @@ renamed (:func:`mtllm._io.atomic_path`), so readers never see half of one.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping
@@ -24,19 +23,9 @@ import numpy as np
 
 from mtllm._io import atomic_path, atomic_write_json
 
-__all__ = ["cache_key", "ArrayCache"]
+__all__ = ["ArrayCache"]
 
 META = "meta.json"
-
-
-def cache_key(settings: Any, texts: Iterable[str] = (), *, length: int = 20) -> str:
-    """Hex digest of ``settings`` (anything JSON can encode) and every text, in order."""
-    digest = hashlib.sha256()
-    digest.update(json.dumps(settings, sort_keys=False, default=str).encode())
-    for text in texts:
-        digest.update(text.encode("utf-8"))
-        digest.update(b"\0")
-    return digest.hexdigest()[:length]
 
 
 class ArrayCache:

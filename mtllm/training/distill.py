@@ -30,7 +30,8 @@ from mtllm.modeling.model import MTLLMModel, model_fingerprint
 from mtllm.errors import ConfigError
 from mtllm.settings import MODEL, ModelSettings, check_settings, required_if
 from mtllm.training.finetune import TaskSettings, _check_labels, _head_kind, _load, load_selection
-from mtllm.training.caches import ArrayCache, cache_key
+from mtllm.fingerprints import cache_key
+from mtllm.training.caches import ArrayCache
 from mtllm.training.encoder_cache import EncoderCache, encoder_input_texts
 from mtllm.training.loop import TrainingArgs, epoch_evals, set_seed, start_run, train
 from mtllm.modeling.objectives import classification_loss, distill_loss, target_stats

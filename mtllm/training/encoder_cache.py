@@ -31,8 +31,8 @@ import torch
 
 from mtllm.data.multiple_choice import format_multiple_choice
 from mtllm.device import module_device, to_device
-from mtllm.fingerprints import module_fingerprint
-from mtllm.training.caches import ArrayCache, cache_key
+from mtllm.fingerprints import cache_key, module_fingerprint
+from mtllm.training.caches import ArrayCache
 from mtllm.modeling.batching import run_batched
 
 __all__ = ["EncoderCache", "encoder_input_texts"]

@@ -34,7 +34,8 @@ from mtllm.tasks.texts import load_stage1_texts
 from mtllm.modeling.model import MTLLMModel, decoder_layers
 from mtllm.sources import load_source
 from mtllm.settings import EXISTING_DIR, NON_EMPTY, TEXT_SOURCE, ModelSettings, at_least, check_settings, each
-from mtllm.training.caches import ArrayCache, cache_key
+from mtllm.fingerprints import cache_key
+from mtllm.training.caches import ArrayCache
 from mtllm.training.encoder_cache import EncoderCache
 from mtllm.training.loop import TrainingArgs, make_accelerator, set_seed, start_run, total_steps, train
 from mtllm.modeling.objectives import TargetStats, alignment_fvu, stage1_loss, target_stats
