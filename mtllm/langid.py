@@ -36,7 +36,6 @@ a short sentence with loanwords scores lower, a single word often very high.
 """
 from __future__ import annotations
 
-import csv
 import functools
 import unicodedata
 from collections import Counter
@@ -45,6 +44,7 @@ from typing import Any, Iterable, Sequence, overload
 
 from mtllm.data.languages import FLORES200
 from mtllm.errors import ConfigError
+from mtllm.tables import Table
 
 __all__ = ["identify", "to_flores", "dominant_script", "supported_languages", "UNDETERMINED", "LANGID_LIMITS",
            "evaluate"]
@@ -265,8 +265,9 @@ def evaluate(data_dir: str, *, split: str = "test", column: str = "text",
         p.name for p in root.iterdir() if (p / f"{split}.tsv").is_file())
     report: dict[str, dict[str, Any]] = {}
     for code in codes:
-        with open(root / code / f"{split}.tsv", encoding="utf-8", newline="") as fh:
-            texts = [row[column] for row in csv.DictReader(fh, delimiter="\t")]
+        table = Table(root / code / f"{split}.tsv", formats=(".tsv",))  # the one table reader: errors name path:line
+        table.require([column], f"pass column= one of {table.columns}")
+        texts = [values[column] for _, values in table.records()]
         results = identify(texts)
         answers = Counter(c for c, _ in results)
         report[code] = {"n": len(texts), "accuracy": answers[code] / max(len(texts), 1),

@@ -10,7 +10,7 @@ import pytest
 
 from mtllm import langid
 from mtllm.data.languages import FLORES200
-from mtllm.errors import ConfigError
+from mtllm.errors import ConfigError, DataError
 from tests.conftest import SHARED_DATA
 
 SIB = SHARED_DATA / "sib200"
@@ -121,3 +121,22 @@ def test_supported_languages():
     assert {"swh_Latn", "zho_Hans", "zho_Hant", "yue_Hant", "sat_Olck", "ind_Latn"} <= codes
     assert not {"hau_Latn", "zsm_Latn", "bos_Latn", "wol_Latn"} & codes
     assert codes <= set(FLORES200)
+
+
+@needs_heliport
+def test_evaluate_reads_tsv_files_with_the_one_table_reader(tmp_path):
+    """langid.evaluate (docs/langid.md's report) on DATA/<code>/<split>.tsv: accuracy per language, and a
+    malformed file is the table reader's one-line error naming path:line, not a csv traceback."""
+    for code, texts in {"eng_Latn": ["The weather is lovely today.", "I will call my sister tomorrow."],
+                        "fra_Latn": ["Il fait très beau aujourd'hui.", "J'appellerai ma sœur demain."]}.items():
+        (tmp_path / code).mkdir()
+        (tmp_path / code / "test.tsv").write_text("index_id\ttext\n" + "".join(f"{i}\t{t}\n" for i, t in
+                                                                              enumerate(texts)), encoding="utf-8")
+    report = langid.evaluate(str(tmp_path))
+    assert {code: (r["n"], r["accuracy"]) for code, r in report.items()} == {"eng_Latn": (2, 1.0),
+                                                                            "fra_Latn": (2, 1.0)}
+    with pytest.raises(DataError, match="no column 'sentence'"):
+        langid.evaluate(str(tmp_path), column="sentence")
+    (tmp_path / "eng_Latn" / "test.tsv").write_text('index_id\ttext\n0\t"unclosed quote\n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"test\.tsv:2"):
+        langid.evaluate(str(tmp_path), languages=["eng_Latn"])
