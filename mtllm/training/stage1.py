@@ -130,7 +130,8 @@ def _targets_key(model: MTLLMModel, texts: Sequence[str]) -> str:
     cfg = model.config
     depth = [f"depth={model._llm_depth}"] if model._llm_depth is not None else []  # full-depth keys as before
     device_type = module_device(model).type  # the compute precision: targets made under bf16 autocast are bf16's
-    autocast = [f"autocast={torch.get_autocast_dtype(device_type)}"] if torch.is_autocast_enabled(device_type) else []
+    autocast = ([f"autocast={torch.get_autocast_dtype(device_type)}"]  # (devices without autocast: never on)
+                if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type) else [])
     return cache_key([cfg.llm_name_or_path, cfg.llm_adapters_to_merge, cfg.bidirectional, cfg.pooling,
                       cfg.max_seq_length, str(model.base_llm.dtype), *depth, *autocast], texts)
 
