@@ -22,16 +22,20 @@ __all__ = ["json_digest", "cache_key", "examples_digest", "folder_fingerprint", 
            "recording_reads", "note_read", "changed_files"]
 
 
+def _canonical_json(value: Any) -> bytes:
+    """``value`` as JSON with sorted keys (non-JSON values by ``str``): what every digest here hashes."""
+    return json.dumps(value, sort_keys=True, default=str).encode("ascii")  # non-ASCII text (lone surrogates) escaped
+
+
 def json_digest(value: Any, *, length: int = 64) -> str:
     """Hex sha256 of ``value`` as JSON with sorted keys (non-JSON values by ``str``), cut to ``length``."""
-    text = json.dumps(value, sort_keys=True, default=str)  # ASCII: non-ASCII text (and lone surrogates) escaped
-    return hashlib.sha256(text.encode("ascii")).hexdigest()[:length]
+    return hashlib.sha256(_canonical_json(value)).hexdigest()[:length]
 
 
 def cache_key(settings: Any, texts: Iterable[str] = (), *, length: int = 20) -> str:
     """Hex sha256 of ``settings`` (as :func:`json_digest` encodes it: sorted keys) and every text, in order, each
     ended by a NUL: the key of a cache of per-text outputs (:class:`mtllm.training.caches.ArrayCache`)."""
-    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
+    digest = hashlib.sha256(_canonical_json(settings))
     for text in texts:
         digest.update(text.encode("utf-8"))
         digest.update(b"\0")
@@ -67,7 +71,7 @@ def module_fingerprint(model: Any, tokenizer: Any) -> str:
     config = model.config.to_dict() if hasattr(model, "config") else {}
     for volatile in ("_name_or_path", "transformers_version", "_commit_hash", "torch_dtype", "dtype"):
         config.pop(volatile, None)
-    digest.update(json.dumps(config, sort_keys=True, default=str).encode())
+    digest.update(_canonical_json(config))
     digest.update(f"{type(tokenizer).__name__}|{len(tokenizer)}".encode())
     with torch.no_grad():
         for name, param in sorted(model.state_dict().items()):

@@ -306,9 +306,7 @@ def calibrate_projection(model: MTLLMModel, texts: Sequence[str], *, lang: str |
     for start in range(0, min(len(texts), 256), batch_size):
         batch = to_device(model.tokenize(list(texts)[start:start + batch_size], lang=lang, route="encoder"),
                           module_device(model.encoder))
-        with torch.no_grad():
-            enc = model.encoder(input_ids=batch["input_ids"],
-                                attention_mask=batch["attention_mask"]).last_hidden_state
+        enc = model.encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
         out = model.projection(enc.to(model.projection.weight.dtype))[batch["attention_mask"].bool()]
         sq += out.float().pow(2).sum().item()
         count += out.numel()
