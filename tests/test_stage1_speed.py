@@ -3,6 +3,8 @@ the best checkpoint and resumes exactly, ``max_minutes`` stops cleanly with a ch
 line before any model loads."""
 from __future__ import annotations
 
+import functools
+import itertools
 import json
 from pathlib import Path
 
@@ -15,7 +17,8 @@ from mtllm.settings import ModelSettings
 from mtllm.training import loop
 from mtllm.training.checkpoint import latest_valid_checkpoint
 from mtllm.training.loop import TrainingArgs
-from mtllm.training.stage1 import Stage1Settings, _targets_key, evaluations_without_progress, run_stage1
+from mtllm.training.stage1 import (Stage1Settings, _targets_key, evaluations_without_progress, full_depth_now,
+                                   run_stage1)
 from saved_run import max_weight_diff
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -219,6 +222,40 @@ def test_a_full_depth_phase_trains_every_layer_and_resumes_exactly(tmp_path, mon
     assert max_weight_diff(tmp_path / "full" / "final", tmp_path / "cut" / "final") <= 1e-6
     # the switch shows in the curve: the full-depth targets are another quantity than layer 1's
     assert full[6]["fvu"] != pytest.approx(full[5]["fvu"], rel=1e-3)
+
+
+def _records(*seconds: float, full: int = 0) -> list[dict]:
+    """A stage-1 history whose steps ended at ``seconds`` (elapsed_s), the last ``full`` of them at full depth."""
+    return [{"step": i + 1, "elapsed_s": t, **({"full_depth": 1.0} if i >= len(seconds) - full else {})}
+            for i, t in enumerate(seconds)]
+
+
+def test_full_depth_now_switches_at_its_step_stays_switched_and_reserves_the_time_budget():
+    rule = functools.partial(full_depth_now, switch_at=90, full_depth_steps=10, cost_ratio=3.0)
+    steps = _records(1.0, 2.0, 3.0, 4.0)  # 1 s per layer-k step: a full-depth step priced at 3 s
+    assert not rule(4, history=steps, seconds=4.0, budget_s=None)
+    assert rule(90, history=steps, seconds=4.0, budget_s=None)
+    assert rule(5, history=_records(1.0, 2.0, full=1), seconds=2.0, budget_s=None)  # once switched, always
+    # the budget: 10 full-depth steps cost ~30 s, so the phase starts when 30 s are left, not later
+    assert not rule(4, history=steps, seconds=69.0, budget_s=100.0)
+    assert rule(4, history=steps, seconds=70.0, budget_s=100.0)
+    # a resumed run: elapsed_s restarts at its first step; the step times are still read from the differences
+    assert rule(4, history=_records(1.0, 2.0, 0.5, 1.5), seconds=70.0, budget_s=100.0)
+    assert not rule(0, history=[], seconds=0.0, budget_s=100.0)
+
+
+def test_a_time_budget_starts_the_full_depth_phase_early_enough_to_run_it(tmp_path, monkeypatch):
+    """max_minutes would stop the run long before max_steps - full_depth_steps: the full-depth phase starts early,
+    so it still trains its steps before the budget ends the run (a fake clock: every reading is 10 s later)."""
+    clock = itertools.count(0.0, 10.0)
+    monkeypatch.setattr(loop.time, "perf_counter", lambda: float(next(clock)))
+    summary = run_stage1(*_settings(tmp_path, {"student_layers": 1, "full_depth_steps": 3}, max_steps=60,
+                                    max_minutes=10))
+    history = _history(tmp_path)
+    assert summary["stopped_by"] == "max_minutes" and summary["steps"] < 60 - 3
+    full = [r["step"] for r in history if r.get("full_depth")]
+    assert len(full) >= 3 and full == list(range(full[0], history[-1]["step"] + 1))  # one phase, then the other
+    assert full[0] > 1
 
 
 def test_full_depth_steps_without_student_layers_is_one_line(tmp_path):

@@ -263,7 +263,7 @@ def train(
     on_epoch_end: Callable[[nn.Module, int, int], dict[str, float]] | None = None,
     eval_steps: int | None = None,
     stop_when: Callable[[Sequence[dict[str, Any]]], bool] | None = None,
-    on_step_start: Callable[[int], None] | None = None,
+    on_step_start: Callable[[int, Sequence[dict[str, Any]], float], None] | None = None,
     resume_from: Path | None | Literal["find"] = "find",
 ) -> StageResult:
     """Train ``param_groups`` of ``model`` on ``n_examples`` examples.
@@ -276,9 +276,10 @@ def train(
     ``eval_steps`` steps instead (and at the last one). ``stop_when(history)``, asked after each of those
     evaluations on every process, ends the run early (``stopped_by="patience"``): a pure function of the history, so
     a resumed run stops where an uninterrupted one would. ``args.max_minutes`` ends it after the step that
-    reaches the budget (``stopped_by="max_minutes"``), with a checkpoint there. ``on_step_start(step)`` is told the
-    0-based index of every step before its batches are built (e.g. to switch a schedule of objectives; a resumed
-    run tells it the same indices an uninterrupted one would). With ``args.resume``, the run continues
+    reaches the budget (``stopped_by="max_minutes"``), with a checkpoint there. ``on_step_start(step, history,
+    seconds)`` is told the 0-based index of every step before its batches are built, the records of the steps before
+    it and the loop's seconds so far (resumed runs included), e.g. to switch a schedule of objectives; a resumed run
+    tells it the same indices and history an uninterrupted one would. With ``args.resume``, the run continues
     from ``resume_from`` (what :func:`start_run` returned; by default the newest valid checkpoint).
     """
     from transformers import get_linear_schedule_with_warmup  # slow: transformers.optimization, only when training
@@ -352,7 +353,7 @@ def train(
                                                         lengths=lengths if args.group_by_length else None)}
                 global_batch = epoch_batches[epoch][pos]
                 if on_step_start is not None:
-                    on_step_start(step)
+                    on_step_start(step, history, _max_over_processes(accelerator, spent()))
                 mine = global_batch[rank * micro * accum:(rank + 1) * micro * accum]
                 sums: dict[str, float] = {}
                 for k in range(accum):
@@ -479,6 +480,14 @@ def _any_process(accelerator, flag: bool) -> bool:
     if accelerator.num_processes == 1:
         return flag
     return accelerator.reduce(torch.tensor([float(flag)], device=accelerator.device), reduction="sum").item() > 0
+
+
+def _max_over_processes(accelerator, value: float) -> float:
+    """The largest ``value`` of all processes, so a decision on it is the same everywhere (every process must call
+    this at the same point)."""
+    if accelerator.num_processes == 1:
+        return value
+    return accelerator.reduce(torch.tensor([float(value)], device=accelerator.device), reduction="max").item()
 
 
 def _truncate_metrics(path: Path, step: int) -> None:

@@ -95,7 +95,9 @@ class Stage1Settings:
     full_depth_steps: int = field(default=0, metadata={
         "help": "With student_layers: the last N of max_steps train the whole depth against the teacher's last-layer "
                 "targets (pooled and span), so the layer-k phase's student also fits the last layer. The teacher "
-                "then runs at both depths once (targets cached).", "check": at_least(0)})
+                "then runs at both depths once (targets cached). With max_minutes, the phase starts earlier when "
+                "the budget would otherwise end the run before its N steps (priced at L/k layer-k steps each).",
+        "check": at_least(0)})
     eval_data: list[str] = field(default_factory=list, metadata={
         "help": "Held-out English texts (same forms as data, e.g. task:sib200/eng_Latn/validation): every eval_steps "
                 "steps and at the end, the full-depth student's pooled states on them are compared with the "
@@ -287,6 +289,25 @@ def _freeze_upper_layers(model: MTLLMModel, k: int | None) -> int:
     return frozen
 
 
+def full_depth_now(step: int, *, switch_at: int, history: Sequence[dict[str, Any]], seconds: float,
+                   budget_s: float | None, full_depth_steps: int, cost_ratio: float) -> bool:
+    """Whether step ``step`` (0-based) of a two-phase stage 1 (``student_layers`` then ``full_depth_steps``) trains
+    the whole depth: from ``switch_at`` (max_steps - full_depth_steps) on; once a step did (its history record has
+    ``full_depth``), every later one; and earlier when a time budget would otherwise stop the run before the
+    full-depth phase: when the ``seconds`` spent plus ``full_depth_steps`` full-depth steps would reach ``budget_s``.
+    A full-depth step is priced at the median layer-k step so far times ``cost_ratio`` (L/k: an over-estimate, as the
+    encoder and optimizer do not scale with depth), so the phase gets at least its steps' time."""
+    if step >= switch_at or any(r.get("full_depth") for r in history):
+        return True
+    if budget_s is None:
+        return False
+    step_s = np.diff([r["elapsed_s"] for r in history if "elapsed_s" in r])
+    step_s = step_s[step_s > 0]  # elapsed_s restarts in a resumed run
+    if not len(step_s):
+        return seconds >= budget_s
+    return seconds + full_depth_steps * float(np.median(step_s)) * cost_ratio >= budget_s
+
+
 @torch.no_grad()
 def calibrate_projection(model: MTLLMModel, texts: Sequence[str], *, lang: str | None = None,
                          batch_size: int = 16) -> dict:
@@ -388,9 +409,18 @@ def run_stage1(model_settings: ModelSettings, stage1: Stage1Settings, args: Trai
     phases = [targets_at(stage1.student_layers)] + ([targets_at(None)] if two_phase else [])
     switch_at = total_steps(args, len(texts)) - stage1.full_depth_steps
     current = {"phase": phases[0]}
+    budget_s = 60 * args.max_minutes if args.max_minutes is not None else None
+    cost_ratio = model.llm_num_layers / stage1.student_layers if two_phase else 1.0
 
-    def on_step_start(step: int) -> None:
-        current["phase"] = phases[-1] if step >= switch_at else phases[0]
+    def on_step_start(step: int, history: Sequence[dict[str, Any]], seconds: float) -> None:
+        full = two_phase and full_depth_now(step, switch_at=switch_at, history=history, seconds=seconds,
+                                            budget_s=budget_s, full_depth_steps=stage1.full_depth_steps,
+                                            cost_ratio=cost_ratio)
+        if full and current["phase"] is phases[0] and accelerator.is_main_process:
+            logger.info(f"[stage1] step {step + 1}: the full-depth phase starts"
+                        + ("" if step >= switch_at else f" early, at {seconds / 60:.1f} of max_minutes "
+                           f"{args.max_minutes:g}, so its {stage1.full_depth_steps} steps fit the time budget"))
+        current["phase"] = phases[-1] if full else phases[0]
 
     calibration = None
     calibration_file = out / CALIBRATION_FILE
@@ -438,8 +468,11 @@ def run_stage1(model_settings: ModelSettings, stage1: Stage1Settings, args: Trai
     def loss_fn(m: MTLLMModel, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
         phase = current["phase"]
         with accelerator.unwrap_model(m).llm_depth(phase["layers"]):
-            return objective(m, batch, stats=phase["stats"],
-                             span_stats=phase["span"]["stats"] if phase["span"] is not None else None)
+            loss, metrics = objective(m, batch, stats=phase["stats"],
+                                      span_stats=phase["span"]["stats"] if phase["span"] is not None else None)
+        if two_phase:  # in the history, so a resumed run stays in the phase it was in (full_depth_now)
+            metrics = {**metrics, "full_depth": float(phase["layers"] is None)}
+        return loss, metrics
 
     groups = [{"params": [p for n, p in model.named_parameters()
                           if p.requires_grad and not n.startswith("projection.")]},
