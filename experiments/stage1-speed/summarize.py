@@ -6,8 +6,12 @@ Reads, per cell folder under --runs: ``stage1/stage.json`` (the stage's wall tim
 seconds per step, the held-out English FVU every eval_steps), ``retrieval-all/results.json`` (English<->X top-1,
 the main job's protocol: 50 topic-stratified SIB-200 test sentences, 59 languages, the MT-LLM alone) and
 ``retrieval-fvu/results.json`` (the same protocol on one X language with the LLM as well, for the FVU of the
-student's English against the teacher's, the quantity the issue's 0.616 target is). Writes ``results.md`` and
-``results.json`` into --out and copies those files to --out/cells/<cell>/. Nothing here trains or evaluates.
+student's English against the teacher's, the quantity the issue's 0.616 target is) and, where
+``downstream.sh`` ran, ``distill-sib200/stage.json`` and ``eval-sib200/results.json`` (the MT-LLM distilled from the
+main job's teacher, on issue 12's 15 fixed languages + English). Writes ``results.md`` (the stage-1 table, then the
+lever table on the 15 languages with the main job's runs before and after issue 20 as rows, read from
+experiments/pocket/) and ``results.json`` into --out and copies those files to --out/cells/<cell>/. Nothing here
+trains or evaluates.
 """
 from __future__ import annotations
 
@@ -18,6 +22,9 @@ from pathlib import Path
 from statistics import mean, median
 
 ROOT = Path(__file__).resolve().parents[2]
+#: issue 12's fixed subset of SIB-200 languages spanning resource levels (experiments/stage1-levers/common.yaml)
+SUBSET = ["fra_Latn", "rus_Cyrl", "zho_Hans", "arb_Arab", "hin_Deva", "swh_Latn", "tur_Latn", "tha_Thai", "tam_Taml",
+          "amh_Ethi", "yor_Latn", "quy_Latn", "ace_Latn", "tir_Ethi", "wol_Latn"]
 
 
 def _read(path: Path):
@@ -44,7 +51,64 @@ def cell_row(folder: Path) -> dict:
         "retrieval_top1": round(100 * mean(retrieval["systems"]["mtllm"].values()), 1) if retrieval else None,
         "retrieval_langs": len(retrieval["systems"]["mtllm"]) if retrieval else None,
         "eng_fvu": eng_fvu,
+        **downstream(folder / "eval-sib200" / "results.json", folder / "retrieval-all" / "results.json"),
+        "distill_seconds": (_read(folder / "distill-sib200" / "stage.json") or {}).get("seconds"),
     }
+
+
+def _pct(values) -> float | None:
+    values = list(values)
+    return round(100 * mean(values), 1) if values else None
+
+
+def downstream(eval_results: Path, retrieval_results: Path) -> dict:
+    """SIB-200 accuracy of every system there on the 15 languages and English, and retrieval top-1 on the 15."""
+    ev, rt = _read(eval_results), _read(retrieval_results)
+    row: dict = {}
+    if ev:
+        for system, langs in ev["systems"].items():
+            if all(lang in langs for lang in SUBSET):
+                row[f"sib200_15_{system}"] = _pct(langs[lang] for lang in SUBSET)
+                row[f"sib200_wins_{system}"] = langs  # per language, for the per-language comparisons
+            row[f"sib200_eng_{system}"] = _pct([langs["eng_Latn"]]) if "eng_Latn" in langs else None
+    if rt:
+        row["retrieval_15"] = _pct(rt["systems"]["mtllm"][lang] for lang in SUBSET)
+    return row
+
+
+def lever_table(cells: list[dict], refs: list[dict]) -> str:
+    """The lever table: stage-1 wall time, probes and SIB-200 accuracy on the 15 languages; the baselines' line from
+    the main job (they do not depend on stage 1)."""
+    base = refs[-1]
+    head = ("| stage 1 | stage-1 wall s | retrieval top-1 %, 59 langs | retrieval top-1 %, 15 | English FVU vs teacher "
+            "(probe) | SIB-200 mtllm %, 15 X | SIB-200 mtllm %, English | ≥ max(llm, encoder), of 15 |")
+    lines = [head, "|" + "---|" * 8]
+    for c in [*refs, *cells]:
+        if c.get("sib200_15_mtllm") is None:
+            continue
+        per = c["sib200_wins_mtllm"]
+        wins = sum(per[lang] >= max(base["sib200_wins_llm"][lang], base["sib200_wins_encoder"][lang]) for lang in SUBSET)
+        fvu = "%.3f" % c["eng_fvu"] if c.get("eng_fvu") is not None else "–"
+        lines.append(f"| {c['cell']} | {c.get('stage_seconds') or '–'} | {c.get('retrieval_top1') or '–'} | "
+                     f"{c.get('retrieval_15') or '–'} | {fvu} | {c['sib200_15_mtllm']} | {c['sib200_eng_mtllm']} | "
+                     f"{wins} |")
+    lines.append(f"| *baselines (main job)* | | | | | llm {base['sib200_15_llm']} / encoder {base['sib200_15_encoder']}"
+                 f" / encoder-ft {base.get('sib200_15_encoder-ft', '–')} | teacher – / encoder "
+                 f"{base['sib200_eng_encoder']} | |")
+    return "\n".join(lines) + "\n"
+
+
+def reference(name: str, folder: Path) -> dict:
+    """A committed main job (experiments/pocket/...) as a row of the lever table."""
+    stage = _read(folder / "stage1" / "stage.json") or {}
+    retrieval = _read(folder / "retrieval" / "results.json")
+    eng_fvu = None
+    if retrieval and retrieval.get("measures"):
+        eng_fvu = retrieval["measures"].get("FVU against the teacher's English", {}).get("systems", {}).get(
+            "mtllm", {}).get("eng_Latn")
+    return {"cell": name, "stage_seconds": stage.get("seconds"), "eng_fvu": eng_fvu,
+            "retrieval_top1": _pct(retrieval["systems"]["mtllm"].values()) if retrieval else None,
+            **downstream(folder / "eval-sib200" / "results.json", folder / "retrieval" / "results.json")}
 
 
 def table(cells: list[dict]) -> str:
@@ -72,13 +136,19 @@ def main(argv=None) -> None:
         dest = out / "cells" / c["cell"]
         dest.mkdir(parents=True, exist_ok=True)
         for rel in ("stage1/metrics.jsonl", "stage1/stage.json", "stage1/stage1_summary.json",
-                    "retrieval-all/results.json", "retrieval-all/results.md", "retrieval-fvu/results.json"):
+                    "retrieval-all/results.json", "retrieval-all/results.md", "retrieval-fvu/results.json",
+                    "distill-sib200/stage.json", "distill-sib200/metrics.jsonl", "eval-sib200/results.json",
+                    "eval-sib200/results.md"):
             src = runs / c["cell"] / rel
             if src.exists():
                 shutil.copyfile(src, dest / rel.replace("/", "-"))
-    (out / "results.json").write_text(json.dumps(cells, indent=1))
-    (out / "results.md").write_text(table(cells))
-    print(table(cells))
+    pocket = ROOT / "experiments" / "pocket"
+    refs = [reference("the preset before issue 20 (main job, 240 full-depth steps of 4 x 4)", pocket / "before-issue-20"),
+            reference("the new preset (main job: layer 6, then 100 full-depth steps)", pocket)]
+    text = table(cells) + "\n" + lever_table(cells, refs)
+    (out / "results.json").write_text(json.dumps({"cells": cells, "references": refs}, indent=1))
+    (out / "results.md").write_text(text)
+    print(text)
 
 
 if __name__ == "__main__":
