@@ -6,5 +6,5 @@ cd "$(dirname "$0")/../.."
 for cell in "$@"; do
   mtllm evaluate --task retrieval --model "runs/speed/$cell/stage1/final" --systems '[mtllm, llm]' \
     --langs '[fra_Latn]' --max_examples 50 --dtype auto --data_dir ../shared/data \
-    --output_dir "runs/speed/$cell/retrieval-fvu"
+    --output_dir "runs/speed/$cell/retrieval-fvu" --overwrite
 done

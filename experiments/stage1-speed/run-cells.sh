@@ -8,6 +8,6 @@ for cell in "$@"; do
   mtllm run --config "experiments/stage1-speed/$cell.yaml" --data-dir ../shared/data
   echo "$(date -u +%FT%TZ) $cell retrieval"
   mtllm evaluate --task retrieval --model "runs/speed/$cell/stage1/final" --systems '[mtllm]' --max_examples 50 \
-    --dtype auto --data_dir ../shared/data --output_dir "runs/speed/$cell/retrieval-all"
+    --dtype auto --data_dir ../shared/data --output_dir "runs/speed/$cell/retrieval-all" --overwrite
   echo "$(date -u +%FT%TZ) $cell done"
 done
