@@ -79,8 +79,7 @@ def downstream(eval_results: Path, retrieval_results: Path) -> dict:
 #: what each cell is, for the lever table
 LABELS = {"full-m16": "full depth, micro-batch 16, cached encoder (15-min loop)",
           "k6-m16": "layer-6 target, micro-batch 16 (15-min loop)",
-          "k9-m16": "layer-9 target, micro-batch 16 (15-min loop)",
-          "k6-wn-m16": "layer-6 target + 10,000 WordNet texts (15-min loop)"}
+          "k9-m16": "layer-9 target, micro-batch 16 (15-min loop)"}
 
 
 def lever_table(cells: list[dict], refs: list[dict]) -> str:
