@@ -93,9 +93,11 @@ def lever_table(cells: list[dict], refs: list[dict]) -> str:
         if c.get("sib200_15_mtllm") is None:
             continue
         per = c["sib200_wins_mtllm"]
-        wins = sum(per[lang] >= max(base["sib200_wins_llm"][lang], base["sib200_wins_encoder"][lang]) for lang in SUBSET)
+        llm, encoder = base["sib200_wins_llm"], base["sib200_wins_encoder"]
+        wins = sum(per[lang] >= max(llm[lang], encoder[lang]) for lang in SUBSET)
         fvu = "%.3f" % c["eng_fvu"] if c.get("eng_fvu") is not None else "–"
-        lines.append(f"| {LABELS.get(c['cell'], c['cell'])} | {c.get('stage_seconds') or '–'} | {c.get('retrieval_top1') or '–'} | "
+        lines.append(f"| {LABELS.get(c['cell'], c['cell'])} | {c.get('stage_seconds') or '–'} | "
+                     f"{c.get('retrieval_top1') or '–'} | "
                      f"{c.get('retrieval_15') or '–'} | {fvu} | {c['sib200_15_mtllm']} | {c['sib200_eng_mtllm']} | "
                      f"{wins} |")
     lines.append(f"| *baselines (main job)* | | | | | llm {base['sib200_15_llm']} / encoder {base['sib200_15_encoder']}"
@@ -149,7 +151,8 @@ def main(argv=None) -> None:
             if src.exists():
                 shutil.copyfile(src, dest / rel.replace("/", "-"))
     pocket = ROOT / "experiments" / "pocket"
-    refs = [reference("the preset before issue 20 (main job: 240 full-depth steps of 4 x 4)", pocket / "before-issue-20"),
+    refs = [reference("the preset before issue 20 (main job: 240 full-depth steps of 4 x 4)",
+                      pocket / "before-issue-20"),
             reference("issue 20's first preset (main job: 460 layer-6 steps, then 100 at full depth)",
                       pocket / "issue20-two-phase"),
             reference("**the preset now** (clean main job: 640 layer-6 steps)", pocket)]
