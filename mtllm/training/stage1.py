@@ -292,12 +292,13 @@ def _freeze_upper_layers(model: MTLLMModel, k: int | None) -> int:
 def full_depth_now(step: int, *, switch_at: int, history: Sequence[dict[str, Any]], seconds: float,
                    budget_s: float | None, full_depth_steps: int, cost_ratio: float) -> bool:
     """Whether step ``step`` (0-based) of a two-phase stage 1 (``student_layers`` then ``full_depth_steps``) trains
-    the whole depth: from ``switch_at`` (max_steps - full_depth_steps) on; once a step did (its history record has
-    ``full_depth``), every later one; and earlier when a time budget would otherwise stop the run before the
-    full-depth phase: when the ``seconds`` spent plus ``full_depth_steps`` full-depth steps would reach ``budget_s``.
-    A full-depth step is priced at the median layer-k step so far times ``cost_ratio`` (L/k: an over-estimate, as the
-    encoder and optimizer do not scale with depth), so the phase gets at least its steps' time."""
-    if step >= switch_at or any(r.get("full_depth") for r in history):
+    the whole depth: from ``switch_at`` (max_steps - full_depth_steps) on; once a step did (the last history record
+    has ``full_depth``: the phase never switches back), every later one; and earlier when a time budget would
+    otherwise stop the run before the full-depth phase: when the ``seconds`` spent plus ``full_depth_steps``
+    full-depth steps would reach ``budget_s``. A full-depth step is priced at the median layer-k step so far times
+    ``cost_ratio`` (L/k: an over-estimate, as the encoder and optimizer do not scale with depth), so the phase gets
+    at least its steps' time."""
+    if step >= switch_at or (history and history[-1].get("full_depth")):
         return True
     if budget_s is None:
         return False
