@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import itertools
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -189,6 +190,37 @@ def test_a_resumed_run_counts_the_minutes_already_spent(tmp_path, monkeypatch):
     assert summary["stopped_by"] == "max_minutes" and summary["steps"] == 3
 
 
+# ------------------------------------------------------------------------------------------ the schedule
+@pytest.mark.parametrize("kind, after_warmup", [
+    ("linear", lambda p: 1 - p), ("cosine", lambda p: 0.5 * (1 + math.cos(math.pi * p))),
+    ("constant_with_warmup", lambda p: 1.0)])
+def test_the_learning_rate_follows_lr_scheduler_type(tmp_path, kind, after_warmup):
+    """Two warmup steps of ten, then the named schedule: each step's logged rate is the one it trained with next."""
+    run_stage1(*_settings(tmp_path, max_steps=10, warmup_ratio=0.2, log_steps=1, lr_scheduler_type=kind))
+    lrs = {r["step"]: r["lr"] for r in _history(tmp_path) if "lr" in r}
+    assert sorted(lrs) == list(range(1, 11))
+    assert lrs[1] == pytest.approx(3e-3 / 2)
+    for step in range(2, 11):
+        assert lrs[step] == pytest.approx(3e-3 * after_warmup((step - 2) / 8), abs=1e-12), (kind, step)
+
+
+def test_a_flat_schedule_resumes_exactly(tmp_path, monkeypatch):
+    args = dict(max_steps=9, save_steps=3, warmup_ratio=0.2, log_steps=1, lr_scheduler_type="constant_with_warmup")
+    run_stage1(*_settings(tmp_path / "full", **args))
+    _interrupted_then_resumed(tmp_path / "cut", {}, monkeypatch, crash_after=6, **args)
+    assert [r["lr"] for r in _history(tmp_path / "cut") if "lr" in r] == \
+        [r["lr"] for r in _history(tmp_path / "full") if "lr" in r]
+    assert max_weight_diff(tmp_path / "full" / "final", tmp_path / "cut" / "final") <= 1e-6
+
+
+def test_the_default_schedule_leaves_earlier_runs_hashes_as_they_were():
+    from mtllm.cli.pipeline import _args_key
+
+    assert "lr_scheduler_type" not in _args_key(TrainingArgs())
+    assert "lr_scheduler_type" not in _args_key({"learning_rate": 2e-4})  # a section as written
+    assert _args_key(TrainingArgs(lr_scheduler_type="cosine"))["lr_scheduler_type"] == "cosine"
+
+
 # ------------------------------------------------------------------------------------------ bad values
 def test_student_layers_beyond_the_llm_is_one_line_before_any_model_loads(tmp_path, monkeypatch):
     def refuse(self):
@@ -202,7 +234,8 @@ def test_student_layers_beyond_the_llm_is_one_line_before_any_model_loads(tmp_pa
 
 
 @pytest.mark.parametrize("make", [lambda: Stage1Settings(student_layers=0), lambda: TrainingArgs(max_minutes=-5),
-                                  lambda: TrainingArgs(max_minutes=0), lambda: Stage1Settings(eval_patience=0)])
+                                  lambda: TrainingArgs(max_minutes=0), lambda: Stage1Settings(eval_patience=0),
+                                  lambda: TrainingArgs(lr_scheduler_type="cosine_with_restarts")])
 def test_bad_values_are_one_line_errors(make):
     with pytest.raises(ConfigError) as err:
         make()

@@ -38,7 +38,7 @@ def cell_row(folder: Path) -> dict:
     evals = [(r["step"], r["heldout_fvu"]) for r in rows if "heldout_fvu" in r]
     plain = [b["elapsed_s"] - a["elapsed_s"] for a, b in zip(rows, rows[1:]) if "heldout_fvu" not in b]
     retrieval = _read(folder / "retrieval-all" / "results.json")
-    probe = _read(folder / "retrieval-fvu" / "results.json")
+    probe = _read(folder / "retrieval-fvu" / "results.json") or retrieval  # (a main job's retrieval has the LLM too)
     eng_fvu = None
     if probe and probe.get("measures"):
         eng_fvu = probe["measures"].get("FVU against the teacher's English", {}).get("systems", {}).get(
@@ -79,7 +79,21 @@ def downstream(eval_results: Path, retrieval_results: Path) -> dict:
 #: what each cell is, for the lever table
 LABELS = {"full-m16": "full depth, micro-batch 16, cached encoder (15-min loop)",
           "k6-m16": "layer-6 target, micro-batch 16 (15-min loop)",
-          "k9-m16": "layer-9 target, micro-batch 16 (15-min loop)"}
+          "k9-m16": "layer-9 target, micro-batch 16 (15-min loop)",
+          "k6-wn10k": "layer 6 + 10,000 WordNet texts (11-min loop: the texts' setup takes the rest)",
+          "k6-lr4": "layer 6, learning rate 4e-4 (15-min loop)",
+          "k6-const": "layer 6, learning rate flat after warm-up (15-min loop)",
+          "preset": "the preset now, from the lever table's teacher (the clean main job's stage 1)"}
+#: the row the others are compared with, language by language
+ANCHOR = "k6-m16"
+
+
+def paired(per: dict, anchor: dict) -> str:
+    """Mean and standard error of the per-language difference (points) against the anchor over the 15 languages:
+    the same test sentences in both, so the languages' own difficulty cancels."""
+    diffs = [100 * (per[lang] - anchor[lang]) for lang in SUBSET]
+    sd = (sum((d - mean(diffs)) ** 2 for d in diffs) / (len(diffs) - 1)) ** 0.5
+    return f"{mean(diffs):+.1f} ± {sd / len(diffs) ** 0.5:.1f}"
 
 
 def lever_table(cells: list[dict], refs: list[dict]) -> str:
@@ -87,8 +101,10 @@ def lever_table(cells: list[dict], refs: list[dict]) -> str:
     the main job (they do not depend on stage 1)."""
     base = next(r for r in reversed(refs) if r.get("sib200_15_llm") is not None)
     head = ("| stage 1 | stage-1 wall s | retrieval top-1 %, 59 langs | retrieval top-1 %, 15 | English FVU vs teacher "
-            "(probe) | SIB-200 mtllm %, 15 X | SIB-200 mtllm %, English | ≥ max(llm, encoder), of 15 |")
-    lines = [head, "|" + "---|" * 8]
+            f"(probe) | SIB-200 mtllm %, 15 X | vs {ANCHOR}, per language (± SE) | SIB-200 mtllm %, English | "
+            "≥ max(llm, encoder), of 15 |")
+    lines = [head, "|" + "---|" * 9]
+    anchor = next((c["sib200_wins_mtllm"] for c in cells if c["cell"] == ANCHOR and "sib200_wins_mtllm" in c), None)
     for c in [*refs, *cells]:
         if c.get("sib200_15_mtllm") is None:
             continue
@@ -98,10 +114,11 @@ def lever_table(cells: list[dict], refs: list[dict]) -> str:
         fvu = "%.3f" % c["eng_fvu"] if c.get("eng_fvu") is not None else "–"
         lines.append(f"| {LABELS.get(c['cell'], c['cell'])} | {c.get('stage_seconds') or '–'} | "
                      f"{c.get('retrieval_top1') or '–'} | "
-                     f"{c.get('retrieval_15') or '–'} | {fvu} | {c['sib200_15_mtllm']} | {c['sib200_eng_mtllm']} | "
+                     f"{c.get('retrieval_15') or '–'} | {fvu} | {c['sib200_15_mtllm']} | "
+                     f"{paired(per, anchor) if anchor and c['cell'] != ANCHOR else '–'} | {c['sib200_eng_mtllm']} | "
                      f"{wins} |")
     lines.append(f"| *baselines (main job)* | | | | | llm {base['sib200_15_llm']} / encoder {base['sib200_15_encoder']}"
-                 f" / encoder-ft {base.get('sib200_15_encoder-ft', '–')} | teacher – / encoder "
+                 f" / encoder-ft {base.get('sib200_15_encoder-ft', '–')} | | teacher – / encoder "
                  f"{base['sib200_eng_encoder']} | |")
     return "\n".join(lines) + "\n"
 

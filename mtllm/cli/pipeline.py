@@ -163,8 +163,11 @@ BOOKKEEPING_KEYS = frozenset({"output_dir", "resume", "overwrite", "log_steps", 
 def _args_key(values: Any) -> dict[str, Any]:
     """``values`` (a settings dataclass or a section dict) without :data:`BOOKKEEPING_KEYS`."""
     d = asdict(values) if not isinstance(values, dict) else dict(values)
-    if d.get("max_minutes") is None:  # added later: counts only when set, so earlier runs keep their hash
+    # added later: they count only when set, so earlier runs keep their hash
+    if d.get("max_minutes") is None:
         d.pop("max_minutes", None)
+    if d.get("lr_scheduler_type") == "linear":
+        d.pop("lr_scheduler_type", None)
     return {k: v for k, v in d.items() if k not in BOOKKEEPING_KEYS}
 
 

@@ -2,7 +2,8 @@
 
 What it does for all stages: global batches in a seeded order (optionally grouped by length),
 gradient accumulation and multi-process data parallelism (``accelerate launch`` / ``torchrun``) at
-a fixed *global* batch size, mixed precision, warmup + linear decay, crash-safe checkpoints
+a fixed *global* batch size, mixed precision, warmup then the ``lr_scheduler_type`` schedule (linear decay by
+default), crash-safe checkpoints
 (:mod:`mtllm.training.checkpoint`: trainable tensors, optimizer, scheduler, every process's random states,
 data position), exact resume (also with another number of processes, then not bit-exact), NaN/inf
 detection, and logs to stdout, ``metrics.jsonl`` and TensorBoard/W&B when installed.
@@ -60,6 +61,11 @@ class TrainingArgs:
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay.", "check": at_least(0)})
     warmup_ratio: float = field(default=0.01,
                                 metadata={"help": "Fraction of steps of linear warmup.", "check": FRACTION})
+    lr_scheduler_type: Literal["linear", "cosine", "constant_with_warmup"] = field(
+        default="linear", metadata={"help": "The learning rate after warmup, over max_steps (transformers' "
+                                            "schedules of these names): 'linear' decays to 0, 'cosine' decays along "
+                                            "a half cosine to 0, 'constant_with_warmup' stays at the peak (e.g. for a "
+                                            "run that max_minutes stops, or whose best checkpoint is kept)."})
     max_steps: int | None = field(default=None,
                                   metadata={"help": "Optimizer steps; default: num_epochs over the data.",
                                             "check": at_least(1)})
@@ -85,7 +91,7 @@ class TrainingArgs:
                 "such as teacher targets, not): the run stops after the step that reaches it, writes a checkpoint "
                 "and its final model, and counts as finished. A resumed run counts the minutes already spent. "
                 "The learning-rate schedule still runs over max_steps, so set max_steps to what the budget "
-                "affords.", "check": above(0)})
+                "affords, or keep the rate flat (lr_scheduler_type constant_with_warmup).", "check": above(0)})
     save_steps: int = field(default=0,
                             metadata={"help": "Checkpoint every N steps (0 = only at the end).", "check": at_least(0)})
     keep_checkpoints: int = field(default=2,
@@ -282,7 +288,7 @@ def train(
     tells it the same indices and history an uninterrupted one would. With ``args.resume``, the run continues
     from ``resume_from`` (what :func:`start_run` returned; by default the newest valid checkpoint).
     """
-    from transformers import get_linear_schedule_with_warmup  # slow: transformers.optimization, only when training
+    from transformers import get_scheduler  # slow: transformers.optimization, only when training
 
     out = Path(args.output_dir)
     accelerator = accelerator or make_accelerator(args)
@@ -300,7 +306,8 @@ def train(
 
     set_seed(args.seed)
     optimizer = torch.optim.AdamW(param_groups, lr=args.learning_rate, weight_decay=args.weight_decay)
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(args.warmup_ratio * max_steps), max_steps)
+    scheduler = get_scheduler(args.lr_scheduler_type, optimizer, num_warmup_steps=int(args.warmup_ratio * max_steps),
+                              num_training_steps=max_steps)
 
     model, optimizer = accelerator.prepare(model, optimizer)
     step, history, spent_before = 0, [], 0.0
