@@ -19,7 +19,7 @@ import argparse
 import json
 import shutil
 from pathlib import Path
-from statistics import mean, median
+from statistics import mean, median, stdev
 
 ROOT = Path(__file__).resolve().parents[2]
 #: issue 12's fixed subset of SIB-200 languages spanning resource levels (experiments/stage1-levers/common.yaml)
@@ -90,8 +90,7 @@ def paired(per: dict, anchor: dict) -> str:
     """Mean and standard error of the per-language difference (points) against the anchor over the 15 languages:
     the same test sentences in both, so the languages' own difficulty cancels."""
     diffs = [100 * (per[lang] - anchor[lang]) for lang in SUBSET]
-    sd = (sum((d - mean(diffs)) ** 2 for d in diffs) / (len(diffs) - 1)) ** 0.5
-    return f"{mean(diffs):+.1f} ± {sd / len(diffs) ** 0.5:.1f}"
+    return f"{mean(diffs):+.1f} ± {stdev(diffs) / len(diffs) ** 0.5:.1f}"
 
 
 def lever_table(cells: list[dict], refs: list[dict]) -> str:

@@ -57,7 +57,7 @@ import functools
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Literal, Sequence
 
 from mtllm._io import atomic_write_json
 from mtllm.device import resolve_device
@@ -163,12 +163,16 @@ BOOKKEEPING_KEYS = frozenset({"output_dir", "resume", "overwrite", "log_steps", 
 def _args_key(values: Any) -> dict[str, Any]:
     """``values`` (a settings dataclass or a section dict) without :data:`BOOKKEEPING_KEYS`."""
     d = asdict(values) if not isinstance(values, dict) else dict(values)
-    # added later: they count only when set, so earlier runs keep their hash
-    if d.get("max_minutes") is None:
-        d.pop("max_minutes", None)
-    if d.get("lr_scheduler_type") == "linear":
-        d.pop("lr_scheduler_type", None)
+    _drop_defaults(d, (("max_minutes", None), ("lr_scheduler_type", "linear")))
     return {k: v for k, v in d.items() if k not in BOOKKEEPING_KEYS}
+
+
+def _drop_defaults(key: dict[str, Any], added_later: Sequence[tuple[str, Any]]) -> None:
+    """Remove from a stage-hash ``key`` the settings added after runs existed that are at their default: they
+    count only when set, so earlier runs keep their hash."""
+    for name, default in added_later:
+        if key.get(name) == default:
+            key.pop(name, None)
 
 
 def _stage1_key(stage1_s: Any) -> dict[str, Any]:
@@ -180,11 +184,8 @@ def _stage1_key(stage1_s: Any) -> dict[str, Any]:
     if key.get("stage1_objective") == "sequence":  # the paper's: runs from before the span objective keep their hash
         key.pop("stage1_objective", None)
         key.pop("span_weight", None)
-    # settings added later count only when set, so earlier runs keep their hash
-    for name, default in (("student_layers", None), ("eval_data", []), ("eval_steps", 0), ("max_eval_texts", 256),
-                          ("eval_patience", None), ("full_depth_steps", 0)):
-        if key.get(name) == default:
-            key.pop(name, None)
+    _drop_defaults(key, (("student_layers", None), ("eval_data", []), ("eval_steps", 0), ("max_eval_texts", 256),
+                         ("eval_patience", None), ("full_depth_steps", 0)))
     return key
 
 
